@@ -1,0 +1,1 @@
+//! corral-backup (being written).

@@ -1,0 +1,1 @@
+//! corral-im (being written).

@@ -1,0 +1,1 @@
+//! corral-manager (being written).

@@ -1,0 +1,2 @@
+//! corral-replica (being written).
+pub mod service;

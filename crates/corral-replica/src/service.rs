@@ -1,0 +1,1 @@
+//! Serves a replica over the data protocol (being written).

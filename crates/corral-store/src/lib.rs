@@ -1,0 +1,1 @@
+//! corral-store (being written).
