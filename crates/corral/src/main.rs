@@ -24,6 +24,9 @@ enum Command {
     Engine(cmd::engine::EngineArgs),
     /// Create, list, inspect, restore, verify and delete backups.
     Backup(cmd::backup::BackupArgs),
+    /// The control plane: manager, instance manager, quickstart, and the API client commands.
+    #[command(flatten)]
+    Control(cmd::control::ControlCommand),
 }
 
 fn main() -> std::process::ExitCode {
@@ -39,6 +42,7 @@ fn main() -> std::process::ExitCode {
         Command::Replica(args) => cmd::replica::run(args),
         Command::Engine(args) => cmd::engine::run(args),
         Command::Backup(args) => cmd::backup::run(args),
+        Command::Control(command) => cmd::control::run(command),
     };
     match result {
         Ok(code) => code,

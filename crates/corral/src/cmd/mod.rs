@@ -1,4 +1,5 @@
 //! One module per subcommand; each owns its clap arguments and returns an exit code.
 pub mod backup;
+pub mod control;
 pub mod engine;
 pub mod replica;
