@@ -1,1 +1,42 @@
-//! corral-wire (being written).
+//! `corral-wire`: the data protocol between Corral's engine and its replicas.
+//!
+//! - [`frame`]: the binary frame, drawn byte by byte in its module doc; pipelined, with a request id per
+//!   frame, so answers may come back in any order.
+//! - [`ReplicaClient`]: the engine's async client. Several connections per replica (default 2), one
+//!   reader and one writer task per connection, a slab of pending requests, no task spawned and no
+//!   allocation beyond the payload per request; a data-request timeout that closes the client.
+//! - [`serve`] / [`serve_with`]: the replica's server loop over a [`ReplicaService`], for TCP and unix
+//!   sockets; session rules (`Hello`, one engine at a time, take-over) are enforced here.
+//! - [`messages`]: the control bodies (JSON) and Corral's wire copies of the replica's types.
+//!
+//! Threading model: the client and the server's connection handling are tokio tasks; the server runs
+//! the synchronous [`ReplicaService`] calls on its own pool of worker threads, never on the reactor.
+//! Every type here is `Send + Sync`.
+//!
+//! ```no_run
+//! # async fn example<S: corral_wire::ReplicaService>(service: std::sync::Arc<S>) -> corral_wire::Result<()> {
+//! use corral_wire::{Address, Listener, ReplicaClient};
+//! let listener = Listener::bind(&Address::parse("tcp://127.0.0.1:0")?).await?;
+//! let address = listener.local_address()?.to_string();
+//! tokio::spawn(corral_wire::serve(listener, service));
+//! let client = ReplicaClient::connect(&address, 2).await?;
+//! client.hello("engine-1", false).await?;
+//! client.write(4096, bytes::Bytes::from_static(&[1u8; 512])).await?;
+//! client.flush().await?;
+//! # Ok(()) }
+//! ```
+
+pub mod address;
+pub mod client;
+pub mod error;
+pub mod frame;
+pub mod messages;
+mod outbound;
+mod pending;
+pub mod server;
+
+pub use address::{Address, Listener};
+pub use client::{ClientOptions, ReplicaClient};
+pub use error::{ErrorKind, Result, WireError};
+pub use messages::{Extent, Hello, RecoveryFacts, SnapshotInfo, SnapshotRequest};
+pub use server::{serve, serve_with, ReplicaService, ServeOptions};

@@ -1,0 +1,330 @@
+//! Read, write, unmap, write-zeroes and flush.
+//!
+//! Locking: a data operation holds the chain lock shared (the layer set cannot change under it), the
+//! stripe locks of the 1 MiB regions it modifies (so a read-modify-write of a block never interleaves
+//! with another write of the same block), and takes the index lock only to look up or record owners,
+//! never across a system call.
+
+use parking_lot::MutexGuard;
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::sync::atomic::Ordering;
+
+use crate::error::{ErrorKind, ReplicaError, Result};
+use crate::fsutil;
+use crate::range_map::RangeMap;
+use crate::replica::{blocks_of, Chain, LayerId, Replica, REGION_BLOCKS, STRIPES};
+use crate::BLOCK_SIZE;
+
+const BS: u64 = BLOCK_SIZE;
+
+/// Reads `buf.len()` bytes at `offset`; bytes past the end of the file read as zeros (older layers
+/// keep their pre-expansion size).
+pub(crate) fn pread_full(file: &File, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
+    let mut done = 0;
+    while done < buf.len() {
+        match file.read_at(&mut buf[done..], offset + done as u64) {
+            Ok(0) => {
+                buf[done..].fill(0);
+                return Ok(());
+            }
+            Ok(n) => done += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+pub(crate) struct StripeGuard<'a> {
+    _guards: Vec<MutexGuard<'a, ()>>,
+}
+
+impl Replica {
+    pub(crate) fn check_range(&self, op: &'static str, offset: u64, len: u64) -> Result<()> {
+        let size = self.size();
+        match offset.checked_add(len) {
+            Some(end) if end <= size => Ok(()),
+            _ => Err(ReplicaError::new(
+                ErrorKind::OutOfRange,
+                op,
+                format!("range {offset}+{len} is beyond the volume end ({size} bytes)"),
+            )
+            .with_offset(offset)
+            .with_path(&self.dir)),
+        }
+    }
+
+    /// Locks the stripes of the regions touched by blocks `[start, end)`, in ascending stripe order.
+    pub(crate) fn lock_stripes(&self, start: u64, end: u64) -> StripeGuard<'_> {
+        if start >= end {
+            return StripeGuard { _guards: Vec::new() };
+        }
+        let first = start / REGION_BLOCKS;
+        let last = (end - 1) / REGION_BLOCKS;
+        let mut ids: Vec<usize> = if last - first + 1 >= STRIPES as u64 {
+            (0..STRIPES).collect()
+        } else {
+            (first..=last).map(|r| (r % STRIPES as u64) as usize).collect()
+        };
+        ids.sort_unstable();
+        ids.dedup();
+        StripeGuard { _guards: ids.into_iter().map(|i| self.stripes[i].lock()).collect() }
+    }
+
+    /// Fills `buf` with the volume's bytes at `offset` (as seen through the head).
+    pub fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<()> {
+        self.check_range("read", offset, buf.len() as u64)?;
+        let chain = self.chain.read();
+        self.read_live(&chain, buf, offset)
+    }
+
+    pub(crate) fn read_live(&self, chain: &Chain, buf: &mut [u8], offset: u64) -> Result<()> {
+        if buf.is_empty() {
+            return Ok(());
+        }
+        let (first, last) = blocks_of(offset, buf.len() as u64);
+        let pieces = self.maps.read().top.cover(first, last);
+        self.read_pieces(chain, &pieces, buf, offset)
+    }
+
+    /// Reads `buf` at `offset` from the owners given by `pieces` (block ranges covering the request).
+    pub(crate) fn read_pieces(
+        &self,
+        chain: &Chain,
+        pieces: &[(u64, u64, Option<LayerId>)],
+        buf: &mut [u8],
+        offset: u64,
+    ) -> Result<()> {
+        let end = offset + buf.len() as u64;
+        for &(s, e, owner) in pieces {
+            let bs = (s * BS).max(offset);
+            let be = (e * BS).min(end);
+            if bs >= be {
+                continue;
+            }
+            let dst = &mut buf[(bs - offset) as usize..(be - offset) as usize];
+            match owner {
+                None => dst.fill(0),
+                Some(id) => {
+                    let layer = chain.layer(id)?;
+                    pread_full(&layer.file, dst, bs).map_err(|e| {
+                        ReplicaError::io("read", &self.dir.join(&layer.file_name), e).with_offset(bs)
+                    })?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes `buf` at `offset` (any alignment).
+    pub fn write_at(&self, buf: &[u8], offset: u64) -> Result<()> {
+        self.check_writable("write")?;
+        self.check_range("write", offset, buf.len() as u64)?;
+        if !buf.is_empty() {
+            let chain = self.chain.read();
+            let (first, last) = blocks_of(offset, buf.len() as u64);
+            let _stripes = self.lock_stripes(first, last);
+            self.write_locked(&chain, buf, offset)?;
+        }
+        self.revision.fetch_add(1, Ordering::AcqRel);
+        Ok(())
+    }
+
+    /// Writes into the head; the caller holds the chain lock and the stripes of the range.
+    pub(crate) fn write_locked(&self, chain: &Chain, buf: &[u8], offset: u64) -> Result<()> {
+        let head = chain.head_layer();
+        let head_path = || self.dir.join(&head.file_name);
+        let end = offset + buf.len() as u64;
+        let mut pos = offset;
+        let mut block = [0u8; BS as usize];
+        while pos < end {
+            let blk = pos / BS * BS;
+            if pos == blk && end - pos >= BS {
+                let run_end = pos + (end - pos) / BS * BS;
+                head.file
+                    .write_all_at(&buf[(pos - offset) as usize..(run_end - offset) as usize], pos)
+                    .map_err(|e| ReplicaError::io("write", &head_path(), e).with_offset(pos))?;
+                pos = run_end;
+            } else {
+                // Read-modify-write the whole block so the head only ever holds whole 4 KiB blocks.
+                let part_end = end.min(blk + BS);
+                self.read_live(chain, &mut block, blk)?;
+                block[(pos - blk) as usize..(part_end - blk) as usize]
+                    .copy_from_slice(&buf[(pos - offset) as usize..(part_end - offset) as usize]);
+                head.file
+                    .write_all_at(&block, blk)
+                    .map_err(|e| ReplicaError::io("write", &head_path(), e).with_offset(blk))?;
+                pos = part_end;
+            }
+        }
+        let (first, last) = blocks_of(offset, buf.len() as u64);
+        self.record_head_owns(chain, first, last);
+        Ok(())
+    }
+
+    fn record_head_owns(&self, chain: &Chain, first: u64, last: u64) {
+        if self.maps.read().top.all_equal(first, last, chain.head) {
+            return;
+        }
+        let mut maps = self.maps.write();
+        maps.top.insert(first, last, chain.head);
+        maps.extents_mut(chain.head).add(first, last);
+    }
+
+    /// Discards `[offset, offset+len)`: afterwards it reads as zeros, before and after reopen. Punches
+    /// holes in the head (and in the removed snapshots directly under it, as Longhorn does) where no
+    /// older layer that must stay visible has data; elsewhere the head gets an allocated zero range.
+    pub fn unmap(&self, offset: u64, len: u64) -> Result<()> {
+        self.discard("unmap", offset, len, true)
+    }
+
+    /// Makes `[offset, offset+len)` read as zeros whatever lies below.
+    pub fn write_zeroes(&self, offset: u64, len: u64) -> Result<()> {
+        self.discard("write-zeroes", offset, len, false)
+    }
+
+    fn discard(&self, op: &'static str, offset: u64, len: u64, punch_removed: bool) -> Result<()> {
+        self.check_writable(op)?;
+        self.check_range(op, offset, len)?;
+        if len > 0 {
+            let chain = self.chain.read();
+            let (first, last) = blocks_of(offset, len);
+            let _stripes = self.lock_stripes(first, last);
+            let end = offset + len;
+            let a = offset.div_ceil(BS) * BS;
+            let b = end / BS * BS;
+            if a >= b {
+                self.write_locked(&chain, &vec![0u8; len as usize], offset)?;
+            } else {
+                if offset < a {
+                    self.write_locked(&chain, &vec![0u8; (a - offset) as usize], offset)?;
+                }
+                if b < end {
+                    self.write_locked(&chain, &vec![0u8; (end - b) as usize], b)?;
+                }
+                self.discard_blocks(&chain, a / BS, b / BS, punch_removed)?;
+            }
+        }
+        self.revision.fetch_add(1, Ordering::AcqRel);
+        Ok(())
+    }
+
+    /// Zeroes whole blocks `[s, e)`. Caller holds the chain lock and the stripes.
+    fn discard_blocks(&self, chain: &Chain, s: u64, e: u64, punch_removed: bool) -> Result<()> {
+        let head = chain.head_layer();
+        // Removed snapshots directly under the head, each with a single child, may be punched too.
+        let mut punchable: Vec<LayerId> = Vec::new();
+        if punch_removed {
+            for &id in chain.live.iter().skip(1) {
+                let layer = chain.layer(id)?;
+                if layer.meta.removed && chain.child_count(id) == 1 {
+                    punchable.push(id);
+                } else {
+                    break;
+                }
+            }
+        }
+        let below = &chain.live[(1 + punchable.len()).min(chain.live.len())..];
+        let (covered, head_has) = {
+            let maps = self.maps.read();
+            let mut covered = RangeMap::new();
+            for &id in below {
+                maps.extents_of(id).for_each_piece(s, e, |ps, pe, ()| covered.add(ps, pe));
+            }
+            let head_has = !maps.extents_of(chain.head).pieces(s, e).is_empty()
+                || punchable.iter().any(|&p| !maps.extents_of(p).pieces(s, e).is_empty());
+            (covered, head_has)
+        };
+        let free = covered.gaps(s, e);
+        let head_path = || self.dir.join(&head.file_name);
+        for (cs, ce, ()) in covered.iter() {
+            fsutil::zero_range(&head.file, cs * BS, (ce - cs) * BS)
+                .map_err(|err| ReplicaError::io("zero range", &head_path(), err).with_offset(cs * BS))?;
+        }
+        if head_has {
+            for &(fs, fe) in &free {
+                fsutil::punch_hole(&head.file, fs * BS, (fe - fs) * BS)
+                    .map_err(|err| ReplicaError::io("punch hole", &head_path(), err).with_offset(fs * BS))?;
+                for &p in &punchable {
+                    let layer = chain.layer(p)?;
+                    fsutil::punch_hole(&layer.file, fs * BS, (fe - fs) * BS).map_err(|err| {
+                        ReplicaError::io("punch hole", &self.dir.join(&layer.file_name), err).with_offset(fs * BS)
+                    })?;
+                    layer.dirty.store(true, Ordering::Release);
+                }
+            }
+        }
+        let mut maps = self.maps.write();
+        for (cs, ce, ()) in covered.iter() {
+            maps.top.insert(cs, ce, chain.head);
+            maps.extents_mut(chain.head).add(cs, ce);
+        }
+        for &(fs, fe) in &free {
+            maps.top.clear(fs, fe);
+            maps.extents_mut(chain.head).clear(fs, fe);
+            for &p in &punchable {
+                maps.extents_mut(p).clear(fs, fe);
+            }
+        }
+        Ok(())
+    }
+
+    /// Makes every completed write durable: fdatasync of the head (and of any layer punched since),
+    /// then the revision counter.
+    pub fn flush(&self) -> Result<()> {
+        if self.read_only {
+            return Ok(());
+        }
+        // Read the revision first: every request it counts has completed, so the fdatasync below
+        // covers it.
+        let revision = self.revision.load(Ordering::Acquire);
+        {
+            let chain = self.chain.read();
+            let head = chain.head_layer();
+            head.file
+                .sync_data()
+                .map_err(|e| ReplicaError::io("fdatasync", &self.dir.join(&head.file_name), e))?;
+            for layer in chain.layers.values() {
+                if layer.dirty.swap(false, Ordering::AcqRel) {
+                    if let Err(e) = layer.file.sync_data() {
+                        layer.dirty.store(true, Ordering::Release);
+                        return Err(ReplicaError::io("fdatasync", &self.dir.join(&layer.file_name), e));
+                    }
+                }
+            }
+        }
+        let mut persisted = self.persisted_revision.lock();
+        if revision > *persisted {
+            self.write_revision(revision)?;
+            *persisted = revision;
+        }
+        Ok(())
+    }
+}
+
+impl corral_block::BlockDevice for Replica {
+    fn size(&self) -> u64 {
+        Replica::size(self)
+    }
+
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<(), corral_block::BlockError> {
+        Ok(Replica::read_at(self, buf, offset)?)
+    }
+
+    fn write_at(&self, buf: &[u8], offset: u64) -> Result<(), corral_block::BlockError> {
+        Ok(Replica::write_at(self, buf, offset)?)
+    }
+
+    fn unmap(&self, offset: u64, len: u64) -> Result<(), corral_block::BlockError> {
+        Ok(Replica::unmap(self, offset, len)?)
+    }
+
+    fn write_zeroes(&self, offset: u64, len: u64) -> Result<(), corral_block::BlockError> {
+        Ok(Replica::write_zeroes(self, offset, len)?)
+    }
+
+    fn flush(&self) -> Result<(), corral_block::BlockError> {
+        Ok(Replica::flush(self)?)
+    }
+}

@@ -1,0 +1,212 @@
+//! Small wrappers over the Linux file APIs the store needs: durable atomic rewrite of a small file,
+//! `fallocate` (punch hole, zero range), FIEMAP, and directory fsync.
+
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
+
+use crate::error::{ReplicaError, Result};
+
+/// Writes `bytes` to `dir/name` atomically and durably: `name.tmp` is written and fsync'd, renamed over
+/// `name`, then the directory is fsync'd. A crash leaves either the old or the new file (plus perhaps a
+/// stray `.tmp`, removed at the next open).
+pub fn atomic_write(dir: &Path, name: &str, bytes: &[u8], mode: u32) -> Result<()> {
+    let tmp = dir.join(format!("{name}.tmp"));
+    let target = dir.join(name);
+    let mut f = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(mode)
+        .open(&tmp)
+        .map_err(|e| ReplicaError::io("create temporary file", &tmp, e))?;
+    f.write_all(bytes).map_err(|e| ReplicaError::io("write temporary file", &tmp, e))?;
+    f.sync_all().map_err(|e| ReplicaError::io("fsync temporary file", &tmp, e))?;
+    drop(f);
+    std::fs::rename(&tmp, &target).map_err(|e| ReplicaError::io("rename", &target, e))?;
+    fsync_dir(dir)
+}
+
+/// fsyncs a directory so that renames, creations and unlinks in it are durable.
+pub fn fsync_dir(dir: &Path) -> Result<()> {
+    let d = File::open(dir).map_err(|e| ReplicaError::io("open directory", dir, e))?;
+    d.sync_all().map_err(|e| ReplicaError::io("fsync directory", dir, e))
+}
+
+/// Removes a file; a missing file is not an error.
+pub fn remove_if_exists(path: &Path) -> Result<()> {
+    match std::fs::remove_file(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(ReplicaError::io("remove", path, e)),
+    }
+}
+
+fn fallocate(file: &File, mode: libc::c_int, offset: u64, len: u64) -> std::io::Result<()> {
+    let (Ok(off), Ok(len)) = (libc::off_t::try_from(offset), libc::off_t::try_from(len)) else {
+        return Err(std::io::Error::from_raw_os_error(libc::EINVAL));
+    };
+    loop {
+        // SAFETY: fallocate takes a valid open descriptor (borrowed from `file` for the call) and plain
+        // integers; it touches no memory of ours.
+        let rc = unsafe { libc::fallocate(file.as_raw_fd(), mode, off, len) };
+        if rc == 0 {
+            return Ok(());
+        }
+        let err = std::io::Error::last_os_error();
+        if err.kind() != std::io::ErrorKind::Interrupted {
+            return Err(err);
+        }
+    }
+}
+
+/// Deallocates `[offset, offset+len)` (it reads as zeros afterwards; the file size is kept).
+pub fn punch_hole(file: &File, offset: u64, len: u64) -> std::io::Result<()> {
+    if len == 0 {
+        return Ok(());
+    }
+    fallocate(file, libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE, offset, len)
+}
+
+/// Makes `[offset, offset+len)` read as zeros while keeping it allocated (an unwritten extent, which
+/// FIEMAP reports, so the range shadows older layers). Falls back to writing zeros where the
+/// filesystem lacks `FALLOC_FL_ZERO_RANGE`.
+pub fn zero_range(file: &File, offset: u64, len: u64) -> std::io::Result<()> {
+    if len == 0 {
+        return Ok(());
+    }
+    match fallocate(file, libc::FALLOC_FL_ZERO_RANGE | libc::FALLOC_FL_KEEP_SIZE, offset, len) {
+        Ok(()) => Ok(()),
+        Err(e) if e.raw_os_error() == Some(libc::EOPNOTSUPP) => write_zeros(file, offset, len),
+        Err(e) => Err(e),
+    }
+}
+
+fn write_zeros(file: &File, offset: u64, len: u64) -> std::io::Result<()> {
+    use std::os::unix::fs::FileExt;
+    let zeros = vec![0u8; (1 << 20).min(len as usize)];
+    let mut done = 0u64;
+    while done < len {
+        let n = (len - done).min(zeros.len() as u64) as usize;
+        file.write_all_at(&zeros[..n], offset + done)?;
+        done += n as u64;
+    }
+    Ok(())
+}
+
+const FS_IOC_FIEMAP: libc::c_ulong = 0xC020_660B;
+const FIEMAP_FLAG_SYNC: u32 = 0x1;
+const FIEMAP_EXTENT_LAST: u32 = 0x1;
+const EXTENTS_PER_CALL: usize = 512;
+
+#[repr(C)]
+#[derive(Clone, Copy, Default)]
+struct FiemapExtent {
+    fe_logical: u64,
+    fe_physical: u64,
+    fe_length: u64,
+    fe_reserved64: [u64; 2],
+    fe_flags: u32,
+    fe_reserved: [u32; 3],
+}
+
+#[repr(C)]
+struct Fiemap {
+    fm_start: u64,
+    fm_length: u64,
+    fm_flags: u32,
+    fm_mapped_extents: u32,
+    fm_extent_count: u32,
+    fm_reserved: u32,
+    fm_extents: [FiemapExtent; EXTENTS_PER_CALL],
+}
+
+/// The allocated byte ranges `(offset, len)` of `file`, in order, from FIEMAP. Unwritten (allocated but
+/// zeroed) and delayed-allocation extents count as allocated: they shadow older layers. `sync` asks
+/// the kernel to flush dirty pages first.
+pub fn fiemap(file: &File, sync: bool) -> std::io::Result<Vec<(u64, u64)>> {
+    let mut out: Vec<(u64, u64)> = Vec::new();
+    let mut map = Box::new(Fiemap {
+        fm_start: 0,
+        fm_length: u64::MAX,
+        fm_flags: 0,
+        fm_mapped_extents: 0,
+        fm_extent_count: EXTENTS_PER_CALL as u32,
+        fm_reserved: 0,
+        fm_extents: [FiemapExtent::default(); EXTENTS_PER_CALL],
+    });
+    let mut start = 0u64;
+    loop {
+        map.fm_start = start;
+        map.fm_length = u64::MAX - start;
+        map.fm_flags = if sync { FIEMAP_FLAG_SYNC } else { 0 };
+        map.fm_mapped_extents = 0;
+        map.fm_extent_count = EXTENTS_PER_CALL as u32;
+        // SAFETY: `map` is a properly laid out, writable `struct fiemap` with room for
+        // `fm_extent_count` extents, and it outlives the call; the descriptor is valid for the call.
+        let rc = unsafe { libc::ioctl(file.as_raw_fd(), FS_IOC_FIEMAP as _, &mut *map as *mut Fiemap) };
+        if rc < 0 {
+            let err = std::io::Error::last_os_error();
+            if err.kind() == std::io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(err);
+        }
+        let n = (map.fm_mapped_extents as usize).min(EXTENTS_PER_CALL);
+        if n == 0 {
+            break;
+        }
+        let mut last = false;
+        for e in &map.fm_extents[..n] {
+            match out.last_mut() {
+                Some((o, l)) if *o + *l == e.fe_logical => *l += e.fe_length,
+                _ => out.push((e.fe_logical, e.fe_length)),
+            }
+            last |= e.fe_flags & FIEMAP_EXTENT_LAST != 0;
+        }
+        let tail = &map.fm_extents[n - 1];
+        let next = tail.fe_logical.saturating_add(tail.fe_length);
+        if last || next <= start {
+            break;
+        }
+        start = next;
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::FileExt;
+
+    #[test]
+    fn fiemap_sees_data_and_unwritten_extents_but_not_holes() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = OpenOptions::new().read(true).write(true).create(true).truncate(true).open(dir.path().join("f")).unwrap();
+        f.set_len(64 << 20).unwrap();
+        f.write_all_at(&[1u8; 8192], 1 << 20).unwrap();
+        zero_range(&f, 8 << 20, 4096 * 3).unwrap();
+        let ext = fiemap(&f, true).unwrap();
+        assert_eq!(ext, vec![(1 << 20, 8192), (8 << 20, 3 * 4096)]);
+        punch_hole(&f, 1 << 20, 4096).unwrap();
+        let ext = fiemap(&f, true).unwrap();
+        assert_eq!(ext, vec![((1 << 20) + 4096, 4096), (8 << 20, 3 * 4096)]);
+        let mut b = [9u8; 4096];
+        f.read_exact_at(&mut b, 8 << 20).unwrap();
+        assert!(b.iter().all(|&x| x == 0));
+    }
+
+    #[test]
+    fn fiemap_pages_through_many_extents() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = OpenOptions::new().read(true).write(true).create(true).truncate(true).open(dir.path().join("f")).unwrap();
+        for i in 0..1500u64 {
+            f.write_all_at(&[1u8; 4096], i * 3 * 4096).unwrap();
+        }
+        let ext = fiemap(&f, true).unwrap();
+        assert_eq!(ext.len(), 1500);
+        assert_eq!(ext[1499], (1499 * 3 * 4096, 4096));
+    }
+}
