@@ -249,7 +249,9 @@ async fn create_locked(
         blocks.into_iter().map(|(offset, checksum)| BlockMapping { offset, checksum }).collect();
     let mut parameters = BTreeMap::new();
     parameters.insert(PARAM_BLOCK_SIZE.to_string(), block_size.bytes().to_string());
-    parameters.insert(PARAM_MODE.to_string(), if opts.full { "full" } else { "incremental" }.to_string());
+    if opts.full {
+        parameters.insert(PARAM_MODE.to_string(), "full".to_string());
+    }
     let cfg = BackupConfig {
         name: name.to_string(),
         volume_name: volume.to_string(),

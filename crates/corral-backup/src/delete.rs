@@ -8,7 +8,7 @@
 //!    backups changed during the scan; otherwise every unreferenced block is deleted;
 //! 4. `BlockCount` = referenced blocks that exist; `volume.cfg` written.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 
 use futures::{StreamExt, TryStreamExt};
 use serde::Serialize;
@@ -103,11 +103,11 @@ async fn newest_backup(target: &BackupTarget, volume: &str) -> (String, String) 
 /// Deletes blocks that no backup of the volume references (see the module doc for when it declines).
 pub(crate) async fn collect_garbage(target: &BackupTarget, volume: &str) -> Result<GcReport> {
     let mut report = GcReport::default();
-    let present: BTreeMap<String, String> = target
+    let present: BTreeSet<String> = target
         .list_recursive(&layout::blocks_dir(volume))
         .await?
         .into_iter()
-        .filter_map(|(file, _)| layout::checksum_from_block_file(&file).map(|c| (c.to_string(), file)))
+        .filter_map(|(file, _)| layout::checksum_from_block_file(&file).map(str::to_string))
         .collect();
     report.blocks_found = present.len();
     let names_before = backup_names(target, volume).await?;
@@ -130,9 +130,9 @@ pub(crate) async fn collect_garbage(target: &BackupTarget, volume: &str) -> Resu
         report.skipped = Some("the set of backups changed during the scan; keeping every block".to_string());
         return Ok(report);
     }
-    report.blocks_referenced = referenced.iter().filter(|c| present.contains_key(*c)).count();
+    report.blocks_referenced = referenced.iter().filter(|c| present.contains(*c)).count();
     report.blocks_missing = referenced.len() - report.blocks_referenced;
-    let garbage: Vec<String> = present.keys().filter(|c| !referenced.contains(*c)).cloned().collect();
+    let garbage: Vec<String> = present.iter().filter(|c| !referenced.contains(*c)).cloned().collect();
     report.blocks_deleted = garbage.len();
     futures::stream::iter(garbage)
         .map(|checksum| async move { target.delete(&layout::block(volume, &checksum)).await })

@@ -27,10 +27,6 @@ impl SnapshotReader {
         self.replica.size()
     }
 
-    pub fn dir(&self) -> &Path {
-        &self.dir
-    }
-
     /// The snapshot's info, if it is a snapshot (not the head) of this replica.
     pub fn snapshot(&self, name: &str) -> Option<&SnapshotInfo> {
         self.snapshots.iter().find(|s| s.name == name && s.name != corral_replica::HEAD_NAME)

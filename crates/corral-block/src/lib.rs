@@ -20,6 +20,9 @@
 use std::collections::BTreeMap;
 use std::sync::Mutex;
 
+#[cfg(any(test, feature = "conformance"))]
+pub mod conformance;
+
 /// The granularity of allocation inside replicas (Longhorn's `VolumeSectorSize`).
 pub const BLOCK_SIZE: u64 = 4096;
 

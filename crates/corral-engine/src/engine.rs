@@ -61,6 +61,9 @@ pub trait Frontend: Send + Sync + 'static {
     fn connected_clients(&self) -> usize;
     /// The frontend's address (`nbd://…`, `nbd+unix://…`).
     fn endpoint(&self) -> String;
+    /// If no client is connected, a guard that keeps new clients out while it lives (for revert);
+    /// `None` while a client is connected.
+    fn detach_guard(&self) -> Option<Box<dyn Send>>;
 }
 
 /// A running volume engine. Cheap to clone (an `Arc`).
@@ -72,7 +75,6 @@ pub struct Engine {
 pub(crate) struct Shared {
     pub(crate) config: EngineConfig,
     pub(crate) connector: Arc<dyn Connector>,
-    pub(crate) engine_id: String,
     pub(crate) size: AtomicU64,
     pub(crate) slots: RwLock<SlotList>,
     /// Writes hold it shared; snapshot points (snapshot, rebuild start/finish, expand, revert) hold it
@@ -110,7 +112,6 @@ impl Engine {
     ) -> Engine {
         Engine {
             shared: Arc::new(Shared {
-                engine_id: format!("{}-{}", config.volume, uuid::Uuid::new_v4()),
                 config,
                 connector,
                 size: AtomicU64::new(size),
@@ -202,22 +203,25 @@ impl Engine {
     where
         F: Fn(&'a Arc<dyn ReplicaLink>) -> BoxFuture<'a, LinkResult<()>>,
     {
-        let mut targets = slots.iter().filter_map(|s| s.writable_link().map(|l| (s, l))).peekable();
-        let Some(first) = targets.next() else {
+        let count = slots.iter().filter(|s| s.writable_link().is_some()).count();
+        if count == 0 {
             return Err(EngineError::unavailable(op, "no healthy replica"));
-        };
-        if targets.peek().is_none() {
+        }
+        if count == 1 {
             // One replica: no join machinery.
-            let r = tokio::time::timeout(timeout, f(first.1)).await;
-            if let Some(err) = link_failure(timeout, r) {
-                if err.kind == LinkErrorKind::NoSpace {
-                    return Err(EngineError::new(ErrorKind::NoSpace, op, err.message));
+            if let Some((slot, link)) = slots.iter().find_map(|s| s.writable_link().map(|l| (s, l))) {
+                let r = tokio::time::timeout(timeout, f(link)).await;
+                if let Some(err) = link_failure(timeout, r) {
+                    if err.kind == LinkErrorKind::NoSpace {
+                        return Err(EngineError::new(ErrorKind::NoSpace, op, err.message));
+                    }
+                    self.fail_replica(slot, op, &err);
                 }
-                self.fail_replica(first.0, op, &err);
             }
         } else {
-            let calls = std::iter::once(first)
-                .chain(targets)
+            let calls = slots
+                .iter()
+                .filter_map(|s| s.writable_link().map(|l| (s, l)))
                 .map(|(slot, link)| {
                     let call = f(link);
                     async move { (slot, link_failure(timeout, tokio::time::timeout(timeout, call).await)) }
@@ -225,7 +229,9 @@ impl Engine {
                 .collect::<Vec<_>>();
             let results = join_all(calls).await;
             let failed: Vec<_> = results.iter().filter_map(|(s, e)| e.as_ref().map(|e| (s, e))).collect();
-            if !failed.is_empty() && failed.len() == results.len() && failed.iter().all(|(_, e)| e.kind == LinkErrorKind::NoSpace)
+            if !failed.is_empty()
+                && failed.len() == results.len()
+                && failed.iter().all(|(_, e)| e.kind == LinkErrorKind::NoSpace)
             {
                 return Err(EngineError::new(ErrorKind::NoSpace, op, "no space left on any replica"));
             }
@@ -312,11 +318,10 @@ impl Engine {
     async fn read_unchecked(&self, off: u64, len: usize) -> Result<Bytes> {
         let slots = self.slots();
         let timeout = self.shared.config.replica_timeout;
-        let count = slots.iter().filter(|s| s.mode() == Mode::ReadWrite).count();
+        let count = slots.len();
         let start = self.shared.next_read.fetch_add(1, Ordering::Relaxed);
         for attempt in 0..count {
-            let pick = (start + attempt) % count;
-            let Some(slot) = slots.iter().filter(|s| s.mode() == Mode::ReadWrite).nth(pick) else { continue };
+            let slot = &slots[(start + attempt) % count];
             let Some(link) = slot.readable_link() else { continue };
             match tokio::time::timeout(timeout, link.read(off, len)).await {
                 Ok(Ok(data)) if data.len() == len => return Ok(data),

@@ -52,14 +52,18 @@
 pub mod control_api;
 mod engine;
 pub mod error;
+pub mod frontend;
 pub mod link;
 pub mod memory;
 mod operations;
 pub mod rebuild;
 mod replica_set;
+pub mod service;
 pub mod start;
+pub mod wire_link;
 
-pub use control_api::{ControlClient, router, serve};
+pub use control_api::ControlClient;
+pub use service::{serve, NbdListen, RunningEngine, ServeOptions};
 pub use engine::{Engine, EngineConfig, Frontend, BLOCK};
 pub use error::{EngineError, ErrorKind, Result};
 pub use link::{Connector, RecoveryFacts, ReplicaLink, SnapshotInfo};

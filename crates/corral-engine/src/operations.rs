@@ -220,13 +220,22 @@ impl Engine {
         const OP: &str = "revert";
         let _admin = self.shared.admin.lock().await;
         self.refuse_during_rebuild(OP)?;
-        let clients = self.shared.frontend.lock().as_ref().map(|f| f.connected_clients()).unwrap_or(0);
-        if clients > 0 {
-            return Err(EngineError::conflict(
-                OP,
-                format!("{clients} NBD client(s) connected: revert is a maintenance operation, disconnect every client first"),
-            ));
-        }
+        let frontend = self.shared.frontend.lock().clone();
+        let _detached = match &frontend {
+            Some(f) => match f.detach_guard() {
+                Some(guard) => Some(guard),
+                None => {
+                    return Err(EngineError::conflict(
+                        OP,
+                        format!(
+                            "{} NBD client(s) connected: revert is a maintenance operation, disconnect every client first",
+                            f.connected_clients().max(1)
+                        ),
+                    ))
+                }
+            },
+            None => None,
+        };
         self.require_snapshot(OP, name).await?;
         let _gate = self.shared.gate.write().await;
         let slots = self.slots();

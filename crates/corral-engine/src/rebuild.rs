@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures::future::join_all;
-use futures::{StreamExt, TryStreamExt};
+use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 
 use crate::engine::Engine;
@@ -44,7 +44,7 @@ pub(crate) struct RebuildTracker {
 }
 
 /// Outcome of one rebuild.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct RebuildReport {
     /// Target address.
@@ -179,6 +179,27 @@ pub(crate) fn windows(extents: &[Extent], batch: u64) -> Vec<Vec<Extent>> {
         out.push(current);
     }
     out
+}
+
+/// Runs `futures` with at most `limit` in flight; stops at the first error.
+async fn run_bounded<F, E>(futures: Vec<F>, limit: usize) -> std::result::Result<(), E>
+where
+    F: std::future::Future<Output = std::result::Result<(), E>>,
+{
+    let mut queue = futures.into_iter();
+    let mut running = futures::stream::FuturesUnordered::new();
+    loop {
+        while running.len() < limit.max(1) {
+            match queue.next() {
+                Some(f) => running.push(f),
+                None => break,
+            }
+        }
+        match running.next().await {
+            Some(r) => r?,
+            None => return Ok(()),
+        }
+    }
 }
 
 struct Counters {
@@ -383,18 +404,17 @@ impl Engine {
         let concurrency = self.shared.config.rebuild_concurrency.max(1);
         // What the target holds and the source does not would shadow older layers: punch it.
         let extra = subtract(dst, src);
-        futures::stream::iter(extra.iter().copied())
-            .map(|e| timed(limit, target.punch_layer(name.to_string(), e.offset, e.len)))
-            .buffer_unordered(concurrency)
-            .try_collect::<Vec<()>>()
-            .await
-            .map_err(on(Side::Target))?;
+        let mut punches = Vec::with_capacity(extra.len());
+        for e in &extra {
+            punches.push(timed(limit, target.punch_layer(name.to_string(), e.offset, e.len)));
+        }
+        run_bounded(punches, concurrency).await.map_err(on(Side::Target))?;
         let kept: Vec<Extent> = subtract(dst, &extra);
-        futures::stream::iter(windows(src, self.shared.config.rebuild_batch))
-            .map(|window| self.copy_window(source, target, slot, name, window, &kept, counters))
-            .buffer_unordered(concurrency)
-            .try_collect::<Vec<()>>()
-            .await
+        let mut copies = Vec::new();
+        for window in windows(src, self.shared.config.rebuild_batch) {
+            copies.push(self.copy_window(source, target, slot, name, window, &kept, counters));
+        }
+        run_bounded(copies, concurrency).await
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -510,8 +530,9 @@ impl Engine {
                 }
             }
         }
-        futures::stream::iter(ranges)
-            .map(|(name, off, len)| async move {
+        let mut checks = Vec::with_capacity(ranges.len());
+        for (name, off, len) in ranges {
+            checks.push(async move {
                 let (a, b) = futures::join!(
                     timed(limit, source.layer_checksum(name.clone(), off, len)),
                     timed(limit, target.layer_checksum(name.clone(), off, len))
@@ -521,11 +542,9 @@ impl Engine {
                     return Err(EngineError::new(ErrorKind::Io, OP, format!("layer {name} differs at {off}+{len} after the copy")));
                 }
                 Ok(())
-            })
-            .buffer_unordered(2)
-            .try_collect::<Vec<()>>()
-            .await?;
-        Ok(())
+            });
+        }
+        run_bounded(checks, 2).await
     }
 }
 

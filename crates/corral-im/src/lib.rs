@@ -30,6 +30,7 @@
 //!         args: vec!["replica".into(), "serve".into(), "--listen".into(), "127.0.0.1:{port0}".into()],
 //!         port_count: 1,
 //!         probe_host: String::new(),
+//!         requested_ports: vec![],
 //!     })
 //!     .await?;
 //! println!("replica on port {}", replica.ports[0]);

@@ -51,6 +51,21 @@ impl PortAllocator {
         Some(out)
     }
 
+    /// Exactly these ports, if all are in the range, not held, and bindable now.
+    pub fn allocate_exact(&mut self, ports: &[u16]) -> Option<Vec<u16>> {
+        let mut seen = BTreeSet::new();
+        for p in ports {
+            if !self.range.contains(p) || self.used.contains(p) || !seen.insert(*p) {
+                return None;
+            }
+            if std::net::TcpListener::bind(("127.0.0.1", *p)).is_err() {
+                return None;
+            }
+        }
+        self.used.extend(ports);
+        Some(ports.to_vec())
+    }
+
     /// Return ports to the pool.
     pub fn release(&mut self, ports: &[u16]) {
         for p in ports {
@@ -79,6 +94,17 @@ mod tests {
         let mut got = third.clone();
         got.sort_unstable();
         assert_eq!(got, expect);
+    }
+
+    #[test]
+    fn exact_ports_only_when_free_and_in_range() {
+        let mut a = PortAllocator::new(41100..=41109);
+        assert_eq!(a.allocate_exact(&[41105, 41101]), Some(vec![41105, 41101]));
+        assert_eq!(a.allocate_exact(&[41105]), None, "held");
+        assert_eq!(a.allocate_exact(&[41200]), None, "outside the range");
+        assert_eq!(a.allocate_exact(&[41102, 41102]), None, "twice");
+        a.release(&[41105]);
+        assert_eq!(a.allocate_exact(&[41105]), Some(vec![41105]));
     }
 
     #[test]

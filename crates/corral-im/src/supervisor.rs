@@ -153,7 +153,7 @@ impl Supervisor {
         if kind == InstanceKind::Unspecified {
             return Err(ImError::new(ErrorKind::InvalidArgument, "start", &name, "instance kind must be engine or replica"));
         }
-        if req.port_count > 16 {
+        if req.port_count > 16 || req.requested_ports.len() > 16 {
             return Err(ImError::new(ErrorKind::InvalidArgument, "start", &name, "at most 16 ports per instance"));
         }
         let probe_host = if req.probe_host.is_empty() { "127.0.0.1".to_string() } else { req.probe_host.clone() };
@@ -168,9 +168,16 @@ impl Supervisor {
                     return Err(ImError::new(ErrorKind::AlreadyExists, "start", &name, "instance is already running"));
                 }
             }
-            let ports = state.ports.allocate(req.port_count as usize).ok_or_else(|| {
-                ImError::new(ErrorKind::Exhausted, "start", &name, format!("no {} free ports in the range", req.port_count))
-            })?;
+            let ports = if req.requested_ports.is_empty() {
+                state.ports.allocate(req.port_count as usize).ok_or_else(|| {
+                    ImError::new(ErrorKind::Exhausted, "start", &name, format!("no {} free ports in the range", req.port_count))
+                })?
+            } else {
+                let wanted: Vec<u16> = req.requested_ports.iter().filter_map(|p| u16::try_from(*p).ok()).collect();
+                state.ports.allocate_exact(&wanted).ok_or_else(|| {
+                    ImError::new(ErrorKind::Exhausted, "start", &name, format!("ports {wanted:?} are not all free"))
+                })?
+            };
             state.next_id += 1;
             let id = state.next_id;
             let stop = Arc::new(Notify::new());

@@ -75,7 +75,7 @@ fn free_range(n: u16) -> std::ops::RangeInclusive<u16> {
 fn listener_req(name: &str, extra: &[&str]) -> StartRequest {
     let mut args = vec!["-c".to_string(), LISTENER.to_string(), "{port0}".to_string()];
     args.extend(extra.iter().map(|s| s.to_string()));
-    StartRequest { name: name.into(), kind: InstanceKind::Replica as i32, args, port_count: 1, probe_host: String::new() }
+    StartRequest { name: name.into(), kind: InstanceKind::Replica as i32, args, port_count: 1, probe_host: String::new(), requested_ports: vec![] }
 }
 
 async fn wait_state(client: &ImClient, name: &str, state: InstanceState) -> Instance {
@@ -168,6 +168,7 @@ async fn a_child_that_exits_is_reported_with_its_code_and_last_line() {
         args: vec!["-c".into(), "echo about to fail; sleep 0.3; echo cannot open replica >&2; exit 3".into()],
         port_count: 0,
         probe_host: String::new(),
+        requested_ports: vec![],
     };
     let started = im.client.start(req).await.unwrap();
     assert_eq!(started.state, InstanceState::Running as i32, "no port to probe: running at once");
@@ -194,14 +195,14 @@ async fn shutdown_stops_every_child_and_refuses_new_ones() {
     let im = start_im(PathBuf::from("/bin/sleep"), free_range(5), Duration::from_secs(5)).await;
     let mut pids = Vec::new();
     for (name, kind) in [("e", InstanceKind::Engine), ("r1", InstanceKind::Replica), ("r2", InstanceKind::Replica)] {
-        let req = StartRequest { name: name.into(), kind: kind as i32, args: vec!["1000".into()], port_count: 0, probe_host: String::new() };
+        let req = StartRequest { name: name.into(), kind: kind as i32, args: vec!["1000".into()], port_count: 0, probe_host: String::new(), requested_ports: vec![] };
         pids.push(im.client.start(req).await.unwrap().pid);
     }
     assert!(pids.iter().all(|p| alive(*p)));
     im.supervisor.shutdown().await;
     assert!(pids.iter().all(|p| !alive(*p)), "children left after shutdown");
     assert!(im.client.list().await.unwrap().iter().all(|i| i.state == InstanceState::Stopped as i32));
-    let req = StartRequest { name: "late".into(), kind: 1, args: vec!["1".into()], port_count: 0, probe_host: String::new() };
+    let req = StartRequest { name: "late".into(), kind: 1, args: vec!["1".into()], port_count: 0, probe_host: String::new(), requested_ports: vec![] };
     assert_eq!(im.client.start(req).await.unwrap_err().kind(), ErrorKind::Unavailable);
 }
 

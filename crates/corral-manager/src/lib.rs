@@ -1,1 +1,160 @@
-//! corral-manager (being written).
+//! corral-manager: Corral's control plane — the REST API, the scheduler and the reconcilers.
+//!
+//! A manager runs on each node. It keeps desired state in a [`corral_store::Store`] (embedded redb
+//! by default), serves the REST API (axum; OpenAPI at `/v1/openapi.json`, also in
+//! `docs/openapi.json`), and runs level-triggered reconcilers that drive the node's instance manager
+//! (gRPC, `corral-im`) and the engines' control APIs toward that state: replicas placed by the
+//! [`scheduler`] and served by `corral replica serve`, an engine (`corral engine serve`) on the
+//! attach node exposing the volume over NBD, failed replicas restarted and rebuilt.
+//!
+//! # Threading
+//! Tokio. The API serves requests concurrently; one reconcile loop per manager runs passes one at
+//! a time (woken by store changes, instance events and a periodic resync), so reconcile steps never
+//! race each other; API writes and reconciler writes are ordered by the store's version check.
+//!
+//! # Example
+//! ```no_run
+//! use std::sync::Arc;
+//! use corral_manager::{Manager, ManagerConfig};
+//! # async fn example() -> Result<(), Box<dyn std::error::Error>> {
+//! let store = Arc::new(corral_store::RedbStore::open("/var/lib/corral/corral.redb".as_ref())?);
+//! let mut config = ManagerConfig::new("node-1", "http://127.0.0.1:9501");
+//! config.listen = "127.0.0.1:9500".parse()?;
+//! let manager = Manager::start(config, store).await?;
+//! println!("API on http://{}", manager.local_addr());
+//! manager.shutdown().await;
+//! # Ok(()) }
+//! ```
+
+pub mod api;
+pub mod engine_client;
+mod error;
+pub mod events;
+pub mod reconcile;
+pub mod scheduler;
+pub mod settings;
+pub mod validation;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use corral_store::{Datastore, Store};
+
+pub use error::{Code, ErrorBody, ManagerError, Result};
+
+/// How a manager runs.
+#[derive(Debug, Clone)]
+pub struct ManagerConfig {
+    /// This node's name.
+    pub node: String,
+    /// Where the API listens.
+    pub listen: SocketAddr,
+    /// The node's instance manager (`http://host:port`).
+    pub instance_manager_url: String,
+    /// Host the node's replicas and engines listen on.
+    pub node_address: String,
+    /// Disk registered when the node registers for the first time.
+    pub default_disk: Option<PathBuf>,
+    /// Settings stored if not set yet (quickstart turns soft anti-affinity on this way).
+    pub initial_settings: Vec<(String, String)>,
+    /// Backup target set if none is set yet.
+    pub initial_backup_target: Option<String>,
+    /// Longest time between two reconcile passes.
+    pub resync: Duration,
+}
+
+impl ManagerConfig {
+    pub fn new(node: impl Into<String>, instance_manager_url: impl Into<String>) -> Self {
+        ManagerConfig {
+            node: node.into(),
+            listen: SocketAddr::from(([127, 0, 0, 1], 9500)),
+            instance_manager_url: instance_manager_url.into(),
+            node_address: "127.0.0.1".into(),
+            default_disk: None,
+            initial_settings: Vec::new(),
+            initial_backup_target: None,
+            resync: Duration::from_secs(3),
+        }
+    }
+}
+
+/// A running manager: API server and reconcile loop.
+pub struct Manager {
+    local_addr: SocketAddr,
+    stop: tokio::sync::watch::Sender<bool>,
+    api: tokio::task::JoinHandle<()>,
+    reconciler: tokio::task::JoinHandle<()>,
+    ds: Datastore,
+}
+
+impl Manager {
+    /// Bind the API, register the node, start reconciling.
+    pub async fn start(config: ManagerConfig, store: Arc<dyn Store>) -> Result<Manager> {
+        let ds = Datastore::new(store);
+        for (name, value) in &config.initial_settings {
+            settings::set_if_absent(&ds, name, value).await?;
+        }
+        if let Some(url) = &config.initial_backup_target {
+            use corral_store::resources::{BackupTarget, BackupTargetSpec};
+            if ds.try_get::<BackupTarget>("default").await?.is_none() {
+                let t = BackupTarget::new("default", BackupTargetSpec { url: url.clone(), poll_interval: 300 });
+                match ds.create(&t).await {
+                    Ok(_) => {}
+                    Err(e) if e.kind() == corral_store::ErrorKind::AlreadyExists => {}
+                    Err(e) => return Err(e.into()),
+                }
+            }
+        }
+        let im = corral_im::ImClient::new(&config.instance_manager_url)?;
+        let events = Arc::new(events::EventLog::default());
+        let wake = Arc::new(tokio::sync::Notify::new());
+        let rec = reconcile::Reconciler {
+            ds: ds.clone(),
+            im,
+            node: config.node.clone(),
+            node_address: config.node_address.clone(),
+            events: events.clone(),
+            wake: wake.clone(),
+            restarts: Arc::default(),
+        };
+        // Register the node before serving, so the first API request can attach and schedule.
+        rec.reconcile_node(config.default_disk.as_deref(), &config.instance_manager_url).await?;
+        let listener = tokio::net::TcpListener::bind(config.listen)
+            .await
+            .map_err(|e| ManagerError::new(Code::Unavailable, format!("cannot listen on {}: {e}", config.listen)))?;
+        let local_addr = listener.local_addr().map_err(|e| ManagerError::new(Code::Internal, e.to_string()))?;
+        let (stop, stop_rx) = tokio::sync::watch::channel(false);
+        let state = api::AppState { ds: ds.clone(), events, node: config.node.clone(), wake };
+        let mut api_stop = stop_rx.clone();
+        let api = tokio::spawn(async move {
+            let serve = axum::serve(listener, api::router(state)).with_graceful_shutdown(async move {
+                let _ = api_stop.wait_for(|s| *s).await;
+            });
+            if let Err(e) = serve.await {
+                tracing::error!(error = %e, "API server failed");
+            }
+        });
+        let reconciler = tokio::spawn(reconcile::run(rec, config.default_disk.clone(), config.instance_manager_url.clone(), config.resync, stop_rx));
+        Ok(Manager { local_addr, stop, api, reconciler, ds })
+    }
+
+    /// Where the API listens.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// The typed datastore (for tests and embedding).
+    pub fn datastore(&self) -> &Datastore {
+        &self.ds
+    }
+
+    /// Stop serving and reconciling (processes keep running: stopping them is the instance
+    /// manager's job, so a manager restart does not disturb volumes).
+    pub async fn shutdown(self) {
+        let _ = self.stop.send(true);
+        let _ = self.reconciler.await;
+        let _ = self.api.await;
+    }
+}

@@ -36,7 +36,9 @@ async fn main() {
     if tcp.is_none() && unix.is_none() {
         tcp = Some("127.0.0.1:10809".to_owned());
     }
-    let server = NbdServer::builder(name, Arc::new(MemoryBackend::new(size))).description("corral-nbd memory disk").build();
+    let server = NbdServer::builder(name, Arc::new(MemoryBackend::new(size)))
+        .description("corral-nbd memory disk")
+        .build();
     let mut tasks = Vec::new();
     if let Some(addr) = tcp {
         let listener = tokio::net::TcpListener::bind(&addr).await.unwrap_or_else(|e| {

@@ -28,14 +28,20 @@ pub trait NbdBackend: Send + Sync + 'static {
     fn read(&self, offset: u64, buf: &mut [u8]) -> impl Future<Output = Result<(), NbdError>> + Send;
 
     /// Write `data` at `offset`; when `fua`, the data is durable when this returns `Ok`.
-    fn write(&self, offset: u64, data: &[u8], fua: bool) -> impl Future<Output = Result<(), NbdError>> + Send;
+    fn write(&self, offset: u64, data: &[u8], fua: bool)
+        -> impl Future<Output = Result<(), NbdError>> + Send;
 
     /// The client no longer needs `len` bytes at `offset` (contents afterwards are unspecified,
     /// though backends normally read back zeroes).
     fn trim(&self, offset: u64, len: u64) -> impl Future<Output = Result<(), NbdError>> + Send;
 
     /// Make `len` bytes at `offset` read back as zeroes; the backend may deallocate them.
-    fn write_zeroes(&self, offset: u64, len: u64, fua: bool) -> impl Future<Output = Result<(), NbdError>> + Send;
+    fn write_zeroes(
+        &self,
+        offset: u64,
+        len: u64,
+        fua: bool,
+    ) -> impl Future<Output = Result<(), NbdError>> + Send;
 
     /// Make every completed write durable (see the durability contract above).
     fn flush(&self) -> impl Future<Output = Result<(), NbdError>> + Send;
@@ -72,5 +78,6 @@ pub trait NbdBackend: Send + Sync + 'static {
 
 /// Shorthand for the error a backend returns for a range it cannot serve.
 pub fn out_of_range(op: &'static str, offset: u64, len: u64, size: u64) -> NbdError {
-    NbdError::new(ErrorKind::InvalidArgument, op, format!("range ends beyond the size {size}")).at(offset, len)
+    NbdError::new(ErrorKind::InvalidArgument, op, format!("range ends beyond the size {size}"))
+        .at(offset, len)
 }

@@ -117,7 +117,12 @@ where
                     structured = true;
                     push_option_reply(&mut out, option, REP_ACK, &[]);
                 } else {
-                    push_option_reply(&mut out, option, REP_ERR_INVALID, b"NBD_OPT_STRUCTURED_REPLY carries no data");
+                    push_option_reply(
+                        &mut out,
+                        option,
+                        REP_ERR_INVALID,
+                        b"NBD_OPT_STRUCTURED_REPLY carries no data",
+                    );
                 }
             }
             OPT_INFO | OPT_GO => match GoRequest::parse(&data) {

@@ -60,6 +60,6 @@ pub use backend::{out_of_range, NbdBackend};
 pub use error::{ErrorKind, NbdError, Result};
 pub use memory_backend::MemoryBackend;
 pub use server::{
-    ExportConfig, NbdServer, NbdServerBuilder, NewClientsBlocked, DEFAULT_MAX_BLOCK_SIZE, DEFAULT_MAX_IN_FLIGHT,
-    DEFAULT_PAYLOAD_BUDGET, DEFAULT_PREFERRED_BLOCK_SIZE,
+    ExportConfig, NbdServer, NbdServerBuilder, NewClientsBlocked, DEFAULT_MAX_BLOCK_SIZE,
+    DEFAULT_MAX_IN_FLIGHT, DEFAULT_PAYLOAD_BUDGET, DEFAULT_PREFERRED_BLOCK_SIZE,
 };

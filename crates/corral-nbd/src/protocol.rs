@@ -391,9 +391,16 @@ impl<'a> Info<'a> {
             INFO_DESCRIPTION => Ok(Info::Description(body)),
             INFO_BLOCK_SIZE => {
                 if body.len() != 12 {
-                    return Err(FormatError::Invalid { what: "NBD_INFO_BLOCK_SIZE", detail: "length is not 14" });
+                    return Err(FormatError::Invalid {
+                        what: "NBD_INFO_BLOCK_SIZE",
+                        detail: "length is not 14",
+                    });
                 }
-                Ok(Info::BlockSize { minimum: be32(body, 0), preferred: be32(body, 4), maximum: be32(body, 8) })
+                Ok(Info::BlockSize {
+                    minimum: be32(body, 0),
+                    preferred: be32(body, 4),
+                    maximum: be32(body, 8),
+                })
             }
             _ => Err(FormatError::Invalid { what: "NBD_REP_INFO", detail: "unknown info type" }),
         }
@@ -543,10 +550,8 @@ pub fn check_request(h: &RequestHeader, p: &TransmissionParams) -> Result<Reques
         }
         _ => {}
     }
-    let known_command = matches!(
-        h.command,
-        CMD_READ | CMD_WRITE | CMD_DISC | CMD_FLUSH | CMD_TRIM | CMD_WRITE_ZEROES
-    );
+    let known_command =
+        matches!(h.command, CMD_READ | CMD_WRITE | CMD_DISC | CMD_FLUSH | CMD_TRIM | CMD_WRITE_ZEROES);
     if !known_command {
         return Err(reject(ErrorKind::InvalidArgument, "unknown command"));
     }
@@ -669,9 +674,17 @@ impl StructuredReply {
         need("structured reply", b, STRUCTURED_REPLY_LEN)?;
         let magic = be32(b, 0);
         if magic != STRUCTURED_REPLY_MAGIC {
-            return Err(FormatError::BadMagic { expected: STRUCTURED_REPLY_MAGIC.into(), found: magic.into() });
+            return Err(FormatError::BadMagic {
+                expected: STRUCTURED_REPLY_MAGIC.into(),
+                found: magic.into(),
+            });
         }
-        Ok(StructuredReply { flags: be16(b, 4), reply_type: be16(b, 6), cookie: be64(b, 8), length: be32(b, 16) })
+        Ok(StructuredReply {
+            flags: be16(b, 4),
+            reply_type: be16(b, 6),
+            cookie: be64(b, 8),
+            length: be32(b, 16),
+        })
     }
 }
 

@@ -36,7 +36,8 @@ fn greeting_layout_is_the_documented_one() {
 
 #[test]
 fn request_layout_is_the_documented_one() {
-    let h = RequestHeader { flags: 1, command: CMD_WRITE, cookie: 0x0102030405060708, offset: 4096, length: 512 };
+    let h =
+        RequestHeader { flags: 1, command: CMD_WRITE, cookie: 0x0102030405060708, offset: 4096, length: 512 };
     let b = h.encode();
     assert_eq!(&b[0..4], &[0x25, 0x60, 0x95, 0x13]);
     assert_eq!(&b[4..6], &[0, 1]);
@@ -55,7 +56,15 @@ fn replies_have_the_documented_layout() {
 
     let d = encode_offset_data_header(7, 8192, 4096);
     let h = StructuredReply::decode(&d).expect("decodes");
-    assert_eq!(h, StructuredReply { flags: REPLY_FLAG_DONE, reply_type: REPLY_TYPE_OFFSET_DATA, cookie: 7, length: 4104 });
+    assert_eq!(
+        h,
+        StructuredReply {
+            flags: REPLY_FLAG_DONE,
+            reply_type: REPLY_TYPE_OFFSET_DATA,
+            cookie: 7,
+            length: 4104
+        }
+    );
     assert_eq!(&d[20..28], &8192u64.to_be_bytes());
 
     let mut e = Vec::new();
@@ -148,18 +157,30 @@ fn check_request_rejects_per_spec() {
     let p = params();
     let kind = |h: RequestHeader| check_request(&h, &p).map_err(|r| (r.kind, r.payload));
     // read beyond the end: EINVAL, no payload
-    assert_eq!(kind(req(CMD_READ, 0, 1 << 20, 1)), Err((ErrorKind::InvalidArgument, PayloadDisposition::None)));
+    assert_eq!(
+        kind(req(CMD_READ, 0, 1 << 20, 1)),
+        Err((ErrorKind::InvalidArgument, PayloadDisposition::None))
+    );
     // write beyond the end: ENOSPC, payload discarded
-    assert_eq!(kind(req(CMD_WRITE, 0, (1 << 20) - 1, 2)), Err((ErrorKind::NoSpace, PayloadDisposition::Discard(2))));
+    assert_eq!(
+        kind(req(CMD_WRITE, 0, (1 << 20) - 1, 2)),
+        Err((ErrorKind::NoSpace, PayloadDisposition::Discard(2)))
+    );
     // offset + length overflows u64
-    assert_eq!(kind(req(CMD_WRITE, 0, u64::MAX, 16)), Err((ErrorKind::NoSpace, PayloadDisposition::Discard(16))));
+    assert_eq!(
+        kind(req(CMD_WRITE, 0, u64::MAX, 16)),
+        Err((ErrorKind::NoSpace, PayloadDisposition::Discard(16)))
+    );
     assert_eq!(kind(req(CMD_READ, 0, u64::MAX - 1, 16)).map_err(|e| e.0), Err(ErrorKind::InvalidArgument));
     // oversized payloads
     assert_eq!(
         kind(req(CMD_WRITE, 0, 0, (64 << 10) + 1)),
         Err((ErrorKind::InvalidArgument, PayloadDisposition::Discard((64 << 10) + 1)))
     );
-    assert_eq!(kind(req(CMD_WRITE, 0, 0, u32::MAX)), Err((ErrorKind::InvalidArgument, PayloadDisposition::Disconnect)));
+    assert_eq!(
+        kind(req(CMD_WRITE, 0, 0, u32::MAX)),
+        Err((ErrorKind::InvalidArgument, PayloadDisposition::Disconnect))
+    );
     assert_eq!(kind(req(CMD_READ, 0, 0, (64 << 10) + 1)).map_err(|e| e.0), Err(ErrorKind::InvalidArgument));
     // unknown command and flags
     assert_eq!(kind(req(99, 0, 0, 4096)), Err((ErrorKind::InvalidArgument, PayloadDisposition::None)));
@@ -176,13 +197,19 @@ fn check_request_rejects_per_spec() {
         check_request(&req(CMD_WRITE, 0, 0, 4096), &ro).map_err(|r| r.kind),
         Err(ErrorKind::PermissionDenied)
     );
-    assert_eq!(check_request(&req(CMD_TRIM, 0, 0, 4096), &ro).map_err(|r| r.kind), Err(ErrorKind::PermissionDenied));
+    assert_eq!(
+        check_request(&req(CMD_TRIM, 0, 0, 4096), &ro).map_err(|r| r.kind),
+        Err(ErrorKind::PermissionDenied)
+    );
 }
 
 #[test]
 fn structured_reads_accept_df() {
     let p = TransmissionParams { structured: true, flags: params().flags | TFLAG_SEND_DF, ..params() };
-    assert_eq!(check_request(&req(CMD_READ, CMD_FLAG_DF, 0, 512), &p), Ok(Request::Read { offset: 0, length: 512 }));
+    assert_eq!(
+        check_request(&req(CMD_READ, CMD_FLAG_DF, 0, 512), &p),
+        Ok(Request::Read { offset: 0, length: 512 })
+    );
 }
 
 proptest! {

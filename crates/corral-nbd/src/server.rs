@@ -330,7 +330,11 @@ impl<B: NbdBackend> NbdServer<B> {
                 HandshakeEnd::Transmission(params) => params,
                 HandshakeEnd::Aborted => return Ok(()),
             };
-            tracing::debug!(size = params.size, structured = params.structured, "NBD client entered transmission");
+            tracing::debug!(
+                size = params.size,
+                structured = params.structured,
+                "NBD client entered transmission"
+            );
             let limits = TransmissionLimits {
                 max_in_flight: inner.config.max_in_flight,
                 payload_budget: inner.config.payload_budget,

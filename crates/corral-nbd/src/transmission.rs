@@ -68,7 +68,13 @@ where
     R: AsyncRead + Unpin + Send,
     W: AsyncWrite + Unpin + Send,
 {
-    pub(crate) fn new(backend: &'a B, params: TransmissionParams, reader: R, writer: W, limits: TransmissionLimits) -> Self {
+    pub(crate) fn new(
+        backend: &'a B,
+        params: TransmissionParams,
+        reader: R,
+        writer: W,
+        limits: TransmissionLimits,
+    ) -> Self {
         let units = limits.payload_budget.max(params.max_payload as usize).div_ceil(BUDGET_UNIT);
         let budget_units = u32::try_from(units).unwrap_or(u32::MAX);
         Transmission {
@@ -150,7 +156,9 @@ where
                 Step::Execute { cookie, request, _permit } => {
                     let result = self.execute(request, &mut buf).await;
                     let (is_read, offset, data) = match request {
-                        Request::Read { offset, length } if result.is_ok() => (true, offset, &buf[..length as usize]),
+                        Request::Read { offset, length } if result.is_ok() => {
+                            (true, offset, &buf[..length as usize])
+                        }
                         Request::Read { offset, .. } => (true, offset, &buf[..0]),
                         _ => (false, 0, &buf[..0]),
                     };
@@ -185,7 +193,8 @@ where
             }
             have += n;
         }
-        let header = RequestHeader::decode(&raw).map_err(|e| NbdError::new(ErrorKind::Protocol, "request", e.to_string()))?;
+        let header = RequestHeader::decode(&raw)
+            .map_err(|e| NbdError::new(ErrorKind::Protocol, "request", e.to_string()))?;
         match check_request(&header, &self.params) {
             Ok(Request::Disconnect) => Ok(Step::Stop),
             Ok(request) => {
@@ -228,7 +237,9 @@ where
         let backend = self.backend;
         match request {
             Request::Read { offset, length } => backend.read(offset, &mut buf[..length as usize]).await,
-            Request::Write { offset, length, fua } => backend.write(offset, &buf[..length as usize], fua).await,
+            Request::Write { offset, length, fua } => {
+                backend.write(offset, &buf[..length as usize], fua).await
+            }
             Request::Flush => backend.flush().await,
             Request::Trim { offset, length, fua } => {
                 backend.trim(offset, length.into()).await?;
@@ -290,7 +301,9 @@ where
                 let header = SimpleReply { error: 0, cookie }.encode();
                 write_all_vectored(&mut *writer, &mut [IoSlice::new(&header), IoSlice::new(data)]).await
             }
-            (false, Err(err)) => writer.write_all(&SimpleReply { error: err.kind().errno(), cookie }.encode()).await,
+            (false, Err(err)) => {
+                writer.write_all(&SimpleReply { error: err.kind().errno(), cookie }.encode()).await
+            }
         };
         let others_ready = self.replies_ready.fetch_sub(1, Ordering::AcqRel).saturating_sub(1);
         self.in_flight.fetch_sub(1, Ordering::AcqRel);
@@ -316,7 +329,10 @@ async fn discard<R: AsyncRead + Unpin>(reader: &mut R, buf: &mut Vec<u8>, len: u
     Ok(())
 }
 
-async fn write_all_vectored<W: AsyncWrite + Unpin>(writer: &mut W, mut bufs: &mut [IoSlice<'_>]) -> std::io::Result<()> {
+async fn write_all_vectored<W: AsyncWrite + Unpin>(
+    writer: &mut W,
+    mut bufs: &mut [IoSlice<'_>],
+) -> std::io::Result<()> {
     IoSlice::advance_slices(&mut bufs, 0);
     while !bufs.is_empty() {
         let n = writer.write_vectored(bufs).await?;

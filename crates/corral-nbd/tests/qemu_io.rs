@@ -25,7 +25,9 @@ fn qemu_io_ok(uri: &str, commands: &[&str]) -> String {
     let out = qemu_io(uri, commands);
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(
-        out.status.success() && !stdout.contains("Pattern verification failed") && !stdout.contains("failed:"),
+        out.status.success()
+            && !stdout.contains("Pattern verification failed")
+            && !stdout.contains("failed:"),
         "qemu-io {commands:?} on {uri} failed ({}):\n{stdout}\n{}",
         out.status,
         String::from_utf8_lossy(&out.stderr)

@@ -249,7 +249,8 @@ impl Replica {
                 for &p in &punchable {
                     let layer = chain.layer(p)?;
                     fsutil::punch_hole(&layer.file, fs * BS, (fe - fs) * BS).map_err(|err| {
-                        ReplicaError::io("punch hole", &self.dir.join(&layer.file_name), err).with_offset(fs * BS)
+                        ReplicaError::io("punch hole", &self.dir.join(&layer.file_name), err)
+                            .with_offset(fs * BS)
                     })?;
                     layer.dirty.store(true, Ordering::Release);
                 }

@@ -184,7 +184,13 @@ mod tests {
     #[test]
     fn fiemap_sees_data_and_unwritten_extents_but_not_holes() {
         let dir = tempfile::tempdir().unwrap();
-        let f = OpenOptions::new().read(true).write(true).create(true).truncate(true).open(dir.path().join("f")).unwrap();
+        let f = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(dir.path().join("f"))
+            .unwrap();
         f.set_len(64 << 20).unwrap();
         f.write_all_at(&[1u8; 8192], 1 << 20).unwrap();
         zero_range(&f, 8 << 20, 4096 * 3).unwrap();
@@ -201,7 +207,13 @@ mod tests {
     #[test]
     fn fiemap_pages_through_many_extents() {
         let dir = tempfile::tempdir().unwrap();
-        let f = OpenOptions::new().read(true).write(true).create(true).truncate(true).open(dir.path().join("f")).unwrap();
+        let f = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(dir.path().join("f"))
+            .unwrap();
         for i in 0..1500u64 {
             f.write_all_at(&[1u8; 4096], i * 3 * 4096).unwrap();
         }

@@ -69,7 +69,8 @@ pub fn export(dir: &Path, snapshot: Option<&str>, out: &Path) -> Result<()> {
             let n = (end - pos).min(buf.len() as u64) as usize;
             replica.read_snapshot_at(view, &mut buf[..n], pos)?;
             if buf[..n].iter().any(|&b| b != 0) {
-                f.write_all_at(&buf[..n], pos).map_err(|e| ReplicaError::io("write export file", out, e).with_offset(pos))?;
+                f.write_all_at(&buf[..n], pos)
+                    .map_err(|e| ReplicaError::io("write export file", out, e).with_offset(pos))?;
             }
             pos += n as u64;
         }
@@ -100,7 +101,11 @@ impl CheckReport {
 /// reported as a problem naming it (`Err` only when the directory cannot be read at all).
 pub fn check(dir: &Path) -> Result<CheckReport> {
     match scan::scan(dir) {
-        Ok(s) => Ok(CheckReport { dir: dir.to_path_buf(), problems: scan::problems(&s), leftovers: s.leftovers.clone() }),
+        Ok(s) => Ok(CheckReport {
+            dir: dir.to_path_buf(),
+            problems: scan::problems(&s),
+            leftovers: s.leftovers.clone(),
+        }),
         Err(e) if e.kind() == ErrorKind::Corrupt => Ok(CheckReport {
             dir: dir.to_path_buf(),
             problems: vec![Problem {

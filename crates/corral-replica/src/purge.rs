@@ -147,7 +147,10 @@ impl Replica {
     fn coalesce_still_valid(chain: &Chain, parent: LayerId, child: LayerId) -> bool {
         match (chain.layers.get(&parent), chain.layers.get(&child)) {
             (Some(p), Some(c)) => {
-                p.meta.removed && c.meta.parent == p.file_name && chain.child_count(parent) == 1 && child != chain.head
+                p.meta.removed
+                    && c.meta.parent == p.file_name
+                    && chain.child_count(parent) == 1
+                    && child != chain.head
             }
             _ => false,
         }
@@ -174,8 +177,9 @@ impl Replica {
             while pos < b {
                 let n = (b - pos).min(REGION_BLOCKS);
                 let chunk = &mut buf[..(n * BS) as usize];
-                pread_full(&p.file, chunk, pos * BS)
-                    .map_err(|err| ReplicaError::io("purge read", &self.dir.join(&p.file_name), err).with_offset(pos * BS))?;
+                pread_full(&p.file, chunk, pos * BS).map_err(|err| {
+                    ReplicaError::io("purge read", &self.dir.join(&p.file_name), err).with_offset(pos * BS)
+                })?;
                 std::os::unix::fs::FileExt::write_all_at(&c.file, chunk, pos * BS).map_err(|err| {
                     ReplicaError::io("purge write", &self.dir.join(&c.file_name), err).with_offset(pos * BS)
                 })?;
@@ -192,7 +196,8 @@ impl Replica {
     }
 
     fn purge_coalesce(&self, parent: LayerId, child: LayerId, cancel: &AtomicBool) -> Result<()> {
-        let ranges: Vec<(u64, u64)> = self.maps.read().extents_of(parent).iter().map(|(s, e, ())| (s, e)).collect();
+        let ranges: Vec<(u64, u64)> =
+            self.maps.read().extents_of(parent).iter().map(|(s, e, ())| (s, e)).collect();
         for (cs, ce) in chunks(&ranges) {
             if cancel.load(Ordering::Acquire) {
                 return Err(cancelled());
@@ -211,7 +216,8 @@ impl Replica {
         }
         // Anything the parent gained since the online pass (nothing normally) is copied now, with all
         // I/O excluded.
-        let rest: Vec<(u64, u64)> = self.maps.read().extents_of(parent).iter().map(|(s, e, ())| (s, e)).collect();
+        let rest: Vec<(u64, u64)> =
+            self.maps.read().extents_of(parent).iter().map(|(s, e, ())| (s, e)).collect();
         for (s, e) in rest {
             self.copy_missing(&chain, parent, child, s, e)?;
         }
@@ -221,9 +227,7 @@ impl Replica {
         };
         let (c_file, c_name, c_meta) = {
             let c = chain.layer(child)?;
-            c.file
-                .sync_data()
-                .map_err(|e| ReplicaError::io("fdatasync", &self.dir.join(&c.file_name), e))?;
+            c.file.sync_data().map_err(|e| ReplicaError::io("fdatasync", &self.dir.join(&c.file_name), e))?;
             c.dirty.store(false, Ordering::Release);
             (c.file_name.clone(), c.snapshot_name().unwrap_or_default().to_string(), c.meta.clone())
         };
@@ -231,7 +235,8 @@ impl Replica {
         self.update_state(|s| s.pending = Some(PendingOp::Coalesce { removed: p_name, child: c_name }))?;
         self.failpoints.hit("purge.coalesce.after_intent")?;
         let new_meta = DiskMeta { parent: p_parent, ..c_meta };
-        let committed = fsutil::atomic_write(&self.dir, &names::meta_file(&c_file), &new_meta.to_bytes(), 0o644);
+        let committed =
+            fsutil::atomic_write(&self.dir, &names::meta_file(&c_file), &new_meta.to_bytes(), 0o644);
         if let Err(e) = committed {
             self.poisoned.store(true, Ordering::Release);
             return Err(e);
@@ -268,7 +273,9 @@ impl Replica {
         let (child, ranges) = {
             let chain = self.chain.read();
             let child = chain.head;
-            if !chain.layers.get(&id).is_some_and(|l| l.meta.removed) || chain.children.get(&id) != Some(&vec![child]) {
+            if !chain.layers.get(&id).is_some_and(|l| l.meta.removed)
+                || chain.children.get(&id) != Some(&vec![child])
+            {
                 return Ok(());
             }
             let maps = self.maps.read();
@@ -288,13 +295,16 @@ impl Replica {
                 return Err(cancelled());
             }
             let chain = self.chain.read();
-            if !chain.layers.get(&id).is_some_and(|l| l.meta.removed) || chain.children.get(&id) != Some(&vec![child]) {
+            if !chain.layers.get(&id).is_some_and(|l| l.meta.removed)
+                || chain.children.get(&id) != Some(&vec![child])
+            {
                 return Ok(());
             }
             let _stripes = self.lock_stripes(cs, ce);
             let layer = chain.layer(id)?;
-            fsutil::punch_hole(&layer.file, cs * BS, (ce - cs) * BS)
-                .map_err(|e| ReplicaError::io("punch hole", &self.dir.join(&layer.file_name), e).with_offset(cs * BS))?;
+            fsutil::punch_hole(&layer.file, cs * BS, (ce - cs) * BS).map_err(|e| {
+                ReplicaError::io("punch hole", &self.dir.join(&layer.file_name), e).with_offset(cs * BS)
+            })?;
             layer.dirty.store(true, Ordering::Release);
             self.maps.write().extents_mut(id).clear(cs, ce);
             self.failpoints.hit("purge.prune.mid_punch")?;

@@ -156,10 +156,9 @@ impl Replica {
         let (s, e) = blocks_of(off, buf.len() as u64);
         let _stripes = self.lock_stripes(s, e);
         let layer = chain.layer(id)?;
-        layer
-            .file
-            .write_all_at(buf, off)
-            .map_err(|err| ReplicaError::io("write layer", &self.dir.join(&layer.file_name), err).with_offset(off))?;
+        layer.file.write_all_at(buf, off).map_err(|err| {
+            ReplicaError::io("write layer", &self.dir.join(&layer.file_name), err).with_offset(off)
+        })?;
         layer.dirty.store(true, Ordering::Release);
         self.maps.write().extents_mut(id).add(s, e);
         if chain.live.contains(&id) {
@@ -177,8 +176,9 @@ impl Replica {
         let (s, e) = blocks_of(off, len);
         let _stripes = self.lock_stripes(s, e);
         let layer = chain.layer(id)?;
-        fsutil::punch_hole(&layer.file, off, len)
-            .map_err(|err| ReplicaError::io("punch layer", &self.dir.join(&layer.file_name), err).with_offset(off))?;
+        fsutil::punch_hole(&layer.file, off, len).map_err(|err| {
+            ReplicaError::io("punch layer", &self.dir.join(&layer.file_name), err).with_offset(off)
+        })?;
         layer.dirty.store(true, Ordering::Release);
         // Only whole blocks become holes; a partly punched block stays allocated.
         let (ws, we) = (off.div_ceil(BS), (off + len) / BS);

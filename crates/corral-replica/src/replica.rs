@@ -85,9 +85,9 @@ impl Chain {
     }
 
     pub fn layer(&self, id: LayerId) -> Result<&Layer> {
-        self.layers
-            .get(&id)
-            .ok_or_else(|| ReplicaError::new(ErrorKind::Corrupt, "lookup layer", format!("layer id {id} vanished")))
+        self.layers.get(&id).ok_or_else(|| {
+            ReplicaError::new(ErrorKind::Corrupt, "lookup layer", format!("layer id {id} vanished"))
+        })
     }
 
     pub fn head_layer(&self) -> &Layer {
@@ -105,7 +105,11 @@ impl Chain {
                 return Ok(id);
             }
         }
-        Err(ReplicaError::new(ErrorKind::NotFound, "lookup snapshot", format!("snapshot {name:?} does not exist")))
+        Err(ReplicaError::new(
+            ErrorKind::NotFound,
+            "lookup snapshot",
+            format!("snapshot {name:?} does not exist"),
+        ))
     }
 
     pub fn child_count(&self, id: LayerId) -> usize {
@@ -237,7 +241,10 @@ impl Replica {
         for entry in entries.flatten() {
             let name = entry.file_name();
             let name = name.to_string_lossy();
-            if name == volume_meta::FILE_NAME || name.starts_with(names::HEAD_PREFIX) || name.starts_with(names::SNAP_PREFIX) {
+            if name == volume_meta::FILE_NAME
+                || name.starts_with(names::HEAD_PREFIX)
+                || name.starts_with(names::SNAP_PREFIX)
+            {
                 return Err(ReplicaError::new(
                     ErrorKind::AlreadyExists,
                     "create",
@@ -385,7 +392,11 @@ impl Replica {
     pub fn set_revision(&self, revision: u64) -> Result<()> {
         self.check_writable("set revision")?;
         if revision > i64::MAX as u64 {
-            return Err(ReplicaError::new(ErrorKind::InvalidArgument, "set revision", "revision exceeds int64"));
+            return Err(ReplicaError::new(
+                ErrorKind::InvalidArgument,
+                "set revision",
+                "revision exceeds int64",
+            ));
         }
         let mut persisted = self.persisted_revision.lock();
         self.revision.store(revision, Ordering::Release);
@@ -421,7 +432,8 @@ impl Replica {
 
     pub(crate) fn check_writable(&self, op: &'static str) -> Result<()> {
         if self.read_only {
-            return Err(ReplicaError::new(ErrorKind::InvalidArgument, op, "replica is open read-only").with_path(&self.dir));
+            return Err(ReplicaError::new(ErrorKind::InvalidArgument, op, "replica is open read-only")
+                .with_path(&self.dir));
         }
         if self.poisoned.load(Ordering::Acquire) {
             return Err(ReplicaError::new(
@@ -480,7 +492,12 @@ fn write_revision_file(dir: &Path, value: u64) -> Result<()> {
 }
 
 /// Opens every layer of `tree`, reads its extents and builds the index.
-pub(crate) fn build_layers(dir: &Path, tree: &scan::Tree, read_only: bool, sync: bool) -> Result<(Chain, Maps)> {
+pub(crate) fn build_layers(
+    dir: &Path,
+    tree: &scan::Tree,
+    read_only: bool,
+    sync: bool,
+) -> Result<(Chain, Maps)> {
     let mut chain = Chain {
         layers: HashMap::new(),
         by_file: HashMap::new(),

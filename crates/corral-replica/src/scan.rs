@@ -71,8 +71,12 @@ pub(crate) fn scan(dir: &Path) -> Result<DirScan> {
             return Err(ReplicaError::new(ErrorKind::NotFound, "open", "replica directory does not exist")
                 .with_path(dir));
         }
-        return Err(ReplicaError::new(ErrorKind::NotFound, "open", "no volume.meta: not a replica directory")
-            .with_path(dir));
+        return Err(ReplicaError::new(
+            ErrorKind::NotFound,
+            "open",
+            "no volume.meta: not a replica directory",
+        )
+        .with_path(dir));
     }
     let volume = VolumeMeta::parse(&read_small(&vm_path, "read volume.meta")?, &vm_path)?;
     let cs_path = dir.join(crate::format::corral_state::FILE_NAME);
@@ -98,7 +102,8 @@ pub(crate) fn scan(dir: &Path) -> Result<DirScan> {
             leftovers.push(name);
             continue;
         }
-        let is_layer_file = |s: &str| names::head_number(s).is_some() || names::snapshot_name_of_file(s).is_some();
+        let is_layer_file =
+            |s: &str| names::head_number(s).is_some() || names::snapshot_name_of_file(s).is_some();
         if is_layer_file(&name) {
             imgs.insert(name);
         } else if let Some(img) = name.strip_suffix(crate::format::disk_meta::SUFFIX) {
@@ -167,14 +172,23 @@ pub(crate) fn problems(scan: &DirScan) -> Vec<Problem> {
     let mut out = Vec::new();
     let head = &scan.volume.head;
     if !scan.imgs.contains(head) {
-        out.push(Problem { file: dir.join(head), message: "missing layer file: the head named by volume.meta does not exist".into() });
+        out.push(Problem {
+            file: dir.join(head),
+            message: "missing layer file: the head named by volume.meta does not exist".into(),
+        });
     }
     if !scan.metas.contains_key(head) {
-        out.push(Problem { file: dir.join(names::meta_file(head)), message: "missing metadata file of the head".into() });
+        out.push(Problem {
+            file: dir.join(names::meta_file(head)),
+            message: "missing metadata file of the head".into(),
+        });
     }
     for (img, meta) in &scan.metas {
         if !scan.imgs.contains(img) && img != head {
-            out.push(Problem { file: dir.join(img), message: format!("missing layer file (its metadata {} exists)", names::meta_file(img)) });
+            out.push(Problem {
+                file: dir.join(img),
+                message: format!("missing layer file (its metadata {} exists)", names::meta_file(img)),
+            });
         }
         if !meta.parent.is_empty() && !scan.metas.contains_key(&meta.parent) {
             out.push(Problem {
@@ -183,26 +197,31 @@ pub(crate) fn problems(scan: &DirScan) -> Vec<Problem> {
             });
         }
         if names::head_number(&meta.parent).is_some() {
-            out.push(Problem { file: dir.join(names::meta_file(img)), message: "parent is a head file".into() });
+            out.push(Problem {
+                file: dir.join(names::meta_file(img)),
+                message: "parent is a head file".into(),
+            });
         }
     }
-    // Loops: walk up from every node; more steps than nodes means a cycle.
+    // Loops: walk up from every node; a node seen twice is on a cycle. Each cycle is reported once,
+    // naming the record of its smallest member.
     let mut reported = BTreeSet::new();
     for start in scan.metas.keys() {
+        let mut path: Vec<&str> = Vec::new();
         let mut cur = start.as_str();
-        let mut steps = 0usize;
         while let Some(meta) = scan.metas.get(cur) {
-            if meta.parent.is_empty() {
-                break;
-            }
-            steps += 1;
-            if steps > scan.metas.len() {
-                if reported.insert(start.clone()) {
+            if let Some(pos) = path.iter().position(|p| *p == cur) {
+                let member = path[pos..].iter().min().copied().unwrap_or(cur);
+                if reported.insert(member.to_string()) {
                     out.push(Problem {
-                        file: dir.join(names::meta_file(start)),
-                        message: "snapshot chain has a loop through this layer's Parent".into(),
+                        file: dir.join(names::meta_file(member)),
+                        message: format!("snapshot chain has a loop: {}", path[pos..].join(" -> ")),
                     });
                 }
+                break;
+            }
+            path.push(cur);
+            if meta.parent.is_empty() {
                 break;
             }
             cur = &meta.parent;
@@ -220,7 +239,10 @@ pub(crate) fn problems(scan: &DirScan) -> Vec<Problem> {
         }
     }
     if scan.volume.size % crate::BLOCK_SIZE as i64 != 0 {
-        out.push(Problem { file: dir.join(volume_meta::FILE_NAME), message: format!("Size {} is not a multiple of 4096", scan.volume.size) });
+        out.push(Problem {
+            file: dir.join(volume_meta::FILE_NAME),
+            message: format!("Size {} is not a multiple of 4096", scan.volume.size),
+        });
     }
     if scan.imgs.contains(head) {
         let p = dir.join(head);
@@ -237,7 +259,10 @@ pub(crate) fn problems(scan: &DirScan) -> Vec<Problem> {
         let p = dir.join(img);
         if let Ok(md) = std::fs::metadata(&p) {
             if md.len() > scan.volume.size_bytes() {
-                out.push(Problem { file: p, message: format!("layer size {} exceeds volume size {}", md.len(), scan.volume.size) });
+                out.push(Problem {
+                    file: p,
+                    message: format!("layer size {} exceeds volume size {}", md.len(), scan.volume.size),
+                });
             }
         }
     }

@@ -55,15 +55,17 @@ impl Replica {
     ) -> Result<()> {
         let snap_file = names::snapshot_file(name);
         if chain.by_file.contains_key(&snap_file) {
-            return Err(ReplicaError::new(ErrorKind::AlreadyExists, "snapshot", format!("snapshot {name:?} already exists")));
+            return Err(ReplicaError::new(
+                ErrorKind::AlreadyExists,
+                "snapshot",
+                format!("snapshot {name:?} already exists"),
+            ));
         }
         let dir = self.dir.clone();
         let old_head_id = chain.head;
         let (old_head_file, old_head_parent) = {
             let h = chain.head_layer();
-            h.file
-                .sync_data()
-                .map_err(|e| ReplicaError::io("fdatasync", &dir.join(&h.file_name), e))?;
+            h.file.sync_data().map_err(|e| ReplicaError::io("fdatasync", &dir.join(&h.file_name), e))?;
             (h.file_name.clone(), h.meta.parent.clone())
         };
         let size = new_size.unwrap_or_else(|| self.size());
@@ -77,7 +79,12 @@ impl Replica {
             created: created.clone(),
             labels,
         };
-        let head_meta = DiskMeta { name: new_head_file.clone(), parent: snap_file.clone(), created, ..Default::default() };
+        let head_meta = DiskMeta {
+            name: new_head_file.clone(),
+            parent: snap_file.clone(),
+            created,
+            ..Default::default()
+        };
         let fp = &self.failpoints;
         let prepared = (|| -> Result<std::fs::File> {
             // Leftovers of an earlier failed attempt would make link() fail; they are not referenced.
@@ -131,7 +138,12 @@ impl Replica {
         chain.by_file.insert(new_head_file.clone(), new_id);
         chain.layers.insert(
             new_id,
-            Layer { file_name: new_head_file, meta: head_meta, file: new_file, dirty: AtomicBool::new(false) },
+            Layer {
+                file_name: new_head_file,
+                meta: head_meta,
+                file: new_file,
+                dirty: AtomicBool::new(false),
+            },
         );
         chain.head = new_id;
         chain.derive();
@@ -169,7 +181,9 @@ impl Replica {
             return Err(ReplicaError::new(
                 ErrorKind::InvalidArgument,
                 "expand",
-                format!("new size {new_size} must be a multiple of 4096 and at least the current size {size}"),
+                format!(
+                    "new size {new_size} must be a multiple of 4096 and at least the current size {size}"
+                ),
             ));
         }
         if new_size == size {
@@ -177,7 +191,14 @@ impl Replica {
         }
         let mut chain = self.chain.write();
         let labels = BTreeMap::from([(EXPANSION_LABEL.to_string(), new_size.to_string())]);
-        self.snapshot_locked(&mut chain, &format!("expand-{new_size}"), false, labels, now_rfc3339(), Some(new_size))
+        self.snapshot_locked(
+            &mut chain,
+            &format!("expand-{new_size}"),
+            false,
+            labels,
+            now_rfc3339(),
+            Some(new_size),
+        )
     }
 
     /// Replaces the head with a new empty head on top of snapshot `name`. Snapshots newer than `name`
@@ -187,7 +208,11 @@ impl Replica {
         let mut chain = self.chain.write();
         let target = chain.snapshot_id(name)?;
         if chain.layer(target)?.meta.removed {
-            return Err(ReplicaError::new(ErrorKind::InvalidArgument, "revert", format!("snapshot {name:?} is removed")));
+            return Err(ReplicaError::new(
+                ErrorKind::InvalidArgument,
+                "revert",
+                format!("snapshot {name:?} is removed"),
+            ));
         }
         let dir = self.dir.clone();
         let old_head_id = chain.head;
@@ -196,8 +221,12 @@ impl Replica {
         let new_head_path = dir.join(&new_head_file);
         let target_file = chain.layer(target)?.file_name.clone();
         let size = self.size();
-        let head_meta =
-            DiskMeta { name: new_head_file.clone(), parent: target_file.clone(), created: now_rfc3339(), ..Default::default() };
+        let head_meta = DiskMeta {
+            name: new_head_file.clone(),
+            parent: target_file.clone(),
+            created: now_rfc3339(),
+            ..Default::default()
+        };
         let fp = &self.failpoints;
         let prepared = (|| -> Result<std::fs::File> {
             fsutil::remove_if_exists(&dir.join(names::meta_file(&new_head_file)))?;
@@ -235,7 +264,12 @@ impl Replica {
         chain.by_file.insert(new_head_file.clone(), new_id);
         chain.layers.insert(
             new_id,
-            Layer { file_name: new_head_file, meta: head_meta, file: new_file, dirty: AtomicBool::new(false) },
+            Layer {
+                file_name: new_head_file,
+                meta: head_meta,
+                file: new_file,
+                dirty: AtomicBool::new(false),
+            },
         );
         chain.head = new_id;
         chain.derive();
@@ -306,7 +340,9 @@ impl Replica {
                 labels: layer.meta.labels.clone(),
             });
         }
-        out.sort_by(|a, b| (a.name == HEAD_NAME, &a.created, &a.name).cmp(&(b.name == HEAD_NAME, &b.created, &b.name)));
+        out.sort_by(|a, b| {
+            (a.name == HEAD_NAME, &a.created, &a.name).cmp(&(b.name == HEAD_NAME, &b.created, &b.name))
+        });
         Ok(out)
     }
 }

@@ -14,7 +14,11 @@ const SNAP1: &str = "68129740-95fa-41f1-9ff2-30a78ca4a61b";
 fn fixture_root() -> PathBuf {
     // The fixture is also vendored next to the tests so CI does not depend on /work/shared.
     let vendored = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/replica-two-snapshots.tar.gz");
-    if vendored.exists() { vendored } else { PathBuf::from(FIXTURE) }
+    if vendored.exists() {
+        vendored
+    } else {
+        PathBuf::from(FIXTURE)
+    }
 }
 
 fn extract() -> (tempfile::TempDir, PathBuf) {
@@ -72,7 +76,11 @@ fn fixture_opens_and_exports_to_the_documented_sha256() {
     assert!(b.iter().all(|&x| x == 0));
     // Head: block 0 is A/F/A, 32 MiB holds E.
     r.read_at(&mut b, 0).unwrap();
-    assert!(b[..512].iter().all(|&x| x == b'A') && b[512..1024].iter().all(|&x| x == b'F') && b[1024..].iter().all(|&x| x == b'A'));
+    assert!(
+        b[..512].iter().all(|&x| x == b'A')
+            && b[512..1024].iter().all(|&x| x == b'F')
+            && b[1024..].iter().all(|&x| x == b'A')
+    );
     r.read_at(&mut b, 32 << 20).unwrap();
     assert!(b.iter().all(|&x| x == b'E'));
 }
@@ -122,7 +130,15 @@ fn fixture_opens_read_write_and_keeps_longhorn_bytes() {
         "{\"Size\":67108864,\"Head\":\"volume-head-002.img\",\"Dirty\":true,\"Rebuilding\":false,\"Error\":\"\",\"Parent\":\"volume-snap-snap2.img\",\"SectorSize\":512,\"BackingFilePath\":\"\",\"Encrypted\":false}\n"
     );
     r.write_at(&[b'G'; 100], 10).unwrap();
-    r.snapshot("snap3", SnapshotOptions { user_created: true, labels: BTreeMap::from([("k".into(), "v".into())]), created: Some("2026-11-26T16:00:00Z".into()) }).unwrap();
+    r.snapshot(
+        "snap3",
+        SnapshotOptions {
+            user_created: true,
+            labels: BTreeMap::from([("k".into(), "v".into())]),
+            created: Some("2026-11-26T16:00:00Z".into()),
+        },
+    )
+    .unwrap();
     r.close().unwrap();
     assert_eq!(std::fs::read(dir.join("volume-snap-snap2.img.meta")).unwrap(), snap_meta_before);
     // The head number follows Longhorn's sequence; the snapshot record keeps the old head's name.
@@ -170,8 +186,24 @@ fn corral_metadata_has_longhorns_keys_order_and_types() {
     let work = tempfile::tempdir().unwrap();
     let dir = work.path().join("r");
     let r = Replica::create(&dir, CreateOptions { size: 64 << 20 }).unwrap();
-    r.snapshot(SNAP1, SnapshotOptions { user_created: true, labels: BTreeMap::from([("purpose".into(), "sample".into())]), created: Some("2026-11-26T15:47:00Z".into()) }).unwrap();
-    r.snapshot("snap2", SnapshotOptions { user_created: true, labels: BTreeMap::from([("purpose".into(), "second".into())]), created: Some("2026-11-26T15:47:05Z".into()) }).unwrap();
+    r.snapshot(
+        SNAP1,
+        SnapshotOptions {
+            user_created: true,
+            labels: BTreeMap::from([("purpose".into(), "sample".into())]),
+            created: Some("2026-11-26T15:47:00Z".into()),
+        },
+    )
+    .unwrap();
+    r.snapshot(
+        "snap2",
+        SnapshotOptions {
+            user_created: true,
+            labels: BTreeMap::from([("purpose".into(), "second".into())]),
+            created: Some("2026-11-26T15:47:05Z".into()),
+        },
+    )
+    .unwrap();
     r.close().unwrap();
     let names = [
         "volume.meta".to_string(),

@@ -121,6 +121,12 @@ pub struct VolumeSpec {
     /// Attached without a frontend client expected: revert is allowed.
     #[serde(default)]
     pub maintenance: bool,
+    /// Replicas go only to nodes carrying all these tags.
+    #[serde(default)]
+    pub node_selector: Vec<String>,
+    /// Replicas go only to disks carrying all these tags.
+    #[serde(default)]
+    pub disk_selector: Vec<String>,
 }
 
 /// Observed state of a volume.
@@ -199,6 +205,10 @@ pub struct ReplicaStatus {
     pub rebuild_progress: u32,
     #[serde(default)]
     pub message: String,
+    /// The process has run once, so its directory holds a replica (it is then started without
+    /// `--size`: an expanded replica's size is its own).
+    #[serde(default)]
+    pub initialized: bool,
 }
 
 /// Desired state of a volume's engine on its attach node.

@@ -72,6 +72,8 @@ async fn typed_datastore_round_trip_and_conflict() {
         from_backup: None,
         node_id: None,
         maintenance: false,
+        node_selector: vec![],
+        disk_selector: vec![],
     };
     let v = ds.create(&Volume::new("vol-1", spec.clone())).await.unwrap();
     let got: Volume = ds.get("vol-1").await.unwrap();

@@ -87,15 +87,19 @@ impl Listener {
     pub fn local_address(&self) -> Result<Address> {
         match self {
             Listener::Tcp(listener) => {
-                let addr = listener
-                    .local_addr()
-                    .map_err(|source| WireError::Io { op: "local_addr", addr: "tcp".into(), source })?;
+                let addr = listener.local_addr().map_err(|source| WireError::Io {
+                    op: "local_addr",
+                    addr: "tcp".into(),
+                    source,
+                })?;
                 Ok(Address::Tcp(addr.to_string()))
             }
             Listener::Unix(listener) => {
-                let addr = listener
-                    .local_addr()
-                    .map_err(|source| WireError::Io { op: "local_addr", addr: "unix".into(), source })?;
+                let addr = listener.local_addr().map_err(|source| WireError::Io {
+                    op: "local_addr",
+                    addr: "unix".into(),
+                    source,
+                })?;
                 let path = addr.as_pathname().map(PathBuf::from).unwrap_or_default();
                 Ok(Address::Unix(path))
             }
@@ -122,7 +126,9 @@ mod tests {
 
     #[test]
     fn rejects_malformed_addresses() {
-        for bad in ["", "tcp://", "127.0.0.1", "127.0.0.1:port", "127.0.0.1:70000", "http://x:1", "unix:", ":80"] {
+        for bad in
+            ["", "tcp://", "127.0.0.1", "127.0.0.1:port", "127.0.0.1:70000", "http://x:1", "unix:", ":80"]
+        {
             assert!(Address::parse(bad).is_err(), "{bad:?} was accepted");
         }
     }

@@ -22,7 +22,9 @@ use tokio_util::sync::CancellationToken;
 use crate::address::Address;
 use crate::error::{ErrorKind, Result, WireError};
 use crate::frame::{Header, Request, HEADER_LEN};
-use crate::messages::{decode_extents, decode_json, Extent, Hello, RecoveryFacts, SnapshotInfo, SnapshotRequest};
+use crate::messages::{
+    decode_extents, decode_json, Extent, Hello, RecoveryFacts, SnapshotInfo, SnapshotRequest,
+};
 use crate::outbound::Outbound;
 use crate::pending::{Answer, Pending};
 
@@ -126,7 +128,8 @@ impl ReplicaClient {
     /// Connects `n_connections` sockets to `addr` (`tcp://host:port` or `unix:///path`). The caller must
     /// then send [`ReplicaClient::hello`] before any data request. Must run inside a tokio runtime.
     pub async fn connect(addr: &str, n_connections: usize) -> Result<ReplicaClient> {
-        Self::connect_with(addr, ClientOptions { connections: n_connections, ..ClientOptions::default() }).await
+        Self::connect_with(addr, ClientOptions { connections: n_connections, ..ClientOptions::default() })
+            .await
     }
 
     /// Connects with explicit options.
@@ -146,7 +149,9 @@ impl ReplicaClient {
         }
         let shared = Arc::new(Shared {
             address,
-            connections: (0..count).map(|_| Connection { pending: Pending::default(), out: Outbound::default() }).collect(),
+            connections: (0..count)
+                .map(|_| Connection { pending: Pending::default(), out: Outbound::default() })
+                .collect(),
             next: AtomicUsize::new(0),
             options,
             session: new_session_id(),
@@ -214,7 +219,12 @@ impl ReplicaClient {
             Some(after) => match tokio::time::timeout(after, waiter).await {
                 Ok(answer) => answer,
                 Err(_) => {
-                    let err = WireError::Timeout { op: op.name(), request_id, addr: shared.address.to_string(), after };
+                    let err = WireError::Timeout {
+                        op: op.name(),
+                        request_id,
+                        addr: shared.address.to_string(),
+                        after,
+                    };
                     shared.fail(&err.to_string());
                     return Err(err);
                 }
@@ -362,7 +372,10 @@ impl ReplicaClient {
     pub async fn read_layer(&self, name: &str, offset: u64, len: u64) -> Result<Bytes> {
         let answer = self.call(Request::ReadLayer { name: name.to_string(), offset, len }).await?;
         if answer.payload.len() as u64 != len {
-            return Err(WireError::Protocol(format!("read-layer {name} at {offset}: got {} bytes", answer.payload.len())));
+            return Err(WireError::Protocol(format!(
+                "read-layer {name} at {offset}: got {} bytes",
+                answer.payload.len()
+            )));
         }
         Ok(answer.payload)
     }
@@ -452,7 +465,12 @@ async fn read_answers<R: AsyncRead + Unpin>(connection: &Connection, mut reader:
         raw.copy_from_slice(&buffer[..HEADER_LEN]);
         let header = match Header::decode(&raw) {
             Ok(header) if header.is_response() => header,
-            Ok(header) => return format!("protocol error: replica sent a non-response frame (type {:#04x})", header.msg_type),
+            Ok(header) => {
+                return format!(
+                    "protocol error: replica sent a non-response frame (type {:#04x})",
+                    header.msg_type
+                )
+            }
             Err(err) => return format!("protocol error: {err}"),
         };
         let total = HEADER_LEN + header.payload_len as usize;
@@ -471,7 +489,11 @@ async fn read_answers<R: AsyncRead + Unpin>(connection: &Connection, mut reader:
 }
 
 /// Reads more bytes into `buffer`, making room for a frame of `want` bytes.
-async fn fill<R: AsyncRead + Unpin>(reader: &mut R, buffer: &mut BytesMut, want: usize) -> Result<(), String> {
+async fn fill<R: AsyncRead + Unpin>(
+    reader: &mut R,
+    buffer: &mut BytesMut,
+    want: usize,
+) -> Result<(), String> {
     const MIN_ROOM: usize = 64 * 1024;
     let room = buffer.capacity() - buffer.len();
     if room < MIN_ROOM || buffer.capacity() < want {

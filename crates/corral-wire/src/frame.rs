@@ -301,7 +301,10 @@ impl Header {
             return Err(HeaderError::Unsupported { request_id, reason });
         }
         if bytes[38] != 0 || bytes[39] != 0 {
-            return Err(HeaderError::Unsupported { request_id, reason: "reserved bytes are not zero".into() });
+            return Err(HeaderError::Unsupported {
+                request_id,
+                reason: "reserved bytes are not zero".into(),
+            });
         }
         if header.payload_len > MAX_PAYLOAD {
             return Err(HeaderError::PayloadTooLarge { request_id, len: header.payload_len });
@@ -319,10 +322,25 @@ impl Header {
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[allow(missing_docs)]
 pub enum Request {
-    Read { offset: u64, len: u64 },
-    Write { offset: u64, data: Bytes, fua: bool },
-    Unmap { offset: u64, len: u64, fua: bool },
-    WriteZeroes { offset: u64, len: u64, fua: bool },
+    Read {
+        offset: u64,
+        len: u64,
+    },
+    Write {
+        offset: u64,
+        data: Bytes,
+        fua: bool,
+    },
+    Unmap {
+        offset: u64,
+        len: u64,
+        fua: bool,
+    },
+    WriteZeroes {
+        offset: u64,
+        len: u64,
+        fua: bool,
+    },
     Flush,
     Ping,
     Hello(Hello),
@@ -332,17 +350,43 @@ pub enum Request {
     SetRebuilding(bool),
     Snapshot(SnapshotRequest),
     ListSnapshots,
-    MarkRemoved { name: String },
+    MarkRemoved {
+        name: String,
+    },
     Purge,
-    Revert { name: String },
-    Expand { size: u64 },
+    Revert {
+        name: String,
+    },
+    Expand {
+        size: u64,
+    },
     /// Extents of a layer within `[offset, offset + len)`; `len == 0` means to the end.
-    LayerExtents { name: String, offset: u64, len: u64 },
-    ReadLayer { name: String, offset: u64, len: u64 },
-    LayerChecksum { name: String, offset: u64, len: u64 },
+    LayerExtents {
+        name: String,
+        offset: u64,
+        len: u64,
+    },
+    ReadLayer {
+        name: String,
+        offset: u64,
+        len: u64,
+    },
+    LayerChecksum {
+        name: String,
+        offset: u64,
+        len: u64,
+    },
     BeginLayer(SnapshotInfo),
-    WriteLayer { name: String, offset: u64, data: Bytes },
-    PunchLayer { name: String, offset: u64, len: u64 },
+    WriteLayer {
+        name: String,
+        offset: u64,
+        data: Bytes,
+    },
+    PunchLayer {
+        name: String,
+        offset: u64,
+        len: u64,
+    },
     FinishRebuild(Vec<SnapshotInfo>),
 }
 
@@ -356,7 +400,10 @@ fn decode_name(op: Op, bytes: &[u8]) -> Result<String> {
 
 fn check_data_len(op: Op, len: u64) -> Result<()> {
     if len > MAX_DATA {
-        return Err(WireError::Protocol(format!("{}: length {len} exceeds the maximum of {MAX_DATA}", op.name())));
+        return Err(WireError::Protocol(format!(
+            "{}: length {len} exceeds the maximum of {MAX_DATA}",
+            op.name()
+        )));
     }
     Ok(())
 }
@@ -395,7 +442,10 @@ impl Request {
     /// Decodes a request from a validated header and its payload. Errors are `Protocol` errors.
     pub fn decode(header: &Header, payload: Bytes) -> Result<Request> {
         if header.is_response() {
-            return Err(WireError::Protocol(format!("a response frame (type {:#04x}) sent as request", header.msg_type)));
+            return Err(WireError::Protocol(format!(
+                "a response frame (type {:#04x}) sent as request",
+                header.msg_type
+            )));
         }
         let op = Op::from_code(header.msg_type)
             .ok_or_else(|| WireError::Protocol(format!("unknown message type {:#04x}", header.msg_type)))?;
@@ -405,7 +455,11 @@ impl Request {
             if payload.is_empty() {
                 Ok(request)
             } else {
-                Err(WireError::Protocol(format!("{}: unexpected payload of {} bytes", op.name(), payload.len())))
+                Err(WireError::Protocol(format!(
+                    "{}: unexpected payload of {} bytes",
+                    op.name(),
+                    payload.len()
+                )))
             }
         };
         match op {
@@ -440,12 +494,13 @@ impl Request {
             Op::LayerChecksum => Ok(Request::LayerChecksum { name: decode_name(op, &payload)?, offset, len }),
             Op::BeginLayer => Ok(Request::BeginLayer(decode_json("BeginLayer", &payload)?)),
             Op::WriteLayer => {
-                let name_len = usize::try_from(len).ok().filter(|n| *n <= payload.len()).ok_or_else(|| {
-                    WireError::Protocol(format!(
-                        "write-layer: name length {len} exceeds the payload of {} bytes",
-                        payload.len()
-                    ))
-                })?;
+                let name_len =
+                    usize::try_from(len).ok().filter(|n| *n <= payload.len()).ok_or_else(|| {
+                        WireError::Protocol(format!(
+                            "write-layer: name length {len} exceeds the payload of {} bytes",
+                            payload.len()
+                        ))
+                    })?;
                 let name = decode_name(op, &payload[..name_len])?;
                 Ok(Request::WriteLayer { name, offset, data: payload.slice(name_len..) })
             }
@@ -474,7 +529,9 @@ impl Request {
                 (header.offset, header.length, header.flags) = (*offset, *len, fua_flag(*fua));
                 Bytes::new()
             }
-            Request::Flush | Request::Ping | Request::Info | Request::ListSnapshots | Request::Purge => Bytes::new(),
+            Request::Flush | Request::Ping | Request::Info | Request::ListSnapshots | Request::Purge => {
+                Bytes::new()
+            }
             Request::Hello(hello) => Bytes::from(encode_json(hello)?),
             Request::SetGeneration(value) | Request::SetRevision(value) | Request::Expand { size: value } => {
                 header.offset = *value;
@@ -503,10 +560,14 @@ impl Request {
             }
             Request::FinishRebuild(chain) => Bytes::from(encode_json(chain)?),
         };
-        header.payload_len = u32::try_from(payload.len())
-            .ok()
-            .filter(|len| *len <= MAX_PAYLOAD)
-            .ok_or_else(|| WireError::Protocol(format!("{}: payload of {} bytes is too large", self.op().name(), payload.len())))?;
+        header.payload_len =
+            u32::try_from(payload.len()).ok().filter(|len| *len <= MAX_PAYLOAD).ok_or_else(|| {
+                WireError::Protocol(format!(
+                    "{}: payload of {} bytes is too large",
+                    self.op().name(),
+                    payload.len()
+                ))
+            })?;
         Ok((header, payload))
     }
 }

@@ -152,7 +152,8 @@ fn unknown_type_and_bad_bodies_are_protocol_errors() {
     let empty_name = Header { msg_type: Op::Revert as u8, ..Header::default() };
     assert!(Request::decode(&empty_name, Bytes::new()).is_err());
 
-    let layer_name_too_long = Header { msg_type: Op::WriteLayer as u8, length: 10, payload_len: 3, ..Header::default() };
+    let layer_name_too_long =
+        Header { msg_type: Op::WriteLayer as u8, length: 10, payload_len: 3, ..Header::default() };
     assert!(Request::decode(&layer_name_too_long, Bytes::from_static(b"abc")).is_err());
 
     let rebuilding_2 = Header { msg_type: Op::SetRebuilding as u8, offset: 2, ..Header::default() };
@@ -177,23 +178,41 @@ fn arb_request() -> impl Strategy<Value = Request> {
         (any::<u64>(), 0..MAX_DATA).prop_map(|(offset, len)| Request::Read { offset, len }),
         (any::<u64>(), proptest::collection::vec(any::<u8>(), 0..600), any::<bool>())
             .prop_map(|(offset, data, fua)| Request::Write { offset, data: Bytes::from(data), fua }),
-        (any::<u64>(), any::<u64>(), any::<bool>()).prop_map(|(offset, len, fua)| Request::Unmap { offset, len, fua }),
-        (any::<u64>(), any::<u64>(), any::<bool>())
-            .prop_map(|(offset, len, fua)| Request::WriteZeroes { offset, len, fua }),
+        (any::<u64>(), any::<u64>(), any::<bool>()).prop_map(|(offset, len, fua)| Request::Unmap {
+            offset,
+            len,
+            fua
+        }),
+        (any::<u64>(), any::<u64>(), any::<bool>()).prop_map(|(offset, len, fua)| Request::WriteZeroes {
+            offset,
+            len,
+            fua
+        }),
         Just(Request::Flush),
         Just(Request::Ping),
-        (name, any::<u64>(), any::<bool>())
-            .prop_map(|(engine_id, session, take_over)| Request::Hello(Hello { engine_id, session, take_over })),
+        (name, any::<u64>(), any::<bool>()).prop_map(|(engine_id, session, take_over)| Request::Hello(
+            Hello { engine_id, session, take_over }
+        )),
         any::<u64>().prop_map(Request::SetGeneration),
         any::<bool>().prop_map(Request::SetRebuilding),
-        (name, any::<bool>(), proptest::option::of("[0-9TZ:-]{1,25}")).prop_map(|(name, user_created, created)| {
-            Request::Snapshot(SnapshotRequest { name, user_created, labels: BTreeMap::new(), created })
-        }),
+        (name, any::<bool>(), proptest::option::of("[0-9TZ:-]{1,25}")).prop_map(
+            |(name, user_created, created)| {
+                Request::Snapshot(SnapshotRequest { name, user_created, labels: BTreeMap::new(), created })
+            }
+        ),
         name.prop_map(|name| Request::Revert { name }),
-        (name, any::<u64>(), any::<u64>()).prop_map(|(name, offset, len)| Request::PunchLayer { name, offset, len }),
+        (name, any::<u64>(), any::<u64>()).prop_map(|(name, offset, len)| Request::PunchLayer {
+            name,
+            offset,
+            len
+        }),
         (name, any::<u64>(), proptest::collection::vec(any::<u8>(), 0..300))
             .prop_map(|(name, offset, data)| Request::WriteLayer { name, offset, data: Bytes::from(data) }),
-        (name, any::<u64>(), 0..MAX_DATA).prop_map(|(name, offset, len)| Request::ReadLayer { name, offset, len }),
+        (name, any::<u64>(), 0..MAX_DATA).prop_map(|(name, offset, len)| Request::ReadLayer {
+            name,
+            offset,
+            len
+        }),
     ]
 }
 

@@ -36,6 +36,8 @@ mod pending;
 pub mod server;
 
 pub use address::{Address, Listener};
+/// Re-exported so users of the client need no direct `bytes` dependency.
+pub use bytes::Bytes;
 pub use client::{ClientOptions, ReplicaClient};
 pub use error::{ErrorKind, Result, WireError};
 pub use messages::{Extent, Hello, RecoveryFacts, SnapshotInfo, SnapshotRequest};

@@ -22,8 +22,12 @@ pub struct RecoveryFacts {
     pub revision: u64,
     /// Engine-assigned epoch, persisted immediately.
     pub generation: u64,
-    /// True if the replica was not closed cleanly since it was last opened.
+    /// The on-disk `Dirty` flag now (true while a writer has the replica open).
     pub dirty: bool,
+    /// `Dirty` as found when the replica was opened: true means the previous writer did not close it
+    /// cleanly, so its revision counter may lag behind the writes it applied.
+    #[serde(default)]
+    pub was_dirty_at_open: bool,
     /// True while the replica is the target of an unfinished rebuild.
     pub rebuilding: bool,
     /// File name of the head layer.

@@ -112,7 +112,10 @@ impl Outbound {
     }
 }
 
-async fn write_all_segments<W: AsyncWrite + Unpin>(socket: &mut W, segments: &mut [Bytes]) -> std::io::Result<()> {
+async fn write_all_segments<W: AsyncWrite + Unpin>(
+    socket: &mut W,
+    segments: &mut [Bytes],
+) -> std::io::Result<()> {
     let mut first = 0;
     while first < segments.len() {
         if segments[first].is_empty() {

@@ -78,7 +78,8 @@ impl Pending {
         let index = match table.free.pop() {
             Some(index) => index,
             None => {
-                let index = u32::try_from(table.slots.len()).map_err(|_| "too many requests in flight".to_string())?;
+                let index = u32::try_from(table.slots.len())
+                    .map_err(|_| "too many requests in flight".to_string())?;
                 table.slots.push(Slot { generation: 0, state: SlotState::Free });
                 index
             }
@@ -168,7 +169,8 @@ impl Future for AnswerFuture<'_> {
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let (index, generation) = split_id(self.request_id);
         let mut table = self.pending.table.lock();
-        let Some(slot) = table.slots.get_mut(index as usize).filter(|slot| slot.generation == generation) else {
+        let Some(slot) = table.slots.get_mut(index as usize).filter(|slot| slot.generation == generation)
+        else {
             drop(table);
             self.finished = true;
             return Poll::Ready(Err("request slot lost".to_string()));
@@ -207,7 +209,8 @@ impl Drop for AnswerFuture<'_> {
         }
         let (index, generation) = split_id(self.request_id);
         let mut table = self.pending.table.lock();
-        let Some(slot) = table.slots.get_mut(index as usize).filter(|slot| slot.generation == generation) else {
+        let Some(slot) = table.slots.get_mut(index as usize).filter(|slot| slot.generation == generation)
+        else {
             return;
         };
         match slot.state {

@@ -29,7 +29,9 @@ use tokio_util::sync::CancellationToken;
 use crate::address::Listener;
 use crate::error::{ErrorKind, Result, WireError};
 use crate::frame::{response_header, Header, HeaderError, Op, Request, HEADER_LEN};
-use crate::messages::{encode_extents, encode_json, Extent, Hello, RecoveryFacts, SnapshotInfo, SnapshotRequest};
+use crate::messages::{
+    encode_extents, encode_json, Extent, Hello, RecoveryFacts, SnapshotInfo, SnapshotRequest,
+};
 use crate::outbound::Outbound;
 
 /// What a replica offers over the wire. Methods are synchronous and may block (file I/O, fsync); the
@@ -96,7 +98,11 @@ pub struct ServeOptions {
 impl Default for ServeOptions {
     fn default() -> Self {
         let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
-        ServeOptions { workers: (2 * cpus).max(4), max_in_flight: 256, take_over_drain: Duration::from_secs(30) }
+        ServeOptions {
+            workers: (2 * cpus).max(4),
+            max_in_flight: 256,
+            take_over_drain: Duration::from_secs(30),
+        }
     }
 }
 
@@ -107,7 +113,12 @@ pub async fn serve<S: ReplicaService>(listener: Listener, service: Arc<S>) -> Re
 
 /// Serves until `shutdown` resolves; then closes every connection, lets requests already running finish,
 /// stops the workers and returns, holding no reference to `service` any more.
-pub async fn serve_with<S, F>(listener: Listener, service: Arc<S>, options: ServeOptions, shutdown: F) -> Result<()>
+pub async fn serve_with<S, F>(
+    listener: Listener,
+    service: Arc<S>,
+    options: ServeOptions,
+    shutdown: F,
+) -> Result<()>
 where
     S: ReplicaService,
     F: Future<Output = ()>,
@@ -289,7 +300,12 @@ impl Server {
                 }
                 Err(err) => {
                     if let Some(request_id) = err.request_id() {
-                        state.push_error(raw[5] & !crate::frame::RESPONSE_BIT, request_id, ErrorKind::Protocol, &err.to_string());
+                        state.push_error(
+                            raw[5] & !crate::frame::RESPONSE_BIT,
+                            request_id,
+                            ErrorKind::Protocol,
+                            &err.to_string(),
+                        );
                     }
                     tracing::warn!(connection = state.id, "closing connection: {err}");
                     return;
@@ -314,7 +330,12 @@ impl Server {
         let request = match Request::decode(&header, payload) {
             Ok(request) => request,
             Err(err) => {
-                state.push_error(op_code & !crate::frame::RESPONSE_BIT, request_id, ErrorKind::Protocol, &err.to_string());
+                state.push_error(
+                    op_code & !crate::frame::RESPONSE_BIT,
+                    request_id,
+                    ErrorKind::Protocol,
+                    &err.to_string(),
+                );
                 return Next::Continue;
             }
         };
@@ -331,7 +352,10 @@ impl Server {
             }
             Request::Info => {}
             _ if !state.greeted.load(Ordering::Acquire) => {
-                let message = format!("{} refused: Hello must be the first request on a connection", request.op().name());
+                let message = format!(
+                    "{} refused: Hello must be the first request on a connection",
+                    request.op().name()
+                );
                 state.push_error(op_code, request_id, ErrorKind::Protocol, &message);
                 return Next::Continue;
             }
@@ -384,7 +408,10 @@ impl Server {
         if let Some(holder) = &claims.holder {
             // Another Hello won the race while this one was draining.
             if holder.engine_id != hello.engine_id || holder.session != hello.session {
-                return Err(WireError::service(ErrorKind::Busy, "replica was claimed by another engine meanwhile"));
+                return Err(WireError::service(
+                    ErrorKind::Busy,
+                    "replica was claimed by another engine meanwhile",
+                ));
             }
         }
         let holder = claims.holder.get_or_insert_with(|| Holder {
@@ -508,8 +535,14 @@ fn run_job<S: ReplicaService>(service: &S, job: Job) {
 }
 
 /// Reads `len` bytes with `fill` straight into a response frame (one allocation, no copy).
-fn read_frame(op: Op, request_id: u64, len: u64, fill: impl FnOnce(&mut [u8]) -> Result<()>) -> Result<Reply> {
-    let len32 = u32::try_from(len).map_err(|_| WireError::service(ErrorKind::InvalidArgument, "read too large"))?;
+fn read_frame(
+    op: Op,
+    request_id: u64,
+    len: u64,
+    fill: impl FnOnce(&mut [u8]) -> Result<()>,
+) -> Result<Reply> {
+    let len32 =
+        u32::try_from(len).map_err(|_| WireError::service(ErrorKind::InvalidArgument, "read too large"))?;
     let mut frame = BytesMut::zeroed(HEADER_LEN + len as usize);
     fill(&mut frame[HEADER_LEN..])?;
     let header = response_header(op as u8, request_id, 0, len32);
@@ -576,7 +609,10 @@ fn execute<S: ReplicaService>(service: &S, request_id: u64, request: Request) ->
             if packed.len() > crate::frame::MAX_PAYLOAD as usize {
                 return Err(WireError::service(
                     ErrorKind::InvalidArgument,
-                    format!("layer {name} has {} extents in that range: ask for a smaller range", clipped.len()),
+                    format!(
+                        "layer {name} has {} extents in that range: ask for a smaller range",
+                        clipped.len()
+                    ),
                 ));
             }
             Ok(Reply::Payload(Bytes::from(packed)))
@@ -588,8 +624,12 @@ fn execute<S: ReplicaService>(service: &S, request_id: u64, request: Request) ->
             Ok(Reply::Payload(Bytes::copy_from_slice(&service.layer_checksum(&name, offset, len)?)))
         }
         Request::BeginLayer(info) => service.begin_layer(&info).map(|()| Reply::Empty),
-        Request::WriteLayer { name, offset, data } => service.write_layer(&name, offset, &data).map(|()| Reply::Empty),
-        Request::PunchLayer { name, offset, len } => service.punch_layer(&name, offset, len).map(|()| Reply::Empty),
+        Request::WriteLayer { name, offset, data } => {
+            service.write_layer(&name, offset, &data).map(|()| Reply::Empty)
+        }
+        Request::PunchLayer { name, offset, len } => {
+            service.punch_layer(&name, offset, len).map(|()| Reply::Empty)
+        }
         Request::FinishRebuild(chain) => service.finish_rebuild(&chain).map(|()| Reply::Empty),
     }
 }

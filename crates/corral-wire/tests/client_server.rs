@@ -45,7 +45,10 @@ async fn random_workload_matches_model(address: &str) {
     }
     for chunk in 0..(SIZE / (1 << 20)) {
         let data = client.read(chunk << 20, 1 << 20).await.unwrap();
-        assert!(data[..] == model[(chunk << 20) as usize..((chunk + 1) << 20) as usize], "chunk {chunk} differs");
+        assert!(
+            data[..] == model[(chunk << 20) as usize..((chunk + 1) << 20) as usize],
+            "chunk {chunk} differs"
+        );
     }
 }
 
@@ -75,7 +78,10 @@ async fn control_operations_and_remote_errors_carry_their_kind() {
     let facts = client.info().await.unwrap();
     assert_eq!((facts.generation, facts.revision), (42, 7));
     client.snapshot(SnapshotRequest { name: "s1".into(), ..SnapshotRequest::default() }).await.unwrap();
-    let err = client.snapshot(SnapshotRequest { name: "s1".into(), ..SnapshotRequest::default() }).await.unwrap_err();
+    let err = client
+        .snapshot(SnapshotRequest { name: "s1".into(), ..SnapshotRequest::default() })
+        .await
+        .unwrap_err();
     assert_eq!(err.kind(), ErrorKind::AlreadyExists, "{err}");
     assert!(err.to_string().contains("snapshot s1 exists"), "{err}");
     let names: Vec<String> = client.list_snapshots().await.unwrap().into_iter().map(|s| s.name).collect();
@@ -114,7 +120,10 @@ async fn requests_run_concurrently_and_answers_come_back_out_of_order() {
     let started = Instant::now();
     client.write(0, Bytes::from(vec![9u8; 4096])).await.unwrap();
     assert_eq!(client.read(0, 4096).await.unwrap()[..], [9u8; 4096][..]);
-    assert!(started.elapsed() < Duration::from_millis(300), "the read waited for the slow flush on the same connection");
+    assert!(
+        started.elapsed() < Duration::from_millis(300),
+        "the read waited for the slow flush on the same connection"
+    );
     assert!(!slow.is_finished());
     slow.await.unwrap().unwrap();
 }
@@ -185,7 +194,8 @@ async fn read_response(stream: &mut tokio::net::TcpStream) -> Option<(corral_wir
 
 async fn expect_closed(stream: &mut tokio::net::TcpStream) {
     let mut byte = [0u8; 1];
-    let read = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut byte)).await.expect("not closed");
+    let read =
+        tokio::time::timeout(Duration::from_secs(5), stream.read(&mut byte)).await.expect("not closed");
     assert!(matches!(read, Ok(0) | Err(_)), "connection still open: {read:?}");
 }
 
@@ -217,21 +227,30 @@ async fn bad_frames_get_an_error_or_a_close_and_other_connections_keep_working()
 
     // Huge payload length: answered with an error, then closed, without reading (or allocating) 4 GiB.
     let mut huge = raw_connect(&server.address).await;
-    let header = Header { msg_type: Op::Write as u8, request_id: 77, payload_len: u32::MAX, ..Header::default() };
+    let header =
+        Header { msg_type: Op::Write as u8, request_id: 77, payload_len: u32::MAX, ..Header::default() };
     huge.write_all(&header.to_bytes()).await.unwrap();
     let (answer, message) = read_response(&mut huge).await.expect("no answer to a huge frame");
     assert_eq!((answer.request_id, answer.status), (77, ErrorKind::Protocol.code()));
     assert!(String::from_utf8_lossy(&message).contains("exceeds the maximum"));
     expect_closed(&mut huge).await;
     let mut just_over = raw_connect(&server.address).await;
-    let header = Header { msg_type: Op::Write as u8, request_id: 78, payload_len: MAX_PAYLOAD + 1, ..Header::default() };
+    let header = Header {
+        msg_type: Op::Write as u8,
+        request_id: 78,
+        payload_len: MAX_PAYLOAD + 1,
+        ..Header::default()
+    };
     just_over.write_all(&header.to_bytes()).await.unwrap();
     assert_eq!(read_response(&mut just_over).await.unwrap().0.request_id, 78);
     expect_closed(&mut just_over).await;
 
     // Truncated frame then EOF: the server just drops the connection.
     let mut truncated = raw_connect(&server.address).await;
-    truncated.write_all(&Header { msg_type: Op::Ping as u8, ..Header::default() }.to_bytes()[..20]).await.unwrap();
+    truncated
+        .write_all(&Header { msg_type: Op::Ping as u8, ..Header::default() }.to_bytes()[..20])
+        .await
+        .unwrap();
     truncated.shutdown().await.unwrap();
     expect_closed(&mut truncated).await;
 
@@ -293,7 +312,11 @@ async fn a_data_request_without_answer_times_out_and_closes_the_client() {
         let mut buf = vec![0u8; 65536];
         while socket.read(&mut buf).await.map(|n| n > 0).unwrap_or(false) {}
     });
-    let options = ClientOptions { connections: 1, request_timeout: Some(Duration::from_millis(300)), ..ClientOptions::default() };
+    let options = ClientOptions {
+        connections: 1,
+        request_timeout: Some(Duration::from_millis(300)),
+        ..ClientOptions::default()
+    };
     let client = ReplicaClient::connect_with(&address, options).await.unwrap();
     let other = {
         let client = client.clone();

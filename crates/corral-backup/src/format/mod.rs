@@ -33,6 +33,10 @@ pub fn to_go_json<T: Serialize>(value: &T) -> Result<Vec<u8>> {
 
 /// Parses a config read from `object`; any syntax or type error is reported as corruption of that object.
 pub fn from_json<'a, T: Deserialize<'a>>(object: &str, bytes: &'a [u8]) -> Result<T> {
+    // Every backupstore file is a JSON object; serde would also accept an array for a struct.
+    if bytes.iter().find(|b| !b.is_ascii_whitespace()).is_some_and(|&b| b != b'{') {
+        return Err(BackupError::corrupt(object, "malformed JSON: not an object"));
+    }
     serde_json::from_slice(bytes).map_err(|e| {
         let what = if bytes.is_empty() { "empty file".to_string() } else { format!("malformed JSON: {e}") };
         BackupError::corrupt(object, what)

@@ -13,7 +13,8 @@ pub struct FileBackend {
 
 impl FileBackend {
     pub fn create(path: &Path, size: u64) -> std::io::Result<FileBackend> {
-        let file = std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(true).open(path)?;
+        let file =
+            std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(true).open(path)?;
         file.set_len(size)?;
         Ok(FileBackend { file, size })
     }
@@ -39,7 +40,9 @@ impl NbdBackend for FileBackend {
 
     async fn write(&self, offset: u64, data: &[u8], fua: bool) -> Result<(), NbdError> {
         self.check("write", offset, data.len() as u64)?;
-        self.file.write_all_at(data, offset).map_err(|e| NbdError::io("write", e).at(offset, data.len() as u64))?;
+        self.file
+            .write_all_at(data, offset)
+            .map_err(|e| NbdError::io("write", e).at(offset, data.len() as u64))?;
         if fua {
             self.file.sync_data().map_err(|e| NbdError::io("write", e))?;
         }

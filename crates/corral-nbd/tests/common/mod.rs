@@ -58,7 +58,8 @@ impl<B: NbdBackend> TestServer<B> {
     }
 
     pub fn start_with(server: NbdServer<B>) -> TestServer<B> {
-        let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+        let runtime =
+            tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
         let dir = tempfile::tempdir().unwrap();
         let socket = dir.path().join("nbd.sock");
         let (addr, tcp, unix) = runtime.block_on(async {

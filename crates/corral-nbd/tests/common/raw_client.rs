@@ -51,7 +51,9 @@ impl RawClient {
                     }
                 }
                 REP_ACK => break,
-                other => panic!("NBD_OPT_GO failed with reply type {other:#x}: {}", String::from_utf8_lossy(&data)),
+                other => {
+                    panic!("NBD_OPT_GO failed with reply type {other:#x}: {}", String::from_utf8_lossy(&data))
+                }
             }
         }
         (client, size.expect("NBD_INFO_EXPORT was sent"), tflags)
@@ -81,7 +83,15 @@ impl RawClient {
         (header, data)
     }
 
-    pub fn send_request(&mut self, command: u16, flags: u16, cookie: u64, offset: u64, length: u32, payload: &[u8]) {
+    pub fn send_request(
+        &mut self,
+        command: u16,
+        flags: u16,
+        cookie: u64,
+        offset: u64,
+        length: u32,
+        payload: &[u8],
+    ) {
         let mut buf = RequestHeader { flags, command, cookie, offset, length }.encode().to_vec();
         buf.extend_from_slice(payload);
         self.send(&buf);
@@ -155,7 +165,9 @@ impl RawClient {
             Ok(_) => false,
             Err(e) => matches!(
                 e.kind(),
-                std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::ConnectionAborted | std::io::ErrorKind::BrokenPipe
+                std::io::ErrorKind::ConnectionReset
+                    | std::io::ErrorKind::ConnectionAborted
+                    | std::io::ErrorKind::BrokenPipe
             ),
         }
     }

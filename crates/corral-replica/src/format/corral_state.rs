@@ -129,8 +129,12 @@ mod tests {
 
     #[test]
     fn garbage_is_rejected() {
-        for bad in [&b""[..], b"{}", b"{\"version\":2,\"generation\":0,\"pending\":null}", b"{\"version\":1"] {
-            assert_eq!(CorralState::parse(bad, Path::new("c")).unwrap_err().kind(), crate::ErrorKind::Corrupt);
+        for bad in [&b""[..], b"{}", b"{\"version\":2,\"generation\":0,\"pending\":null}", b"{\"version\":1"]
+        {
+            assert_eq!(
+                CorralState::parse(bad, Path::new("c")).unwrap_err().kind(),
+                crate::ErrorKind::Corrupt
+            );
         }
     }
 }

@@ -25,7 +25,11 @@ use std::io;
 struct GoFormatter;
 
 impl serde_json::ser::Formatter for GoFormatter {
-    fn write_string_fragment<W: ?Sized + io::Write>(&mut self, writer: &mut W, fragment: &str) -> io::Result<()> {
+    fn write_string_fragment<W: ?Sized + io::Write>(
+        &mut self,
+        writer: &mut W,
+        fragment: &str,
+    ) -> io::Result<()> {
         let mut start = 0;
         for (i, c) in fragment.char_indices() {
             let escaped = match c {
@@ -57,6 +61,47 @@ pub fn go_json_line<T: serde::Serialize>(value: &T) -> Result<Vec<u8>, serde_jso
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+    use std::path::Path;
+
+    proptest! {
+        // Every metadata parser on garbage: no panic, and anything accepted re-encodes to itself.
+        #[test]
+        fn parsers_survive_garbage(data in proptest::collection::vec(any::<u8>(), 0..300)) {
+            let p = Path::new("f");
+            if let Ok(m) = volume_meta::VolumeMeta::parse(&data, p) {
+                prop_assert_eq!(volume_meta::VolumeMeta::parse(&m.to_bytes(), p).ok(), Some(m));
+            }
+            if let Ok(m) = disk_meta::DiskMeta::parse(&data, p) {
+                prop_assert_eq!(disk_meta::DiskMeta::parse(&m.to_bytes(), p).ok(), Some(m));
+            }
+            if let Ok(v) = revision_counter::parse(&data, p) {
+                prop_assert_eq!(revision_counter::parse(&revision_counter::encode(v), p).ok(), Some(v));
+            }
+            if let Ok(s) = corral_state::CorralState::parse(&data, p) {
+                prop_assert_eq!(corral_state::CorralState::parse(&s.to_bytes(), p).ok(), Some(s));
+            }
+        }
+
+        // Garbage shaped like JSON objects with the right keys exercises the type checks.
+        #[test]
+        fn parsers_survive_json_shaped_garbage(
+            size in prop_oneof![Just("4096".to_string()), Just("-1".to_string()), Just("\"x\"".to_string()), Just("1e99".to_string()), Just("null".to_string())],
+            head in "[a-z0-9./-]{0,24}",
+            parent in "[a-z0-9./-]{0,24}",
+            labels in prop_oneof![Just("null".to_string()), Just("{}".to_string()), Just("{\"a\":\"b\"}".to_string()), Just("[1]".to_string())],
+        ) {
+            let p = Path::new("f");
+            let vm = format!("{{\"Size\":{size},\"Head\":\"{head}\",\"Parent\":\"{parent}\"}}");
+            if let Ok(m) = volume_meta::VolumeMeta::parse(vm.as_bytes(), p) {
+                prop_assert!(m.size >= 0 && crate::format::names::head_number(&m.head).is_some());
+            }
+            let dm = format!("{{\"Parent\":\"{parent}\",\"Labels\":{labels}}}");
+            if let Ok(m) = disk_meta::DiskMeta::parse(dm.as_bytes(), p) {
+                prop_assert!(m.parent.is_empty() || crate::format::names::snapshot_name_of_file(&m.parent).is_some());
+            }
+        }
+    }
 
     #[test]
     fn go_escaping_matches_encoding_json() {

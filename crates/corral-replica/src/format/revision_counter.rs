@@ -30,7 +30,11 @@ pub fn parse(bytes: &[u8], path: &Path) -> Result<u64> {
         &block[start..end]
     };
     if text.is_empty() {
-        return Err(ReplicaError::corrupt("read revision counter", path, "no digits (file empty or all NUL)"));
+        return Err(ReplicaError::corrupt(
+            "read revision counter",
+            path,
+            "no digits (file empty or all NUL)",
+        ));
     }
     if text.len() > 20 || !text.iter().all(u8::is_ascii_digit) {
         return Err(ReplicaError::corrupt(
@@ -41,9 +45,8 @@ pub fn parse(bytes: &[u8], path: &Path) -> Result<u64> {
     }
     let s = std::str::from_utf8(text)
         .map_err(|_| ReplicaError::corrupt("read revision counter", path, "not ASCII"))?;
-    let value: u64 = s
-        .parse()
-        .map_err(|e| ReplicaError::corrupt("read revision counter", path, format!("{s:?}: {e}")))?;
+    let value: u64 =
+        s.parse().map_err(|e| ReplicaError::corrupt("read revision counter", path, format!("{s:?}: {e}")))?;
     if value > i64::MAX as u64 {
         return Err(ReplicaError::corrupt("read revision counter", path, format!("{value} exceeds int64")));
     }

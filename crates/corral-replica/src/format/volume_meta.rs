@@ -33,7 +33,7 @@ pub const FILE_NAME: &str = "volume.meta";
 pub const SECTOR_SIZE: i64 = 512;
 
 /// Contents of `volume.meta`. Field order is the on-disk key order.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "PascalCase", default)]
 pub struct VolumeMeta {
     /// Volume size in bytes.
@@ -54,22 +54,6 @@ pub struct VolumeMeta {
     pub backing_file_path: String,
     /// LUKS flag.
     pub encrypted: bool,
-}
-
-impl Default for VolumeMeta {
-    fn default() -> Self {
-        VolumeMeta {
-            size: 0,
-            head: String::new(),
-            dirty: false,
-            rebuilding: false,
-            error: String::new(),
-            parent: String::new(),
-            sector_size: 0,
-            backing_file_path: String::new(),
-            encrypted: false,
-        }
-    }
 }
 
 impl VolumeMeta {
@@ -177,8 +161,9 @@ mod tests {
 
     #[test]
     fn unknown_keys_are_ignored_like_go() {
-        let m = VolumeMeta::parse(br#"{"Size":4096,"Head":"volume-head-001.img","Future":1}"#, Path::new("v"))
-            .unwrap();
+        let m =
+            VolumeMeta::parse(br#"{"Size":4096,"Head":"volume-head-001.img","Future":1}"#, Path::new("v"))
+                .unwrap();
         assert_eq!(m.head, "volume-head-001.img");
     }
 }

@@ -73,6 +73,7 @@ impl ReplicaService for MemoryService {
             revision: self.revision.load(Ordering::SeqCst),
             generation: self.generation.load(Ordering::SeqCst),
             dirty: true,
+            was_dirty_at_open: false,
             rebuilding: false,
             head: "volume-head-000.img".into(),
             chain: self.snapshots.lock().iter().rev().cloned().collect(),
@@ -92,7 +93,10 @@ impl ReplicaService for MemoryService {
     fn snapshot(&self, request: &SnapshotRequest) -> Result<()> {
         let mut snapshots = self.snapshots.lock();
         if snapshots.contains(&request.name) {
-            return Err(WireError::service(ErrorKind::AlreadyExists, format!("snapshot {} exists", request.name)));
+            return Err(WireError::service(
+                ErrorKind::AlreadyExists,
+                format!("snapshot {} exists", request.name),
+            ));
         }
         snapshots.push(request.name.clone());
         Ok(())

@@ -3,3 +3,4 @@ pub mod backup;
 pub mod control;
 pub mod engine;
 pub mod replica;
+pub mod size;

@@ -1,0 +1,151 @@
+//! The REST API (axum), documented by an OpenAPI document built with utoipa and served at
+//! `/v1/openapi.json`. Every route is registered through [`Routes`], which records its method and
+//! path, so a test can check that each one is documented.
+use std::sync::Arc;
+
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{FromRequest, Request};
+use axum::routing::MethodRouter;
+use axum::Router;
+use corral_store::Datastore;
+use serde::de::DeserializeOwned;
+use utoipa::OpenApi;
+
+use crate::error::{ManagerError, Result};
+use crate::events::EventLog;
+
+mod misc;
+mod nodes;
+mod volumes;
+
+pub use misc::{BackupTargetView, RecurringJobView, SettingView};
+pub use nodes::{DiskView, NodeView};
+pub use volumes::{is_settled, ReplicaView, VolumeView};
+pub(crate) use volumes::placed as placed_replicas;
+
+/// What handlers share.
+#[derive(Clone)]
+pub struct AppState {
+    pub ds: Datastore,
+    pub events: Arc<EventLog>,
+    /// This manager's node (default attach target).
+    pub node: String,
+    /// Wakes the reconcilers after a change made through the API.
+    pub wake: Arc<tokio::sync::Notify>,
+}
+
+/// A JSON body whose rejection (bad JSON, unknown field, wrong type) is an `invalid_argument`
+/// error in the API's error format rather than axum's plain-text 422.
+pub struct ApiJson<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
+    type Rejection = ManagerError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self> {
+        match axum::Json::<T>::from_request(req, state).await {
+            Ok(axum::Json(v)) => Ok(ApiJson(v)),
+            Err(JsonRejection::JsonDataError(e)) => Err(ManagerError::invalid(format!("invalid request body: {}", e.body_text()))),
+            Err(e) => Err(ManagerError::invalid(format!("invalid request body: {}", e.body_text()))),
+        }
+    }
+}
+
+/// Like [`ApiJson`], but an empty body means `T::default()` (actions whose body is optional).
+pub struct OptionalJson<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned + Default> FromRequest<S> for OptionalJson<T> {
+    type Rejection = ManagerError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self> {
+        let bytes = axum::body::Bytes::from_request(req, state)
+            .await
+            .map_err(|e| ManagerError::invalid(format!("cannot read request body: {e}")))?;
+        if bytes.iter().all(u8::is_ascii_whitespace) {
+            return Ok(OptionalJson(T::default()));
+        }
+        serde_json::from_slice(&bytes)
+            .map(OptionalJson)
+            .map_err(|e| ManagerError::invalid(format!("invalid request body: {e}")))
+    }
+}
+
+/// A router that remembers the (method, path) of every route it serves.
+pub struct Routes {
+    router: Router<AppState>,
+    registered: Vec<(String, String)>,
+}
+
+impl Routes {
+    fn new() -> Self {
+        Routes { router: Router::new(), registered: Vec::new() }
+    }
+
+    fn add(mut self, methods: &[&str], path: &str, route: MethodRouter<AppState>) -> Self {
+        for m in methods {
+            self.registered.push((m.to_string(), path.to_string()));
+        }
+        self.router = self.router.route(path, route);
+        self
+    }
+}
+
+fn routes() -> Routes {
+    use axum::routing::{delete, get, patch, post};
+    Routes::new()
+        .add(&["get"], "/healthz", get(misc::healthz))
+        .add(&["get"], "/v1/openapi.json", get(|| async { axum::Json(openapi()) }))
+        .add(&["get", "post"], "/v1/volumes", get(volumes::list).post(volumes::create))
+        .add(&["get", "delete"], "/v1/volumes/{name}", get(volumes::get).delete(volumes::delete))
+        .add(&["post"], "/v1/volumes/{name}/attach", post(volumes::attach))
+        .add(&["post"], "/v1/volumes/{name}/detach", post(volumes::detach))
+        .add(&["post"], "/v1/volumes/{name}/expand", post(volumes::expand))
+        .add(&["post"], "/v1/volumes/{name}/maintenance", post(volumes::maintenance))
+        .add(&["get", "post"], "/v1/volumes/{name}/snapshots", get(volumes::snapshot_list).post(volumes::snapshot_create))
+        .add(&["delete"], "/v1/volumes/{name}/snapshots/{snapshot}", delete(volumes::snapshot_delete))
+        .add(&["post"], "/v1/volumes/{name}/snapshots/{snapshot}/revert", post(volumes::snapshot_revert))
+        .add(&["get"], "/v1/nodes", get(nodes::list))
+        .add(&["get", "patch"], "/v1/nodes/{name}", get(nodes::get).patch(nodes::update))
+        .add(&["post"], "/v1/nodes/{name}/disks", post(nodes::disk_add))
+        .add(&["patch", "delete"], "/v1/nodes/{name}/disks/{disk}", patch(nodes::disk_update).delete(nodes::disk_remove))
+        .add(&["get"], "/v1/settings", get(misc::settings_list))
+        .add(&["get", "put"], "/v1/settings/{name}", get(misc::setting_get).put(misc::setting_set))
+        .add(&["get"], "/v1/events", get(misc::events))
+        .add(&["get", "put"], "/v1/backuptarget", get(misc::backup_target_get).put(misc::backup_target_set))
+        .add(&["get", "post"], "/v1/recurringjobs", get(misc::jobs_list).post(misc::job_create))
+        .add(&["get", "delete"], "/v1/recurringjobs/{name}", get(misc::job_get).delete(misc::job_delete))
+}
+
+/// The API's router, with unknown paths answered in the API's error format.
+pub fn router(state: AppState) -> Router {
+    routes()
+        .router
+        .fallback(|| async { ManagerError::new(crate::error::Code::NotFound, "no such API path") })
+        .with_state(state)
+}
+
+/// Every (method, path) the router serves.
+pub fn registered_routes() -> Vec<(String, String)> {
+    routes().registered
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "Corral manager API", description = "Volumes, nodes and disks, settings, backups and recurring jobs of a Corral cluster. Errors are `{\"code\", \"message\"}` with a stable code."),
+    paths(
+        misc::healthz, misc::openapi_doc,
+        volumes::list, volumes::create, volumes::get, volumes::delete, volumes::attach, volumes::detach,
+        volumes::expand, volumes::maintenance, volumes::snapshot_list, volumes::snapshot_create,
+        volumes::snapshot_delete, volumes::snapshot_revert,
+        nodes::list, nodes::get, nodes::update, nodes::disk_add, nodes::disk_update, nodes::disk_remove,
+        misc::settings_list, misc::setting_get, misc::setting_set, misc::events,
+        misc::backup_target_get, misc::backup_target_set,
+        misc::jobs_list, misc::job_create, misc::job_get, misc::job_delete,
+    ),
+    components(schemas(crate::error::ErrorBody, crate::error::Code, crate::events::Event, crate::events::EventType))
+)]
+struct ApiDoc;
+
+/// The OpenAPI document of this API.
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    ApiDoc::openapi()
+}

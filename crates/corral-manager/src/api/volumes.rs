@@ -1,0 +1,490 @@
+//! `/v1/volumes`: create, get, list, delete, and the actions attach, detach, expand, maintenance
+//! and snapshots. Every change is validated first and written with the version check.
+use std::collections::BTreeMap;
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::Json;
+use corral_store::resources::{Condition, DataLocality, Node, Replica, ReplicaMode, Volume, VolumeSpec, VolumeState};
+use corral_store::{Datastore, Resource};
+
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use super::{ApiJson, AppState, OptionalJson};
+use crate::engine_client::{EngineClient, EngineSnapshot};
+use crate::error::{Code, ErrorBody, ManagerError, Result};
+use crate::scheduler::{schedule_replicas, PlacedReplica, SchedulerSettings, VolumeRequest};
+use crate::settings::{self, Settings};
+use crate::validation::{check_backup_url, check_labels, check_name, check_size, MAX_REPLICAS};
+
+/// A replica as the API shows it.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ReplicaView {
+    pub name: String,
+    pub node: String,
+    pub disk: String,
+    /// `RW`, `WO` or `ERR`; absent while the volume is detached.
+    #[schema(value_type = Option<String>)]
+    pub mode: Option<ReplicaMode>,
+    /// Percent copied while rebuilding (100 when RW).
+    pub rebuild_progress: u32,
+    /// Process state: pending, starting, running, stopped, error.
+    pub state: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub failed_at: Option<String>,
+}
+
+/// A volume as the API shows it.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct VolumeView {
+    pub name: String,
+    /// Bytes.
+    pub size: u64,
+    pub number_of_replicas: u32,
+    /// creating, detached, attaching, attached, detaching, deleting, error.
+    #[schema(value_type = String)]
+    pub state: VolumeState,
+    /// healthy, degraded, faulted, unknown.
+    #[schema(value_type = String)]
+    pub robustness: corral_store::resources::Robustness,
+    /// NBD URI while attached.
+    pub endpoint: Option<String>,
+    pub replicas: Vec<ReplicaView>,
+    #[schema(value_type = Vec<Object>)]
+    pub conditions: Vec<Condition>,
+    /// Minutes.
+    pub stale_replica_timeout: u64,
+    /// disabled or best-effort.
+    #[schema(value_type = String)]
+    pub data_locality: DataLocality,
+    pub from_backup: Option<String>,
+    pub labels: BTreeMap<String, String>,
+    pub node_selector: Vec<String>,
+    pub disk_selector: Vec<String>,
+    /// Node the volume is (to be) attached to.
+    pub node_id: Option<String>,
+    pub maintenance: bool,
+    pub created: String,
+    /// Pass back in an action's `resourceVersion` to make it conditional on no change since.
+    pub resource_version: String,
+}
+
+pub(crate) fn view(v: &Volume, replicas: &[Replica]) -> VolumeView {
+    let mut rs: Vec<ReplicaView> = replicas
+        .iter()
+        .filter(|r| r.spec.volume == v.metadata.name)
+        .map(|r| ReplicaView {
+            name: r.metadata.name.clone(),
+            node: r.spec.node.clone(),
+            disk: r.spec.disk.clone(),
+            mode: r.status.mode,
+            rebuild_progress: r.status.rebuild_progress,
+            state: serde_json::to_value(r.status.state).ok().and_then(|s| s.as_str().map(String::from)).unwrap_or_default(),
+            failed_at: r.spec.failed_at.clone(),
+        })
+        .collect();
+    rs.sort_by(|a, b| a.name.cmp(&b.name));
+    let state = if v.metadata.deletion_requested.is_some() { VolumeState::Deleting } else { v.status.state };
+    VolumeView {
+        name: v.metadata.name.clone(),
+        size: v.spec.size,
+        number_of_replicas: v.spec.number_of_replicas,
+        state,
+        robustness: v.status.robustness,
+        endpoint: v.status.endpoint.clone(),
+        replicas: rs,
+        conditions: v.status.conditions.clone(),
+        stale_replica_timeout: v.spec.stale_replica_timeout,
+        data_locality: v.spec.data_locality,
+        from_backup: v.spec.from_backup.clone(),
+        labels: v.metadata.labels.clone(),
+        node_selector: v.spec.node_selector.clone(),
+        disk_selector: v.spec.disk_selector.clone(),
+        node_id: v.spec.node_id.clone(),
+        maintenance: v.spec.maintenance,
+        created: v.metadata.created.clone(),
+        resource_version: v.metadata.resource_version.as_ref().map(|r| r.0.clone()).unwrap_or_default(),
+    }
+}
+
+/// Body of `POST /v1/volumes`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct CreateVolume {
+    pub name: String,
+    /// Bytes; a non-zero multiple of 2 MiB.
+    pub size: u64,
+    /// 1-20; default from the setting `default-replica-count`.
+    #[serde(default)]
+    pub number_of_replicas: Option<u32>,
+    /// Minutes; default from the setting `default-stale-replica-timeout`.
+    #[serde(default)]
+    pub stale_replica_timeout: Option<u64>,
+    /// `disabled` (default) or `best-effort`.
+    #[serde(default)]
+    pub data_locality: Option<String>,
+    /// Backup URL to restore from.
+    #[serde(default)]
+    pub from_backup: Option<String>,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    #[serde(default)]
+    pub node_selector: Vec<String>,
+    #[serde(default)]
+    pub disk_selector: Vec<String>,
+}
+
+/// Body of attach.
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct AttachVolume {
+    /// Node to attach to; default: the manager's node.
+    #[serde(default)]
+    pub node: Option<String>,
+    /// Attach in maintenance mode (revert allowed, no client expected).
+    #[serde(default)]
+    pub maintenance: bool,
+    #[serde(default)]
+    pub resource_version: Option<String>,
+}
+
+/// Body of detach.
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct DetachVolume {
+    #[serde(default)]
+    pub resource_version: Option<String>,
+}
+
+/// Body of expand.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ExpandVolume {
+    /// New size in bytes: larger than the current one, a multiple of 2 MiB.
+    pub size: u64,
+    #[serde(default)]
+    pub resource_version: Option<String>,
+}
+
+/// Body of maintenance.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct MaintenanceVolume {
+    pub enabled: bool,
+    #[serde(default)]
+    pub resource_version: Option<String>,
+}
+
+/// Body of snapshot create.
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct CreateSnapshot {
+    /// Default: generated.
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+}
+
+/// Answer of snapshot create.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct SnapshotCreated {
+    pub name: String,
+}
+
+fn parse_locality(s: Option<&str>) -> Result<DataLocality> {
+    match s {
+        None | Some("disabled") => Ok(DataLocality::Disabled),
+        Some("best-effort") => Ok(DataLocality::BestEffort),
+        Some(other) => Err(ManagerError::invalid(format!("dataLocality must be disabled or best-effort, not {other:?}"))),
+    }
+}
+
+pub(crate) fn placed(replicas: &[Replica]) -> Vec<PlacedReplica> {
+    replicas
+        .iter()
+        .map(|r| PlacedReplica { volume: r.spec.volume.clone(), node: r.spec.node.clone(), disk: r.spec.disk.clone(), size: r.spec.size })
+        .collect()
+}
+
+async fn load(ds: &Datastore, name: &str) -> Result<Volume> {
+    ds.get::<Volume>(name).await.map_err(|e| if e.is_not_found() { ManagerError::not_found("volume", name) } else { e.into() })
+}
+
+/// Read-modify-write of a volume: `f` validates against the current state and changes the spec.
+/// With `expected`, the write happens only if the volume is still at that version (409 otherwise);
+/// without, a conflict with a concurrent writer re-reads and re-validates.
+pub(crate) async fn mutate(
+    st: &AppState,
+    name: &str,
+    expected: Option<&str>,
+    mut f: impl FnMut(&mut Volume) -> Result<()>,
+) -> Result<Volume> {
+    for _ in 0..20 {
+        let mut v = load(&st.ds, name).await?;
+        if let Some(exp) = expected {
+            if v.metadata.resource_version.as_ref().is_none_or(|cur| cur.0 != exp) {
+                return Err(ManagerError::new(
+                    Code::Conflict,
+                    format!("volume {name:?} changed since version {exp}; read it again and retry"),
+                ));
+            }
+        }
+        f(&mut v)?;
+        match st.ds.update(&v).await {
+            Ok(v) => {
+                st.wake.notify_one();
+                return Ok(v);
+            }
+            Err(e) if e.is_conflict() && expected.is_none() => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Err(ManagerError::new(Code::Conflict, format!("volume {name:?} keeps changing; retry")))
+}
+
+async fn view_of(st: &AppState, v: &Volume) -> Result<VolumeView> {
+    let replicas: Vec<Replica> = st.ds.list().await?;
+    Ok(view(v, &replicas))
+}
+
+#[utoipa::path(get, path = "/v1/volumes", tag = "volumes",
+    responses((status = 200, description = "Every volume", body = [VolumeView])))]
+pub async fn list(State(st): State<AppState>) -> Result<Json<Vec<VolumeView>>> {
+    let volumes: Vec<Volume> = st.ds.list().await?;
+    let replicas: Vec<Replica> = st.ds.list().await?;
+    Ok(Json(volumes.iter().map(|v| view(v, &replicas)).collect()))
+}
+
+#[utoipa::path(post, path = "/v1/volumes", tag = "volumes", request_body = CreateVolume,
+    responses((status = 201, body = VolumeView), (status = 400, body = ErrorBody), (status = 409, body = ErrorBody)))]
+pub async fn create(State(st): State<AppState>, ApiJson(req): ApiJson<CreateVolume>) -> Result<(StatusCode, Json<VolumeView>)> {
+    check_name("volume", &req.name)?;
+    check_size(req.size)?;
+    let settings = Settings::load(&st.ds).await?;
+    let replicas = req.number_of_replicas.unwrap_or(settings.int(settings::DEFAULT_REPLICA_COUNT) as u32);
+    if replicas == 0 || replicas > MAX_REPLICAS {
+        return Err(ManagerError::invalid(format!("numberOfReplicas must be from 1 to {MAX_REPLICAS}, not {replicas}")));
+    }
+    let stale = req.stale_replica_timeout.unwrap_or(settings.int(settings::DEFAULT_STALE_REPLICA_TIMEOUT));
+    if stale == 0 {
+        return Err(ManagerError::invalid("staleReplicaTimeout must be at least 1 (minute)"));
+    }
+    let locality = parse_locality(req.data_locality.as_deref())?;
+    if let Some(url) = &req.from_backup {
+        check_backup_url(url)?;
+    }
+    check_labels(&req.labels)?;
+    for tag in req.node_selector.iter().chain(&req.disk_selector) {
+        check_name("tag", tag)?;
+    }
+    // More replicas than the cluster can place is bad input, refused before anything is stored.
+    let nodes: Vec<Node> = st.ds.list().await?;
+    let existing: Vec<Replica> = st.ds.list().await?;
+    let vr = VolumeRequest {
+        volume: &req.name,
+        size: req.size,
+        node_selector: &req.node_selector,
+        disk_selector: &req.disk_selector,
+        data_locality: locality,
+        attach_node: None,
+    };
+    schedule_replicas(&vr, replicas, &nodes, &placed(&existing), SchedulerSettings::from(&settings))
+        .map_err(|f| ManagerError::invalid(f.to_string()))?;
+    let spec = VolumeSpec {
+        size: req.size,
+        number_of_replicas: replicas,
+        stale_replica_timeout: stale,
+        data_locality: locality,
+        from_backup: req.from_backup,
+        node_id: None,
+        maintenance: false,
+        node_selector: req.node_selector,
+        disk_selector: req.disk_selector,
+    };
+    let mut v = Volume::new(req.name.clone(), spec);
+    v.metadata.labels = req.labels;
+    let v = st.ds.create(&v).await?;
+    st.events.normal("volume", v.name(), "Created", format!("{} bytes, {} replicas", v.spec.size, replicas));
+    st.wake.notify_one();
+    Ok((StatusCode::CREATED, Json(view_of(&st, &v).await?)))
+}
+
+#[utoipa::path(get, path = "/v1/volumes/{name}", tag = "volumes", params(("name" = String, Path)),
+    responses((status = 200, body = VolumeView), (status = 404, body = ErrorBody)))]
+pub async fn get(State(st): State<AppState>, Path(name): Path<String>) -> Result<Json<VolumeView>> {
+    let v = load(&st.ds, &name).await?;
+    Ok(Json(view_of(&st, &v).await?))
+}
+
+#[utoipa::path(delete, path = "/v1/volumes/{name}", tag = "volumes", params(("name" = String, Path)),
+    responses((status = 202, description = "Deletion started", body = VolumeView), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+pub async fn delete(State(st): State<AppState>, Path(name): Path<String>) -> Result<(StatusCode, Json<VolumeView>)> {
+    let v = mutate(&st, &name, None, |v| {
+        if let Some(node) = &v.spec.node_id {
+            return Err(ManagerError::precondition(format!("volume {name:?} is attached to {node}; detach it first")));
+        }
+        if v.metadata.deletion_requested.is_none() {
+            v.metadata.deletion_requested = Some(chrono::Utc::now().to_rfc3339());
+        }
+        Ok(())
+    })
+    .await?;
+    st.events.normal("volume", &name, "Deleting", "deletion requested");
+    Ok((StatusCode::ACCEPTED, Json(view_of(&st, &v).await?)))
+}
+
+fn not_deleting(v: &Volume) -> Result<()> {
+    if v.metadata.deletion_requested.is_some() {
+        return Err(ManagerError::precondition(format!("volume {:?} is being deleted", v.metadata.name)));
+    }
+    Ok(())
+}
+
+#[utoipa::path(post, path = "/v1/volumes/{name}/attach", tag = "volumes", params(("name" = String, Path)), request_body = AttachVolume,
+    responses((status = 200, body = VolumeView), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+pub async fn attach(State(st): State<AppState>, Path(name): Path<String>, OptionalJson(req): OptionalJson<AttachVolume>) -> Result<Json<VolumeView>> {
+    let node = req.node.clone().unwrap_or_else(|| st.node.clone());
+    if st.ds.try_get::<Node>(&node).await?.is_none() {
+        return Err(ManagerError::invalid(format!("no node {node:?} to attach to")));
+    }
+    let v = mutate(&st, &name, req.resource_version.as_deref(), |v| {
+        not_deleting(v)?;
+        match &v.spec.node_id {
+            Some(cur) if *cur != node => Err(ManagerError::precondition(format!(
+                "volume {name:?} is attached to {cur}; detach it before attaching it to {node}"
+            ))),
+            _ => {
+                v.spec.node_id = Some(node.clone());
+                v.spec.maintenance = req.maintenance;
+                Ok(())
+            }
+        }
+    })
+    .await?;
+    st.events.normal("volume", &name, "Attach", format!("to {node}{}", if req.maintenance { " (maintenance)" } else { "" }));
+    Ok(Json(view_of(&st, &v).await?))
+}
+
+#[utoipa::path(post, path = "/v1/volumes/{name}/detach", tag = "volumes", params(("name" = String, Path)), request_body = DetachVolume,
+    responses((status = 200, body = VolumeView), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+pub async fn detach(State(st): State<AppState>, Path(name): Path<String>, OptionalJson(req): OptionalJson<DetachVolume>) -> Result<Json<VolumeView>> {
+    let v = mutate(&st, &name, req.resource_version.as_deref(), |v| {
+        v.spec.node_id = None;
+        v.spec.maintenance = false;
+        Ok(())
+    })
+    .await?;
+    st.events.normal("volume", &name, "Detach", "detach requested");
+    Ok(Json(view_of(&st, &v).await?))
+}
+
+#[utoipa::path(post, path = "/v1/volumes/{name}/expand", tag = "volumes", params(("name" = String, Path)), request_body = ExpandVolume,
+    responses((status = 200, body = VolumeView), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+pub async fn expand(State(st): State<AppState>, Path(name): Path<String>, ApiJson(req): ApiJson<ExpandVolume>) -> Result<Json<VolumeView>> {
+    check_size(req.size)?;
+    let v = mutate(&st, &name, req.resource_version.as_deref(), |v| {
+        not_deleting(v)?;
+        if req.size < v.spec.size {
+            return Err(ManagerError::invalid(format!(
+                "volume {name:?} cannot shrink from {} to {} bytes",
+                v.spec.size, req.size
+            )));
+        }
+        v.spec.size = req.size;
+        Ok(())
+    })
+    .await?;
+    st.events.normal("volume", &name, "Expand", format!("to {} bytes", req.size));
+    Ok(Json(view_of(&st, &v).await?))
+}
+
+#[utoipa::path(post, path = "/v1/volumes/{name}/maintenance", tag = "volumes", params(("name" = String, Path)), request_body = MaintenanceVolume,
+    responses((status = 200, body = VolumeView), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+pub async fn maintenance(
+    State(st): State<AppState>,
+    Path(name): Path<String>,
+    ApiJson(req): ApiJson<MaintenanceVolume>,
+) -> Result<Json<VolumeView>> {
+    let v = mutate(&st, &name, req.resource_version.as_deref(), |v| {
+        not_deleting(v)?;
+        v.spec.maintenance = req.enabled;
+        Ok(())
+    })
+    .await?;
+    Ok(Json(view_of(&st, &v).await?))
+}
+
+/// The engine of an attached volume.
+async fn engine_of(st: &AppState, name: &str, action: &str) -> Result<(Volume, EngineClient)> {
+    let v = load(&st.ds, name).await?;
+    match (&v.status.engine_control_url, v.status.state) {
+        (Some(url), VolumeState::Attached) => {
+            let c = EngineClient::new(url);
+            Ok((v, c))
+        }
+        _ => Err(ManagerError::precondition(format!("volume {name:?} must be attached to {action} (it is {:?})", v.status.state))),
+    }
+}
+
+#[utoipa::path(get, path = "/v1/volumes/{name}/snapshots", tag = "snapshots", params(("name" = String, Path)),
+    responses((status = 200, body = [EngineSnapshot]), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+pub async fn snapshot_list(State(st): State<AppState>, Path(name): Path<String>) -> Result<Json<Vec<EngineSnapshot>>> {
+    let (_, engine) = engine_of(&st, &name, "list snapshots").await?;
+    Ok(Json(engine.snapshots().await?.into_iter().filter(|s| s.name != "volume-head").collect()))
+}
+
+#[utoipa::path(post, path = "/v1/volumes/{name}/snapshots", tag = "snapshots", params(("name" = String, Path)), request_body = CreateSnapshot,
+    responses((status = 201, body = SnapshotCreated), (status = 400, body = ErrorBody), (status = 409, body = ErrorBody)))]
+pub async fn snapshot_create(
+    State(st): State<AppState>,
+    Path(name): Path<String>,
+    OptionalJson(req): OptionalJson<CreateSnapshot>,
+) -> Result<(StatusCode, Json<SnapshotCreated>)> {
+    if let Some(s) = &req.name {
+        check_name("snapshot", s)?;
+    }
+    check_labels(&req.labels)?;
+    let (_, engine) = engine_of(&st, &name, "take a snapshot").await?;
+    let created = engine.snapshot_create(req.name.as_deref(), &req.labels).await?;
+    st.events.normal("volume", &name, "Snapshot", format!("snapshot {created} created"));
+    Ok((StatusCode::CREATED, Json(SnapshotCreated { name: created })))
+}
+
+#[utoipa::path(delete, path = "/v1/volumes/{name}/snapshots/{snapshot}", tag = "snapshots",
+    params(("name" = String, Path), ("snapshot" = String, Path)),
+    responses((status = 204, description = "Removed and purged"), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+pub async fn snapshot_delete(State(st): State<AppState>, Path((name, snapshot)): Path<(String, String)>) -> Result<StatusCode> {
+    check_name("snapshot", &snapshot)?;
+    let (_, engine) = engine_of(&st, &name, "delete a snapshot").await?;
+    engine.snapshot_remove(&snapshot).await?;
+    engine.snapshot_purge().await?;
+    st.events.normal("volume", &name, "SnapshotDeleted", format!("snapshot {snapshot} removed"));
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[utoipa::path(post, path = "/v1/volumes/{name}/snapshots/{snapshot}/revert", tag = "snapshots",
+    params(("name" = String, Path), ("snapshot" = String, Path)),
+    responses((status = 204, description = "Reverted"), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+pub async fn snapshot_revert(State(st): State<AppState>, Path((name, snapshot)): Path<(String, String)>) -> Result<StatusCode> {
+    check_name("snapshot", &snapshot)?;
+    let v = load(&st.ds, &name).await?;
+    if !v.spec.maintenance {
+        return Err(ManagerError::precondition(format!(
+            "volume {name:?} is not in maintenance mode: revert needs it (attach with maintenance, no client connected)"
+        )));
+    }
+    let (_, engine) = engine_of(&st, &name, "revert").await?;
+    engine.revert(&snapshot).await?;
+    st.events.normal("volume", &name, "Reverted", format!("to snapshot {snapshot}"));
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Used by the CLI's `--wait` and tests: the volume is ready when attached (if asked) and healthy.
+pub fn is_settled(v: &VolumeView) -> bool {
+    v.robustness == corral_store::resources::Robustness::Healthy
+        && matches!(v.state, VolumeState::Attached | VolumeState::Detached)
+}

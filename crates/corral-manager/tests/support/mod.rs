@@ -1,0 +1,125 @@
+//! A one-node cluster for the manager's tests: an in-process instance manager whose "corral"
+//! binary is `fake_corral.py` (replica and engine stand-ins), a manager on a redb store in a temp
+//! dir, and a small JSON client.
+#![allow(clippy::unwrap_used, clippy::expect_used, dead_code)]
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use corral_im::{Supervisor, SupervisorConfig};
+use corral_manager::{Manager, ManagerConfig};
+use serde_json::Value;
+
+pub struct Cluster {
+    pub url: String,
+    pub http: reqwest::Client,
+    pub manager: Option<Manager>,
+    pub supervisor: Supervisor,
+    pub dir: tempfile::TempDir,
+    im_stop: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+pub fn fake_corral() -> PathBuf {
+    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/support/fake_corral.py");
+    assert!(std::path::Path::new("/usr/bin/python3").exists(), "python3 is required to run the fake corral binary");
+    p
+}
+
+impl Cluster {
+    pub async fn start(soft_anti_affinity: bool) -> Cluster {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cfg = SupervisorConfig::new("node-1");
+        cfg.binary = fake_corral();
+        cfg.port_range = free_range(200);
+        cfg.stop_grace = Duration::from_secs(3);
+        let supervisor = Supervisor::new(cfg).unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let im_url = format!("http://{}", listener.local_addr().unwrap());
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        tokio::spawn(corral_im::serve(listener, supervisor.clone(), async {
+            let _ = rx.await;
+        }));
+        let store = Arc::new(corral_store::RedbStore::open(&dir.path().join("corral.redb")).unwrap());
+        let mut mc = ManagerConfig::new("node-1", im_url);
+        mc.listen = "127.0.0.1:0".parse().unwrap();
+        mc.default_disk = Some(dir.path().join("disk"));
+        mc.resync = Duration::from_millis(500);
+        if soft_anti_affinity {
+            mc.initial_settings = vec![("replica-soft-anti-affinity".into(), "true".into())];
+        }
+        let manager = Manager::start(mc, store).await.unwrap();
+        let url = format!("http://{}", manager.local_addr());
+        Cluster { url, http: reqwest::Client::new(), manager: Some(manager), supervisor, dir, im_stop: Some(tx) }
+    }
+
+    pub async fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> (u16, Value) {
+        let mut req = self.http.request(method, format!("{}{}", self.url, path));
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let resp = req.send().await.unwrap();
+        let status = resp.status().as_u16();
+        let text = resp.text().await.unwrap();
+        let value = if text.is_empty() { Value::Null } else { serde_json::from_str(&text).unwrap_or(Value::String(text)) };
+        (status, value)
+    }
+
+    pub async fn get(&self, path: &str) -> (u16, Value) {
+        self.call(reqwest::Method::GET, path, None).await
+    }
+    pub async fn post(&self, path: &str, body: Value) -> (u16, Value) {
+        self.call(reqwest::Method::POST, path, Some(body)).await
+    }
+    pub async fn put(&self, path: &str, body: Value) -> (u16, Value) {
+        self.call(reqwest::Method::PUT, path, Some(body)).await
+    }
+    pub async fn patch(&self, path: &str, body: Value) -> (u16, Value) {
+        self.call(reqwest::Method::PATCH, path, Some(body)).await
+    }
+    pub async fn delete(&self, path: &str) -> (u16, Value) {
+        self.call(reqwest::Method::DELETE, path, None).await
+    }
+
+    /// Poll a volume until `pred` holds (20 s at most).
+    pub async fn wait_volume(&self, name: &str, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let (code, v) = self.get(&format!("/v1/volumes/{name}")).await;
+            if code == 200 && pred(&v) {
+                return v;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "volume {name} never became {what}: {code} {v:#}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    pub async fn shutdown(mut self) {
+        if let Some(m) = self.manager.take() {
+            m.shutdown().await;
+        }
+        self.supervisor.shutdown().await;
+        if let Some(tx) = self.im_stop.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+pub fn free_range(n: u16) -> std::ops::RangeInclusive<u16> {
+    loop {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let start = l.local_addr().unwrap().port();
+        drop(l);
+        if start < 65000 - n {
+            return start..=start + n - 1;
+        }
+    }
+}
+
+/// Assert an API error: status and stable code, and return the message.
+pub fn assert_error(resp: &(u16, Value), status: u16, code: &str) -> String {
+    assert_eq!(resp.0, status, "unexpected answer: {resp:?}");
+    assert_eq!(resp.1["code"], code, "unexpected answer: {resp:?}");
+    let msg = resp.1["message"].as_str().unwrap_or_default().to_string();
+    assert!(!msg.is_empty(), "error without a message: {resp:?}");
+    msg
+}
