@@ -68,8 +68,8 @@ impl BlockSize {
             .parse()
             .map_err(|_| BackupError::InvalidArgument(format!("block size {text:?} is not a size: use 2MiB or 16MiB")))?;
         n.checked_mul(multiplier)
-            .ok_or_else(|| BackupError::InvalidArgument(format!("block size {text:?} is too large")))
-            .and_then(Self::from_bytes)
+            .and_then(|bytes| Self::from_bytes(bytes).ok())
+            .ok_or_else(|| BackupError::InvalidArgument(format!("block size {text:?} is not supported: use 2MiB or 16MiB")))
     }
 }
 

@@ -29,7 +29,7 @@ pub enum ErrorKind {
 #[derive(Debug, thiserror::Error)]
 pub enum BackupError {
     /// A request to the backup target failed.
-    #[error("{op} {object}: {source}")]
+    #[error("{op} {object}")]
     Store {
         /// Operation (get, put, list, delete, head).
         op: &'static str,
@@ -68,7 +68,7 @@ pub enum BackupError {
     #[error("{0}")]
     Busy(String),
     /// Local file I/O failed.
-    #[error("{op} {}: {source}", path.display())]
+    #[error("{op} {}", path.display())]
     Io {
         /// Operation.
         op: &'static str,
@@ -79,7 +79,7 @@ pub enum BackupError {
         source: std::io::Error,
     },
     /// The replica library failed.
-    #[error("replica {}: {op}: {source}", dir.display())]
+    #[error("replica {}: {op}", dir.display())]
     Replica {
         /// Operation.
         op: &'static str,

@@ -14,12 +14,24 @@ async fn round_trip_on_s3_target() {
     moto.create_bucket("backups");
     let work = tempfile::tempdir().unwrap();
     let target = BackupTarget::open_with("s3://backups@us-east-1/cluster-a/", &moto.settings()).unwrap();
+    // A second client, independent of the library, damages objects behind its back.
+    let raw = object_store::aws::AmazonS3Builder::new()
+        .with_bucket_name("backups")
+        .with_region("us-east-1")
+        .with_endpoint(moto.endpoint())
+        .with_allow_http(true)
+        .with_access_key_id("testing")
+        .with_secret_access_key("testing")
+        .build()
+        .unwrap();
+    let handle = tokio::runtime::Handle::current();
     let corrupt = |checksum: &str| {
-        let key = format!("/backups/cluster-a/{}", layout::block("vol1", checksum));
-        // Overwrite the object with a damaged copy: a valid lz4 magic followed by garbage.
+        use object_store::ObjectStore;
+        let key = object_store::path::Path::from(format!("cluster-a/{}", layout::block("vol1", checksum)));
+        // Replace the object with a damaged copy: the lz4 frame header followed by garbage.
         let mut garbage = vec![0x04, 0x22, 0x4d, 0x18, 0x64, 0x70, 0xb9];
         garbage.extend_from_slice(&[0xab; 4000]);
-        assert_eq!(moto.request("PUT", &key, &garbage), 200);
+        tokio::task::block_in_place(|| handle.block_on(raw.put(&key, garbage.into()))).unwrap();
     };
     round_trip(&target, work.path(), &corrupt).await;
 }

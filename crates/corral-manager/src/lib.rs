@@ -27,6 +27,7 @@
 //! ```
 
 pub mod api;
+pub mod client;
 pub mod engine_client;
 mod error;
 pub mod events;

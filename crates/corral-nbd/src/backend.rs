@@ -59,10 +59,13 @@ pub trait NbdBackend: Send + Sync + 'static {
             let mut done = 0u64;
             while done < len {
                 let n = (len - done).min(ZERO_CHUNK as u64);
-                let last = done + n == len;
                 // n <= ZERO_CHUNK, so the cast and the slice are in bounds.
-                self.write(offset + done, &ZEROES[..n as usize], fua && last).await?;
+                self.write(offset + done, &ZEROES[..n as usize], false).await?;
                 done += n;
+            }
+            // FUA covers every chunk written above, so flush once rather than FUA the last one.
+            if fua {
+                self.flush().await?;
             }
             Ok(())
         }
@@ -70,7 +73,9 @@ pub trait NbdBackend: Send + Sync + 'static {
 
     /// Whether [`NbdBackend::write_zeroes`] is fast (no data is moved: holes are punched or
     /// metadata is changed). Requests with `NBD_CMD_FLAG_FAST_ZERO` fail with `ENOTSUP` when
-    /// this is false, as the protocol requires of a server that cannot zero quickly.
+    /// this is false, as the protocol requires of a server that cannot zero quickly. Requests
+    /// with both `FAST_ZERO` and `NO_HOLE` always fail with `ENOTSUP`: keeping the range
+    /// allocated means writing it.
     fn can_fast_zero(&self) -> bool {
         false
     }

@@ -45,8 +45,13 @@
 //!   payload up to 2× that, at least 64 MiB, is read and discarded first; a larger one closes
 //!   the connection after the error reply), bad request magic or a truncated frame closes the
 //!   connection. None of this affects other connections.
-//! - Structured replies: a successful READ is one `OFFSET_DATA` chunk with `DONE`; errors are
-//!   an `ERROR` chunk carrying the message; other commands use simple replies (allowed).
+//! - Structured replies: a successful READ is one `OFFSET_DATA` chunk with `DONE` (never
+//!   fragmented, so `NBD_FLAG_SEND_DF` is offered); an error of any command is an `ERROR`
+//!   chunk carrying the message; other successes use simple replies (allowed).
+//! - `NBD_OPT_LIST_META_CONTEXT`/`SET_META_CONTEXT` (block status), `STARTTLS` and extended
+//!   headers are not offered: they are answered with `NBD_REP_ERR_UNSUP`.
+//! - A client has [`DEFAULT_HANDSHAKE_TIMEOUT`] to finish negotiating; a silent connection
+//!   would otherwise count as a connected client forever.
 
 mod backend;
 mod error;
@@ -60,6 +65,6 @@ pub use backend::{out_of_range, NbdBackend};
 pub use error::{ErrorKind, NbdError, Result};
 pub use memory_backend::MemoryBackend;
 pub use server::{
-    ExportConfig, NbdServer, NbdServerBuilder, NewClientsBlocked, DEFAULT_MAX_BLOCK_SIZE,
+    NbdServer, NbdServerBuilder, NewClientsBlocked, DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_MAX_BLOCK_SIZE,
     DEFAULT_MAX_IN_FLIGHT, DEFAULT_PAYLOAD_BUDGET, DEFAULT_PREFERRED_BLOCK_SIZE,
 };

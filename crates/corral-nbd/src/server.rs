@@ -23,12 +23,14 @@ pub const DEFAULT_PREFERRED_BLOCK_SIZE: u32 = 4096;
 pub const DEFAULT_MAX_IN_FLIGHT: usize = 64;
 /// Default bound on payload bytes buffered per connection.
 pub const DEFAULT_PAYLOAD_BUDGET: usize = 128 << 20;
+/// Default time a client has to finish the handshake before it is disconnected.
+pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Bytes of read buffering per connection.
 const READ_BUFFER: usize = 256 << 10;
 
 /// What the server exports and how (fixed at build time).
 #[derive(Debug, Clone)]
-pub struct ExportConfig {
+pub(crate) struct ExportConfig {
     pub(crate) name: String,
     pub(crate) description: String,
     pub(crate) read_only: bool,
@@ -36,6 +38,7 @@ pub struct ExportConfig {
     pub(crate) preferred_block_size: u32,
     pub(crate) max_in_flight: usize,
     pub(crate) payload_budget: usize,
+    pub(crate) handshake_timeout: Duration,
 }
 
 impl ExportConfig {
@@ -106,6 +109,13 @@ impl<B: NbdBackend> NbdServerBuilder<B> {
     /// Bound on payload bytes held per connection (default 128 MiB, at least one maximum block).
     pub fn payload_budget(mut self, bytes: usize) -> Self {
         self.config.payload_budget = bytes;
+        self
+    }
+
+    /// Time a client has to complete the handshake (default 30 s). A client that connects and
+    /// stays silent would otherwise count as connected forever (and block a revert).
+    pub fn handshake_timeout(mut self, timeout: Duration) -> Self {
+        self.config.handshake_timeout = timeout;
         self
     }
 
@@ -191,6 +201,7 @@ impl<B: NbdBackend> NbdServer<B> {
                 preferred_block_size: DEFAULT_PREFERRED_BLOCK_SIZE,
                 max_in_flight: DEFAULT_MAX_IN_FLIGHT,
                 payload_budget: DEFAULT_PAYLOAD_BUDGET,
+                handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
             },
         }
     }
@@ -326,9 +337,18 @@ impl<B: NbdBackend> NbdServer<B> {
         let inner = &*self.inner;
         let session = async {
             let mut reader = BufReader::with_capacity(READ_BUFFER, reader);
-            let params = match negotiate(&mut reader, &mut writer, &inner.config, &*inner.backend).await? {
-                HandshakeEnd::Transmission(params) => params,
-                HandshakeEnd::Aborted => return Ok(()),
+            let handshake = negotiate(&mut reader, &mut writer, &inner.config, &*inner.backend);
+            let params = match tokio::time::timeout(inner.config.handshake_timeout, handshake).await {
+                Ok(Ok(HandshakeEnd::Transmission(params))) => params,
+                Ok(Ok(HandshakeEnd::Aborted)) => return Ok(()),
+                Ok(Err(err)) => return Err(err),
+                Err(_) => {
+                    return Err(NbdError::new(
+                        ErrorKind::Protocol,
+                        "handshake",
+                        format!("not completed within {:?}", inner.config.handshake_timeout),
+                    ))
+                }
             };
             tracing::debug!(
                 size = params.size,

@@ -123,7 +123,21 @@ where
                     return Ok(());
                 }
                 match self.next_step(&mut *reader, &mut buf).await {
-                    Ok(step) => step,
+                    Ok(step) => {
+                        // Decide to stop while still holding the read half, so no other worker
+                        // reads past a disconnect or an unskipped payload as if it were requests.
+                        let stops = match &step {
+                            Step::Stop => true,
+                            Step::Reject { rejection, .. } => {
+                                rejection.payload == PayloadDisposition::Disconnect
+                            }
+                            Step::Execute { .. } => false,
+                        };
+                        if stops {
+                            self.closing.store(true, Ordering::Release);
+                        }
+                        step
+                    }
                     Err(err) => {
                         self.closing.store(true, Ordering::Release);
                         return Err(err);
@@ -249,7 +263,7 @@ where
                 Ok(())
             }
             Request::WriteZeroes { offset, length, fua, no_hole, fast } => {
-                if fast && !backend.can_fast_zero() {
+                if fast && (no_hole || !backend.can_fast_zero()) {
                     return Err(NbdError::new(
                         ErrorKind::NotSupported,
                         "write-zeroes",
@@ -285,25 +299,29 @@ where
         }
         self.replies_ready.fetch_add(1, Ordering::AcqRel);
         let mut writer = self.writer.lock().await;
-        let sent = match (self.params.structured && is_read, result) {
-            (true, Ok(())) if data.is_empty() => writer.write_all(&encode_none_chunk(cookie)).await,
-            (true, Ok(())) => {
+        // With structured replies, a READ is always answered with chunks, and every error goes
+        // as an ERROR chunk carrying its message (the specification prefers that); other
+        // successes use the shorter simple reply, which the specification allows.
+        let structured = self.params.structured;
+        let sent = match result {
+            Ok(()) if structured && is_read && data.is_empty() => {
+                writer.write_all(&encode_none_chunk(cookie)).await
+            }
+            Ok(()) if structured && is_read => {
                 // data.len() <= max_payload, which fits a chunk length with its 8-byte offset.
                 let header = encode_offset_data_header(cookie, offset, data.len() as u32);
                 write_all_vectored(&mut *writer, &mut [IoSlice::new(&header), IoSlice::new(data)]).await
             }
-            (true, Err(err)) => {
+            Ok(()) => {
+                let header = SimpleReply { error: 0, cookie }.encode();
+                write_all_vectored(&mut *writer, &mut [IoSlice::new(&header), IoSlice::new(data)]).await
+            }
+            Err(err) if structured => {
                 let mut chunk = Vec::with_capacity(64);
                 push_error_chunk(&mut chunk, cookie, err.kind().errno(), &err.to_string());
                 writer.write_all(&chunk).await
             }
-            (false, Ok(())) => {
-                let header = SimpleReply { error: 0, cookie }.encode();
-                write_all_vectored(&mut *writer, &mut [IoSlice::new(&header), IoSlice::new(data)]).await
-            }
-            (false, Err(err)) => {
-                writer.write_all(&SimpleReply { error: err.kind().errno(), cookie }.encode()).await
-            }
+            Err(err) => writer.write_all(&SimpleReply { error: err.kind().errno(), cookie }.encode()).await,
         };
         let others_ready = self.replies_ready.fetch_sub(1, Ordering::AcqRel).saturating_sub(1);
         self.in_flight.fetch_sub(1, Ordering::AcqRel);

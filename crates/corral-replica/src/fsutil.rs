@@ -13,6 +13,13 @@ use crate::error::{ReplicaError, Result};
 /// `name`, then the directory is fsync'd. A crash leaves either the old or the new file (plus perhaps a
 /// stray `.tmp`, removed at the next open).
 pub fn atomic_write(dir: &Path, name: &str, bytes: &[u8], mode: u32) -> Result<()> {
+    replace_file(dir, name, bytes, mode)?;
+    fsync_dir(dir)
+}
+
+/// [`atomic_write`] without the directory fsync: the caller fsyncs the directory once after several
+/// replacements (each file's content is durable before its rename).
+pub fn replace_file(dir: &Path, name: &str, bytes: &[u8], mode: u32) -> Result<()> {
     let tmp = dir.join(format!("{name}.tmp"));
     let target = dir.join(name);
     let mut f = OpenOptions::new()
@@ -25,8 +32,7 @@ pub fn atomic_write(dir: &Path, name: &str, bytes: &[u8], mode: u32) -> Result<(
     f.write_all(bytes).map_err(|e| ReplicaError::io("write temporary file", &tmp, e))?;
     f.sync_all().map_err(|e| ReplicaError::io("fsync temporary file", &tmp, e))?;
     drop(f);
-    std::fs::rename(&tmp, &target).map_err(|e| ReplicaError::io("rename", &target, e))?;
-    fsync_dir(dir)
+    std::fs::rename(&tmp, &target).map_err(|e| ReplicaError::io("rename", &target, e))
 }
 
 /// fsyncs a directory so that renames, creations and unlinks in it are durable.

@@ -3,8 +3,10 @@
 //! 1. Every system (not user-created) snapshot is marked removed.
 //! 2. Repeatedly pick one action until none is left:
 //!    - **remove** a removed snapshot with no children: delete its record, then its data file;
-//!    - **coalesce** a removed snapshot `P` with exactly one child `C` that is not the head: `C` takes
-//!      `P`'s data where `C` has none, then `C`'s `Parent` skips `P` and `P` is deleted. The resulting
+//!    - **coalesce** a removed snapshot `P` with exactly one child `C` that is not the head (together
+//!      with every removed single-child snapshot directly below `P`, so a run of removed snapshots
+//!      costs one commit): `C` takes their data where `C` has none (nearest first), then `C`'s
+//!      `Parent` skips them and they are deleted. The resulting
 //!      directory is what Longhorn's coalesce+replace produces (the child's name and record survive,
 //!      holding the merged data); we copy the parent's data into the child rather than the child's into
 //!      the parent, so that removing `P` costs time proportional to `P`'s data. Snapshots whose kept
@@ -19,8 +21,9 @@
 //! Interruptible: `cancel` is checked between chunks; the copy is idempotent, so a later purge resumes.
 //!
 //! Crash safety of coalesce (commit = rename of `C`'s record): copy, fdatasync `C`; write the intent
-//! `{"op":"coalesce"}` to `corral-state.json`; rewrite `C`'s record; delete `P`'s record and file; clear
-//! the intent. Open rolls the intent forward: if `C` no longer names `P` as parent, `P` is deleted.
+//! `{"op":"coalesce","removed":[..],"child":"C"}` to `corral-state.json`; rewrite `C`'s record; delete
+//! the removed snapshots' records, then their files; clear the intent. Open rolls the intent forward:
+//! if `C`'s parent is no longer one of the removed snapshots, they are deleted.
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -36,10 +39,11 @@ use crate::BLOCK_SIZE;
 
 const BS: u64 = BLOCK_SIZE;
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 enum Action {
     Remove(LayerId),
-    Coalesce { removed: LayerId, child: LayerId },
+    /// A run of removed snapshots (nearest ancestor of `child` first) merged into `child` at once.
+    Coalesce { run: Vec<LayerId>, child: LayerId },
     Prune(LayerId),
 }
 
@@ -112,7 +116,10 @@ impl Replica {
             let Some(action) = action else { break };
             match action {
                 Action::Remove(id) => self.purge_remove(id)?,
-                Action::Coalesce { removed, child } => self.purge_coalesce(removed, child, cancel)?,
+                Action::Coalesce { run, child } => {
+                    self.purge_coalesce(&run, child, cancel)?;
+                    done += run.len().saturating_sub(1) as u64;
+                }
                 Action::Prune(id) => {
                     self.purge_prune(id, cancel)?;
                     pruned.insert(id);
@@ -143,17 +150,20 @@ impl Replica {
         Ok(())
     }
 
-    /// True if `child` is still the only child of removed `parent`.
-    fn coalesce_still_valid(chain: &Chain, parent: LayerId, child: LayerId) -> bool {
-        match (chain.layers.get(&parent), chain.layers.get(&child)) {
-            (Some(p), Some(c)) => {
-                p.meta.removed
-                    && c.meta.parent == p.file_name
-                    && chain.child_count(parent) == 1
-                    && child != chain.head
-            }
-            _ => false,
+    /// True if `run` (removed snapshots, nearest ancestor of `child` first) is still a chain of
+    /// single-child removed snapshots directly under `child`, and `child` is not the head.
+    fn coalesce_still_valid(chain: &Chain, run: &[LayerId], child: LayerId) -> bool {
+        let Some(mut below) = chain.layers.get(&child) else { return false };
+        if child == chain.head {
+            return false;
         }
+        for &id in run {
+            match chain.layers.get(&id) {
+                Some(p) if p.meta.removed && below.meta.parent == p.file_name && chain.child_count(id) == 1 => below = p,
+                _ => return false,
+            }
+        }
+        true
     }
 
     /// Copies `parent`'s blocks in `[s, e)` that `child` lacks into `child`. Caller holds the chain lock
@@ -195,35 +205,46 @@ impl Replica {
         Ok(())
     }
 
-    fn purge_coalesce(&self, parent: LayerId, child: LayerId, cancel: &AtomicBool) -> Result<()> {
-        let ranges: Vec<(u64, u64)> =
-            self.maps.read().extents_of(parent).iter().map(|(s, e, ())| (s, e)).collect();
-        for (cs, ce) in chunks(&ranges) {
-            if cancel.load(Ordering::Acquire) {
-                return Err(cancelled());
+    fn purge_coalesce(&self, run: &[LayerId], child: LayerId, cancel: &AtomicBool) -> Result<()> {
+        // Nearest ancestor first: its data wins over older ones, which only fill what is still missing.
+        for &parent in run {
+            let ranges: Vec<(u64, u64)> =
+                self.maps.read().extents_of(parent).iter().map(|(s, e, ())| (s, e)).collect();
+            for (cs, ce) in chunks(&ranges) {
+                if cancel.load(Ordering::Acquire) {
+                    return Err(cancelled());
+                }
+                let chain = self.chain.read();
+                if !Self::coalesce_still_valid(&chain, run, child) {
+                    return Ok(());
+                }
+                let _stripes = self.lock_stripes(cs, ce);
+                self.copy_missing(&chain, parent, child, cs, ce)?;
+                self.failpoints.hit("purge.coalesce.mid_copy")?;
             }
-            let chain = self.chain.read();
-            if !Self::coalesce_still_valid(&chain, parent, child) {
-                return Ok(());
-            }
-            let _stripes = self.lock_stripes(cs, ce);
-            self.copy_missing(&chain, parent, child, cs, ce)?;
-            self.failpoints.hit("purge.coalesce.mid_copy")?;
         }
         let mut chain = self.chain.write();
-        if !Self::coalesce_still_valid(&chain, parent, child) {
+        if !Self::coalesce_still_valid(&chain, run, child) {
             return Ok(());
         }
-        // Anything the parent gained since the online pass (nothing normally) is copied now, with all
-        // I/O excluded.
-        let rest: Vec<(u64, u64)> =
-            self.maps.read().extents_of(parent).iter().map(|(s, e, ())| (s, e)).collect();
-        for (s, e) in rest {
-            self.copy_missing(&chain, parent, child, s, e)?;
+        // Anything gained since the online pass (nothing normally) is copied now, all I/O excluded.
+        for &parent in run {
+            let rest: Vec<(u64, u64)> =
+                self.maps.read().extents_of(parent).iter().map(|(s, e, ())| (s, e)).collect();
+            for (s, e) in rest {
+                self.copy_missing(&chain, parent, child, s, e)?;
+            }
         }
-        let (p_file, p_name, p_parent) = {
-            let p = chain.layer(parent)?;
-            (p.file_name.clone(), p.snapshot_name().unwrap_or_default().to_string(), p.meta.parent.clone())
+        let mut run_files = Vec::with_capacity(run.len());
+        let mut run_names = Vec::with_capacity(run.len());
+        for &id in run {
+            let p = chain.layer(id)?;
+            run_files.push(p.file_name.clone());
+            run_names.push(p.snapshot_name().unwrap_or_default().to_string());
+        }
+        let new_parent = match run.last() {
+            Some(&oldest) => chain.layer(oldest)?.meta.parent.clone(),
+            None => return Ok(()),
         };
         let (c_file, c_name, c_meta) = {
             let c = chain.layer(child)?;
@@ -232,11 +253,10 @@ impl Replica {
             (c.file_name.clone(), c.snapshot_name().unwrap_or_default().to_string(), c.meta.clone())
         };
         self.failpoints.hit("purge.coalesce.after_copy")?;
-        self.update_state(|s| s.pending = Some(PendingOp::Coalesce { removed: p_name, child: c_name }))?;
+        self.update_state(|s| s.pending = Some(PendingOp::Coalesce { removed: run_names, child: c_name }))?;
         self.failpoints.hit("purge.coalesce.after_intent")?;
-        let new_meta = DiskMeta { parent: p_parent, ..c_meta };
-        let committed =
-            fsutil::atomic_write(&self.dir, &names::meta_file(&c_file), &new_meta.to_bytes(), 0o644);
+        let new_meta = DiskMeta { parent: new_parent, ..c_meta };
+        let committed = fsutil::atomic_write(&self.dir, &names::meta_file(&c_file), &new_meta.to_bytes(), 0o644);
         if let Err(e) = committed {
             self.poisoned.store(true, Ordering::Release);
             return Err(e);
@@ -244,24 +264,28 @@ impl Replica {
         if let Some(c) = chain.layers.get_mut(&child) {
             c.meta = new_meta;
         }
-        let p_ranges: Vec<(u64, u64)> = {
-            let mut maps = self.maps.write();
-            let r = maps.extents_of(parent).iter().map(|(s, e, ())| (s, e)).collect();
-            maps.extents.remove(&parent);
-            r
-        };
         {
             let mut maps = self.maps.write();
-            for (s, e) in p_ranges {
-                maps.top.replace_value(s, e, parent, child);
+            for &parent in run {
+                let ranges: Vec<(u64, u64)> = maps.extents_of(parent).iter().map(|(s, e, ())| (s, e)).collect();
+                maps.extents.remove(&parent);
+                for (s, e) in ranges {
+                    maps.top.replace_value(s, e, parent, child);
+                }
             }
         }
-        chain.layers.remove(&parent);
-        chain.by_file.remove(&p_file);
+        for (&id, file) in run.iter().zip(&run_files) {
+            chain.layers.remove(&id);
+            chain.by_file.remove(file);
+        }
         chain.derive();
         self.failpoints.hit("purge.coalesce.after_commit")?;
-        fsutil::remove_if_exists(&self.dir.join(names::meta_file(&p_file)))?;
-        fsutil::remove_if_exists(&self.dir.join(&p_file))?;
+        for file in &run_files {
+            fsutil::remove_if_exists(&self.dir.join(names::meta_file(file)))?;
+        }
+        for file in &run_files {
+            fsutil::remove_if_exists(&self.dir.join(file))?;
+        }
         fsutil::fsync_dir(&self.dir)?;
         self.failpoints.hit("purge.coalesce.after_delete")?;
         self.update_state(|s| s.pending = None)
@@ -332,11 +356,26 @@ fn pick(chain: &Chain, pruned: &HashSet<LayerId>) -> Option<Action> {
         ids.iter().find_map(|&id| {
             let c = only_child(id)?;
             let kept = !chain.layers.get(&c)?.meta.removed;
-            (c != chain.head && (kept || !prefer_kept)).then_some(Action::Coalesce { removed: id, child: c })
+            (c != chain.head && (kept || !prefer_kept)).then_some((id, c))
         })
     };
-    if let Some(a) = coalescable(true).or_else(|| coalescable(false)) {
-        return Some(a);
+    let extend = |(first, child): (LayerId, LayerId)| {
+        // Every removed single-child ancestor directly below joins the run: one commit for all.
+        let mut run = vec![first];
+        let mut cur = first;
+        while let Some(&p) = chain.layers.get(&cur).and_then(|l| chain.by_file.get(&l.meta.parent)) {
+            match chain.layers.get(&p) {
+                Some(l) if l.meta.removed && chain.child_count(p) == 1 && !run.contains(&p) => {
+                    run.push(p);
+                    cur = p;
+                }
+                _ => break,
+            }
+        }
+        Action::Coalesce { run, child }
+    };
+    if let Some(pair) = coalescable(true).or_else(|| coalescable(false)) {
+        return Some(extend(pair));
     }
     ids.iter()
         .find(|&&id| only_child(id) == Some(chain.head) && !pruned.contains(&id))

@@ -203,29 +203,34 @@ pub(crate) fn problems(scan: &DirScan) -> Vec<Problem> {
             });
         }
     }
-    // Loops: walk up from every node; a node seen twice is on a cycle. Each cycle is reported once,
+    // Loops: walk up from every node until a node already known to reach a root; a node seen twice
+    // on the current walk is on a cycle. Linear in the number of nodes. Each cycle is reported once,
     // naming the record of its smallest member.
-    let mut reported = BTreeSet::new();
+    let mut settled: BTreeSet<&str> = BTreeSet::new();
     for start in scan.metas.keys() {
         let mut path: Vec<&str> = Vec::new();
+        let mut on_path: BTreeMap<&str, usize> = BTreeMap::new();
         let mut cur = start.as_str();
         while let Some(meta) = scan.metas.get(cur) {
-            if let Some(pos) = path.iter().position(|p| *p == cur) {
-                let member = path[pos..].iter().min().copied().unwrap_or(cur);
-                if reported.insert(member.to_string()) {
-                    out.push(Problem {
-                        file: dir.join(names::meta_file(member)),
-                        message: format!("snapshot chain has a loop: {}", path[pos..].join(" -> ")),
-                    });
-                }
+            if settled.contains(cur) {
                 break;
             }
+            if let Some(&pos) = on_path.get(cur) {
+                let member = path[pos..].iter().min().copied().unwrap_or(cur);
+                out.push(Problem {
+                    file: dir.join(names::meta_file(member)),
+                    message: format!("snapshot chain has a loop: {}", path[pos..].join(" -> ")),
+                });
+                break;
+            }
+            on_path.insert(cur, path.len());
             path.push(cur);
             if meta.parent.is_empty() {
                 break;
             }
             cur = &meta.parent;
         }
+        settled.extend(path);
     }
     if let Some(head_meta) = scan.metas.get(head) {
         if head_meta.parent != scan.volume.parent {
@@ -289,12 +294,16 @@ pub(crate) fn repair(scan: &DirScan) -> Result<bool> {
     if let Some(op) = &scan.state.pending {
         match op {
             PendingOp::Coalesce { removed, child } => {
-                let removed_file = names::snapshot_file(removed);
+                let removed_files: BTreeSet<String> = removed.iter().map(|r| names::snapshot_file(r)).collect();
                 let child_file = names::snapshot_file(child);
-                let committed = scan.metas.get(&child_file).is_some_and(|m| m.parent != removed_file);
+                let committed = scan.metas.get(&child_file).is_some_and(|m| !removed_files.contains(&m.parent));
                 if committed {
-                    fsutil::remove_if_exists(&dir.join(names::meta_file(&removed_file)))?;
-                    fsutil::remove_if_exists(&dir.join(&removed_file))?;
+                    for f in &removed_files {
+                        fsutil::remove_if_exists(&dir.join(names::meta_file(f)))?;
+                    }
+                    for f in &removed_files {
+                        fsutil::remove_if_exists(&dir.join(f))?;
+                    }
                     fsutil::fsync_dir(dir)?;
                 }
             }

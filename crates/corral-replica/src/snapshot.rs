@@ -3,11 +3,12 @@
 //! # Snapshot steps (crash-safe; commit = rename of `volume.meta`)
 //! 1. fdatasync the head (the snapshot's content is durable before it exists).
 //! 2. Create the new head `volume-head-<next>.img`, truncate to the size, fsync.
-//! 3. Write its record (`Parent` = the new snapshot).
+//! 3. Write its record (`Parent` = the new snapshot): tmp, fsync, rename.
 //! 4. Hard-link the old head to `volume-snap-<name>.img`.
-//! 5. Write the snapshot's record with its final fields (`Name` = old head file, Longhorn's quirk).
-//! 6. **Commit**: rewrite `volume.meta` (`Head`, `Parent`, `Size`, `Dirty`).
-//! 7. Delete the old head's name and record.
+//! 5. Write the snapshot's record with its final fields (`Name` = old head file, Longhorn's quirk);
+//!    fsync the directory once (steps 2–5 become durable together).
+//! 6. **Commit**: rewrite `volume.meta` (`Head`, `Parent`, `Size`, `Dirty`), tmp+fsync+rename+dir fsync.
+//! 7. Delete the old head's name and record (not fsync'd: a lost unlink leaves a stale head).
 //!
 //! Before 6 the directory opens as before (the new head is a stale head, the link shares the head's
 //! inode: both are removed at open); after 6 it opens as after (the old head is a stale head).
@@ -101,13 +102,15 @@ impl Replica {
             f.set_len(size).map_err(|e| ReplicaError::io("truncate head", &new_head_path, e))?;
             f.sync_all().map_err(|e| ReplicaError::io("fsync head", &new_head_path, e))?;
             fp.hit("snapshot.after_new_head")?;
-            fsutil::atomic_write(&dir, &names::meta_file(&new_head_file), &head_meta.to_bytes(), 0o644)?;
+            // The new files need not be durable one by one: nothing refers to them until the commit,
+            // and one directory fsync before it makes them all durable.
+            fsutil::replace_file(&dir, &names::meta_file(&new_head_file), &head_meta.to_bytes(), 0o644)?;
             fp.hit("snapshot.after_new_head_meta")?;
             std::fs::hard_link(dir.join(&old_head_file), dir.join(&snap_file))
                 .map_err(|e| ReplicaError::io("link snapshot", &dir.join(&snap_file), e))?;
-            fsutil::fsync_dir(&dir)?;
             fp.hit("snapshot.after_link")?;
-            fsutil::atomic_write(&dir, &names::meta_file(&snap_file), &snap_meta.to_bytes(), 0o644)?;
+            fsutil::replace_file(&dir, &names::meta_file(&snap_file), &snap_meta.to_bytes(), 0o644)?;
+            fsutil::fsync_dir(&dir)?;
             fp.hit("snapshot.after_snap_meta")?;
             Ok(f)
         })();
@@ -150,9 +153,10 @@ impl Replica {
         self.maps.write().extents.insert(new_id, Default::default());
         self.size.store(size, Ordering::Release);
         self.failpoints.hit("snapshot.after_commit")?;
+        // No directory fsync: if these unlinks are lost in a crash, the old head is a stale head that
+        // the next open removes.
         fsutil::remove_if_exists(&dir.join(names::meta_file(&old_head_file)))?;
         fsutil::remove_if_exists(&dir.join(&old_head_file))?;
-        fsutil::fsync_dir(&dir)?;
         self.failpoints.hit("snapshot.after_cleanup")?;
         Ok(())
     }
@@ -239,7 +243,8 @@ impl Replica {
                 .map_err(|e| ReplicaError::io("create head", &new_head_path, e))?;
             f.set_len(size).map_err(|e| ReplicaError::io("truncate head", &new_head_path, e))?;
             f.sync_all().map_err(|e| ReplicaError::io("fsync head", &new_head_path, e))?;
-            fsutil::atomic_write(&dir, &names::meta_file(&new_head_file), &head_meta.to_bytes(), 0o644)?;
+            fsutil::replace_file(&dir, &names::meta_file(&new_head_file), &head_meta.to_bytes(), 0o644)?;
+            fsutil::fsync_dir(&dir)?;
             fp.hit("revert.after_new_head")?;
             Ok(f)
         })();

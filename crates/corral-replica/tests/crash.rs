@@ -173,7 +173,6 @@ fn purge_setup(r: &Replica, m: &MemoryDisk) -> Vec<(String, MemoryDisk)> {
 fn purge_crash_at_every_step() {
     let mut cases: Vec<(&str, u32)> = points("purge.").into_iter().map(|p| (p, 1)).collect();
     cases.push(("purge.coalesce.mid_copy", 3));
-    cases.push(("purge.coalesce.after_commit", 2));
     cases.push(("purge.prune.mid_punch", 2));
     for (fp, nth) in cases {
         let tmp = tempfile::tempdir().unwrap();

@@ -100,8 +100,17 @@ async fn verify_after_restart(client: &ReplicaClient, model: &mut Model, iterati
     model.removed_snapshots.retain(|name| snapshots.iter().any(|s| &s.name == name));
 }
 
-/// Runs writes (and, with `with_snapshots`, snapshot / remove / purge) until the server dies.
-async fn workload(client: &ReplicaClient, model: &mut Model, rng: &mut StdRng, with_snapshots: bool) {
+/// Runs writes (and, with `with_snapshots`, snapshot / remove / purge) until the server dies. With
+/// snapshots, the kill is aimed: after `arm_after` snapshot operations, the next one is preceded by a
+/// message to the killer, which strikes a few milliseconds later, in the middle of that operation.
+async fn workload(
+    client: &ReplicaClient,
+    model: &mut Model,
+    rng: &mut StdRng,
+    with_snapshots: bool,
+    arm: &std::sync::mpsc::Sender<Duration>,
+) {
+    let mut arm_after = rng.random_range(0..6u32);
     loop {
         // One batch: a write in each of up to 16 distinct 1 MiB regions, all in flight at once.
         let mut regions: Vec<u64> = (0..SIZE / REGION).collect();
@@ -152,7 +161,11 @@ async fn workload(client: &ReplicaClient, model: &mut Model, rng: &mut StdRng, w
                 Err(err) => panic!("flush failed: {err}"),
             }
         }
-        if with_snapshots && rng.random_bool(0.4) {
+        if with_snapshots && rng.random_bool(0.8) {
+            if arm_after == 0 {
+                let _ = arm.send(Duration::from_micros(rng.random_range(0..20_000)));
+            }
+            arm_after = arm_after.wrapping_sub(1);
             let result = match rng.random_range(0..3) {
                 0 | 1 => {
                     model.next_snapshot += 1;

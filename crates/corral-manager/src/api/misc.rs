@@ -121,7 +121,11 @@ pub struct EventFilter {
 }
 
 #[utoipa::path(get, path = "/v1/events", tag = "events", params(EventFilter), responses((status = 200, body = [Event])))]
-pub async fn events(State(st): State<AppState>, Query(f): Query<EventFilter>) -> Result<Json<Vec<Event>>> {
+pub async fn events(
+    State(st): State<AppState>,
+    query: std::result::Result<Query<EventFilter>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<Vec<Event>>> {
+    let Query(f) = query.map_err(|e| ManagerError::invalid(e.body_text()))?;
     Ok(Json(st.events.list(f.resource.as_deref(), f.name.as_deref())))
 }
 

@@ -193,7 +193,8 @@ fn disk_name_from_path(path: &str) -> String {
 #[utoipa::path(post, path = "/v1/nodes/{name}/disks", tag = "nodes", params(("name" = String, Path)), request_body = AddDisk,
     responses((status = 201, body = NodeView), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
 pub async fn disk_add(State(st): State<AppState>, Path(name): Path<String>, ApiJson(req): ApiJson<AddDisk>) -> Result<(StatusCode, Json<NodeView>)> {
-    let path = req.path.trim_end_matches('/').to_string();
+    let trimmed = req.path.trim_end_matches('/');
+    let path = if trimmed.is_empty() && req.path.starts_with('/') { "/".to_string() } else { trimmed.to_string() };
     if !path.starts_with('/') || path.split('/').any(|c| c == ".." || c == ".") || path.chars().any(char::is_control) {
         return Err(ManagerError::invalid(format!("disk path {:?} must be an absolute path without . or ..", req.path)));
     }
@@ -218,6 +219,9 @@ pub async fn disk_add(State(st): State<AppState>, Path(name): Path<String>, ApiJ
             disk.clone(),
             DiskSpec { path: path.clone(), allow_scheduling: req.allow_scheduling, storage_reserved: req.storage_reserved, tags: req.tags.clone() },
         );
+        if name == st.node {
+            n.status.disks.insert(disk.clone(), crate::reconcile::disk_status(&path));
+        }
         Ok(())
     })
     .await?;

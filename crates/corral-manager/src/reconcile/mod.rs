@@ -72,14 +72,7 @@ impl Reconciler {
         next.spec.instance_manager_url = im_url.to_string();
         next.spec.address = self.node_address.clone();
         for (name, disk) in &node.spec.disks {
-            let status = match nix::sys::statvfs::statvfs(disk.path.as_str()) {
-                Ok(s) => DiskStatus {
-                    storage_maximum: s.blocks() as u64 * s.fragment_size() as u64,
-                    storage_available: s.blocks_available() as u64 * s.fragment_size() as u64,
-                    ..DiskStatus::default()
-                },
-                Err(e) => DiskStatus { message: format!("cannot read {}: {e}", disk.path), ..DiskStatus::default() },
-            };
+            let status = disk_status(&disk.path);
             // Only real changes are written: a few MiB of churn on a busy disk is not news.
             let old = next.status.disks.get(name);
             let changed = old.is_none_or(|o| {
@@ -112,6 +105,18 @@ impl Reconciler {
     /// One pass over every volume.
     pub(crate) async fn pass(&self) -> Result<()> {
         volume::pass(self).await
+    }
+}
+
+/// Capacity and free space of the filesystem holding `path`.
+pub(crate) fn disk_status(path: &str) -> DiskStatus {
+    match nix::sys::statvfs::statvfs(path) {
+        Ok(s) => DiskStatus {
+            storage_maximum: s.blocks() as u64 * s.fragment_size() as u64,
+            storage_available: s.blocks_available() as u64 * s.fragment_size() as u64,
+            ..DiskStatus::default()
+        },
+        Err(e) => DiskStatus { message: format!("cannot read {path}: {e}"), ..DiskStatus::default() },
     }
 }
 

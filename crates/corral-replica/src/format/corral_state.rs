@@ -10,7 +10,7 @@
 //!   generation  engine-assigned epoch (set_generation)
 //!   pending     a multi-file operation that passed its point of no return and must be rolled
 //!               forward at the next read-write open:
-//!               {"op":"coalesce","removed":"<snap>","child":"<snap>"}
+//!               {"op":"coalesce","removed":["<snap>",..],"child":"<snap>"}
 //!               {"op":"finish_rebuild","chain":[{"name":..,"removed":..,"user_created":..,
 //!                                                "created":..,"labels":{..}}, ...]}
 //! ```
@@ -47,10 +47,11 @@ pub struct ChainEntry {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case")]
 pub enum PendingOp {
-    /// Purge is merging removed snapshot `removed` into its only child `child`.
+    /// Purge is merging the removed snapshots `removed` (a run of single-child ancestors of `child`)
+    /// into `child`.
     Coalesce {
-        /// The snapshot being deleted.
-        removed: String,
+        /// The snapshots being deleted.
+        removed: Vec<String>,
         /// Its child, which now holds its data.
         child: String,
     },
@@ -111,7 +112,7 @@ mod tests {
             "{\"version\":1,\"generation\":7,\"pending\":null}\n"
         );
         for op in [
-            PendingOp::Coalesce { removed: "a".into(), child: "b".into() },
+            PendingOp::Coalesce { removed: vec!["a".into(), "c".into()], child: "b".into() },
             PendingOp::FinishRebuild {
                 chain: vec![ChainEntry {
                     name: "a".into(),
