@@ -23,7 +23,8 @@ impl BackupUrl {
     /// Parses `<target>?backup=<name>&volume=<volume>` (parameters in any order).
     pub fn parse(url: &str) -> Result<Self> {
         let bad = |why: &str| BackupError::InvalidArgument(format!("backup URL {url:?}: {why}"));
-        let (target, query) = url.split_once('?').ok_or_else(|| bad("missing ?backup=<name>&volume=<volume>"))?;
+        let (target, query) =
+            url.split_once('?').ok_or_else(|| bad("missing ?backup=<name>&volume=<volume>"))?;
         let (mut backup, mut volume) = (None, None);
         for pair in query.split('&').filter(|p| !p.is_empty()) {
             let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
@@ -86,7 +87,11 @@ mod tests {
 
     #[test]
     fn round_trip() {
-        let url = BackupUrl { target: "s3://b@us-east-1/p".into(), volume: "vol1".into(), backup: "bk-snap2".into() };
+        let url = BackupUrl {
+            target: "s3://b@us-east-1/p".into(),
+            volume: "vol1".into(),
+            backup: "bk-snap2".into(),
+        };
         assert_eq!(url.encode(), "s3://b@us-east-1/p?backup=bk-snap2&volume=vol1");
         assert_eq!(BackupUrl::parse(&url.encode()).unwrap(), url);
         assert_eq!(BackupUrl::parse("vfs:///x?volume=vol1&backup=bk-snap2").unwrap().backup, "bk-snap2");
@@ -94,7 +99,13 @@ mod tests {
 
     #[test]
     fn rejects_bad_urls() {
-        for bad in ["vfs:///x", "vfs:///x?backup=a1", "vfs:///x?backup=a1&volume=", "vfs:///x?backup=a%2Fb&volume=v1", "vfs:///x?backup=%zz&volume=v1"] {
+        for bad in [
+            "vfs:///x",
+            "vfs:///x?backup=a1",
+            "vfs:///x?backup=a1&volume=",
+            "vfs:///x?backup=a%2Fb&volume=v1",
+            "vfs:///x?backup=%zz&volume=v1",
+        ] {
             assert!(BackupUrl::parse(bad).is_err(), "{bad}");
         }
     }

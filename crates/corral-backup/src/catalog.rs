@@ -23,9 +23,9 @@ pub(crate) async fn load_volume(target: &BackupTarget, volume: &str) -> Result<O
 
 /// Loads `volume.cfg`; a missing one is NotFound naming the volume.
 pub(crate) async fn require_volume(target: &BackupTarget, volume: &str) -> Result<VolumeConfig> {
-    load_volume(target, volume).await?.ok_or_else(|| BackupError::NotFound {
-        what: format!("backup volume {volume} in {}", target.url()),
-    })
+    load_volume(target, volume)
+        .await?
+        .ok_or_else(|| BackupError::NotFound { what: format!("backup volume {volume} in {}", target.url()) })
 }
 
 pub(crate) async fn save_volume(target: &BackupTarget, cfg: &VolumeConfig) -> Result<()> {
@@ -66,7 +66,8 @@ pub async fn volume_names(target: &BackupTarget) -> Result<Vec<String>> {
             for volume in target.list_dirs(&format!("{}/{first}/{second}", layout::VOLUMES_DIR)).await? {
                 // Only directories at the place the name's hash says count as volumes.
                 if validate_existing_name("volume", &volume).is_ok()
-                    && layout::volume_dir(&volume) == format!("{}/{first}/{second}/{volume}", layout::VOLUMES_DIR)
+                    && layout::volume_dir(&volume)
+                        == format!("{}/{first}/{second}/{volume}", layout::VOLUMES_DIR)
                 {
                     names.push(volume);
                 }
@@ -149,9 +150,18 @@ pub struct BackupDetails {
     pub volume_created: String,
 }
 
-pub(crate) fn summarize(target: &BackupTarget, cfg: &BackupConfig, volume_compression: &str) -> BackupSummary {
+pub(crate) fn summarize(
+    target: &BackupTarget,
+    cfg: &BackupConfig,
+    volume_compression: &str,
+) -> BackupSummary {
     BackupSummary {
-        url: BackupUrl { target: target.url().to_string(), volume: cfg.volume_name.clone(), backup: cfg.name.clone() }.encode(),
+        url: BackupUrl {
+            target: target.url().to_string(),
+            volume: cfg.volume_name.clone(),
+            backup: cfg.name.clone(),
+        }
+        .encode(),
         name: cfg.name.clone(),
         volume: cfg.volume_name.clone(),
         snapshot: cfg.snapshot_name.clone(),

@@ -7,6 +7,7 @@
 //!    with `full`), else compressed and written under its checksum — objects appear atomically;
 //! 4. sync (directory targets), then the final backup config listing *every* block of the snapshot (the
 //!    previous backup's list merged with the changed blocks), then `volume.cfg`, then sync again.
+//!
 //! A failure removes the placeholder; uploaded blocks stay (they are valid and unreferenced; GC removes them).
 //!
 //! Concurrency: `concurrency` blocks are in flight at once (read + checksum + compress on the blocking pool,
@@ -26,8 +27,8 @@ use crate::block::{self, BlockSize, Compression};
 use crate::catalog::{load_backup, load_volume, save_backup, save_volume};
 use crate::error::{BackupError, Result};
 use crate::format::backup_config::{BackupConfig, BlockMapping, EmptyObject, PARAM_BLOCK_SIZE, PARAM_MODE};
-use crate::format::volume_config::VolumeConfig;
 use crate::format::now_rfc3339;
+use crate::format::volume_config::VolumeConfig;
 use crate::layout;
 use crate::lock::{LockKind, LockTimings, VolumeLock};
 use crate::names::{generate_name, validate_new_name};
@@ -135,7 +136,11 @@ struct BlockOutcome {
 }
 
 /// Backs up one snapshot of a replica directory into `target`.
-pub async fn create_backup(target: &BackupTarget, opts: CreateOptions, progress: &dyn Progress) -> Result<CreateReport> {
+pub async fn create_backup(
+    target: &BackupTarget,
+    opts: CreateOptions,
+    progress: &dyn Progress,
+) -> Result<CreateReport> {
     let started = Instant::now();
     let volume = match &opts.volume {
         Some(v) => v.clone(),
@@ -166,7 +171,10 @@ pub async fn create_backup(target: &BackupTarget, opts: CreateOptions, progress:
 
 fn default_volume_name(dir: &Path) -> Result<String> {
     dir.file_name().and_then(|n| n.to_str()).map(str::to_string).ok_or_else(|| {
-        BackupError::InvalidArgument(format!("cannot derive a volume name from {}; pass a volume name", dir.display()))
+        BackupError::InvalidArgument(format!(
+            "cannot derive a volume name from {}; pass a volume name",
+            dir.display()
+        ))
     })
 }
 
@@ -217,7 +225,9 @@ async fn create_locked(
     });
 
     save_backup(target, &BackupConfig::in_progress(name, volume, compression.as_str())).await?;
-    let uploaded = upload_changed_blocks(target, opts, reader, volume, compression, block_size, base.as_ref(), progress).await;
+    let uploaded =
+        upload_changed_blocks(target, opts, reader, volume, compression, block_size, base.as_ref(), progress)
+            .await;
     let (outcomes, bytes_read) = match uploaded {
         Ok(v) => v,
         Err(e) => {
@@ -230,7 +240,8 @@ async fn create_locked(
         .as_ref()
         .map(|b| b.blocks.iter().map(|m| (m.offset, m.checksum.clone())).collect())
         .unwrap_or_default();
-    let (mut uploaded_n, mut reuploaded_n, mut dedup_n, mut uploaded_bytes, mut reuploaded_bytes) = (0, 0, 0, 0, 0);
+    let (mut uploaded_n, mut reuploaded_n, mut dedup_n, mut uploaded_bytes, mut reuploaded_bytes) =
+        (0, 0, 0, 0, 0);
     for outcome in &outcomes {
         blocks.insert(outcome.offset, outcome.checksum.clone());
         match outcome.status {
@@ -281,7 +292,12 @@ async fn create_locked(
     target.sync().await?;
 
     Ok(CreateReport {
-        url: BackupUrl { target: target.url().to_string(), volume: volume.to_string(), backup: name.to_string() }.encode(),
+        url: BackupUrl {
+            target: target.url().to_string(),
+            volume: volume.to_string(),
+            backup: name.to_string(),
+        }
+        .encode(),
         backup: name.to_string(),
         volume: volume.to_string(),
         snapshot: opts.snapshot.clone(),
@@ -352,12 +368,18 @@ async fn upload_changed_blocks(
                 })
                 .await
                 .map_err(|e| BackupError::Worker(e.to_string()))??;
-                let first_in_this_backup = in_flight.lock().map(|mut set| set.insert(checksum.clone())).unwrap_or(true);
+                let first_in_this_backup =
+                    in_flight.lock().map(|mut set| set.insert(checksum.clone())).unwrap_or(true);
                 let key = layout::block(volume, &checksum);
                 let exists = !first_in_this_backup || target.head(&key).await?.is_some();
                 if exists && (!full || !first_in_this_backup) {
                     progress.advance(bs);
-                    return Ok(BlockOutcome { offset, checksum, status: BlockStatus::Deduplicated, stored_bytes: 0 });
+                    return Ok(BlockOutcome {
+                        offset,
+                        checksum,
+                        status: BlockStatus::Deduplicated,
+                        stored_bytes: 0,
+                    });
                 }
                 let stored = tokio::task::spawn_blocking(move || block::compress(compression, &data))
                     .await
@@ -383,7 +405,10 @@ mod tests {
     #[test]
     fn offsets_round_to_blocks() {
         let bs = 2 << 20;
-        let offsets = block_offsets(&[(0, 4096), (4096, 4096), (8 << 20, 1 << 20), ((2 << 20) - 1, 2), (100 << 20, 0)], bs);
+        let offsets = block_offsets(
+            &[(0, 4096), (4096, 4096), (8 << 20, 1 << 20), ((2 << 20) - 1, 2), (100 << 20, 0)],
+            bs,
+        );
         assert_eq!(offsets.into_iter().collect::<Vec<_>>(), vec![0, 2 << 20, 8 << 20]);
     }
 }

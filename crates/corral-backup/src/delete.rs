@@ -52,7 +52,12 @@ pub struct DeleteReport {
 }
 
 /// Deletes one backup and garbage-collects the blocks no remaining backup references.
-pub async fn delete_backup(target: &BackupTarget, volume: &str, backup: &str, timings: LockTimings) -> Result<DeleteReport> {
+pub async fn delete_backup(
+    target: &BackupTarget,
+    volume: &str,
+    backup: &str,
+    timings: LockTimings,
+) -> Result<DeleteReport> {
     validate_existing_name("volume", volume)?;
     validate_existing_name("backup", backup)?;
     let lock = VolumeLock::acquire(target, volume, LockKind::Deletion, timings).await?;
@@ -66,7 +71,9 @@ pub async fn delete_backup(target: &BackupTarget, volume: &str, backup: &str, ti
 async fn delete_locked(target: &BackupTarget, volume: &str, backup: &str) -> Result<DeleteReport> {
     let key = layout::backup_config(volume, backup);
     if target.head(&key).await?.is_none() {
-        return Err(BackupError::NotFound { what: format!("backup {backup} of volume {volume} ({})", target.describe(&key)) });
+        return Err(BackupError::NotFound {
+            what: format!("backup {backup} of volume {volume} ({})", target.describe(&key)),
+        });
     }
     target.delete(&key).await?;
     let mut volume_cfg = load_volume(target, volume).await?;
@@ -152,7 +159,11 @@ pub struct DeleteVolumeReport {
 }
 
 /// Deletes a whole backup volume: its backups, blocks, locks and `volume.cfg`.
-pub async fn delete_volume(target: &BackupTarget, volume: &str, timings: LockTimings) -> Result<DeleteVolumeReport> {
+pub async fn delete_volume(
+    target: &BackupTarget,
+    volume: &str,
+    timings: LockTimings,
+) -> Result<DeleteVolumeReport> {
     validate_existing_name("volume", volume)?;
     let dir = layout::volume_dir(volume);
     if target.list_recursive(&dir).await?.is_empty() {
@@ -208,6 +219,8 @@ fn relative_key(target: &BackupTarget, meta: &object_store::ObjectMeta) -> Strin
     if prefix.is_empty() {
         full.to_string()
     } else {
-        full.strip_prefix(prefix).map(|k| k.trim_start_matches('/').to_string()).unwrap_or_else(|| full.to_string())
+        full.strip_prefix(prefix)
+            .map(|k| k.trim_start_matches('/').to_string())
+            .unwrap_or_else(|| full.to_string())
     }
 }

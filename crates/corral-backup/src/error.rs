@@ -39,7 +39,7 @@ pub enum BackupError {
         kind: ErrorKind,
         /// The store's error.
         #[source]
-        source: object_store::Error,
+        source: Box<object_store::Error>,
     },
     /// Stored data or metadata is damaged.
     #[error("{object}: {reason}")]
@@ -87,7 +87,7 @@ pub enum BackupError {
         dir: PathBuf,
         /// The replica's error.
         #[source]
-        source: corral_replica::ReplicaError,
+        source: Box<corral_replica::ReplicaError>,
     },
     /// A background worker failed to run to completion.
     #[error("worker task failed: {0}")]
@@ -126,7 +126,7 @@ impl BackupError {
             object_store::Error::Generic { .. } => ErrorKind::Unavailable,
             _ => ErrorKind::Io,
         };
-        BackupError::Store { op, object: object.into(), kind, source }
+        BackupError::Store { op, object: object.into(), kind, source: Box::new(source) }
     }
 
     pub(crate) fn io(op: &'static str, path: impl Into<PathBuf>, source: std::io::Error) -> Self {
@@ -137,8 +137,12 @@ impl BackupError {
         BackupError::Corrupt { object: object.into(), reason: reason.into() }
     }
 
-    pub(crate) fn replica(op: &'static str, dir: &std::path::Path, source: corral_replica::ReplicaError) -> Self {
-        BackupError::Replica { op, dir: dir.to_path_buf(), source }
+    pub(crate) fn replica(
+        op: &'static str,
+        dir: &std::path::Path,
+        source: corral_replica::ReplicaError,
+    ) -> Self {
+        BackupError::Replica { op, dir: dir.to_path_buf(), source: Box::new(source) }
     }
 
     pub(crate) fn is_not_found(&self) -> bool {

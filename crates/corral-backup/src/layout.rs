@@ -104,8 +104,14 @@ mod tests {
     fn keys() {
         let c = "8616bfe3f6f2e99a33f4a422199e037ff45952b2cfd2793124b36f54061523c5";
         assert_eq!(block("vol1", c), format!("backupstore/volumes/01/9c/vol1/blocks/86/16/{c}.blk"));
-        assert_eq!(backup_config("vol1", "bk-snap2"), "backupstore/volumes/01/9c/vol1/backups/backup_bk-snap2.cfg");
-        assert_eq!(lock("vol1", "lock-0011223344556677"), "backupstore/volumes/01/9c/vol1/locks/lock-0011223344556677.lck");
+        assert_eq!(
+            backup_config("vol1", "bk-snap2"),
+            "backupstore/volumes/01/9c/vol1/backups/backup_bk-snap2.cfg"
+        );
+        assert_eq!(
+            lock("vol1", "lock-0011223344556677"),
+            "backupstore/volumes/01/9c/vol1/locks/lock-0011223344556677.lck"
+        );
         assert_eq!(backup_name_from_file("backup_bk-snap2.cfg"), Some("bk-snap2"));
         assert_eq!(backup_name_from_file("backup_.cfg"), None);
         assert_eq!(checksum_from_block_file(&format!("{c}.blk")), Some(c));

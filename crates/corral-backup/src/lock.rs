@@ -93,14 +93,24 @@ fn ranks_before(a: &ServerLock, b: &ServerLock) -> bool {
 
 impl VolumeLock {
     /// Acquires a lock of `kind` on `volume`, waiting as the protocol says.
-    pub async fn acquire(target: &BackupTarget, volume: &str, kind: LockKind, timings: LockTimings) -> Result<Self> {
+    pub async fn acquire(
+        target: &BackupTarget,
+        volume: &str,
+        kind: LockKind,
+        timings: LockTimings,
+    ) -> Result<Self> {
         let name = crate::names::generate_name("lock");
         let key = layout::lock(volume, &name);
         let mut own = LockFile { name: name.clone(), lock_type: kind.code(), acquired: false };
         write_lock(target, &key, &own).await?;
         let own_time = match target.head(&key).await? {
             Some(meta) => meta.last_modified,
-            None => return Err(BackupError::corrupt(target.describe(&key), "lock file vanished right after it was written")),
+            None => {
+                return Err(BackupError::corrupt(
+                    target.describe(&key),
+                    "lock file vanished right after it was written",
+                ))
+            }
         };
         let started = tokio::time::Instant::now();
         tokio::time::sleep(timings.check_wait).await;
@@ -110,7 +120,8 @@ impl VolumeLock {
                 Ok(locks) => locks.into_iter().find(|other| {
                     other.file.lock_type != own.lock_type
                         && ranks_before(other, &me)
-                        && Utc::now().signed_duration_since(other.server_time).to_std().unwrap_or_default() <= timings.expiry
+                        && Utc::now().signed_duration_since(other.server_time).to_std().unwrap_or_default()
+                            <= timings.expiry
                 }),
                 Err(e) => {
                     let _ = target.delete(&key).await;
@@ -125,14 +136,23 @@ impl VolumeLock {
                         return Err(e);
                     }
                     let refresher = tokio::spawn(refresh_loop(target.clone(), key, own, timings.refresh));
-                    return Ok(VolumeLock { target: target.clone(), volume: volume.to_string(), name, refresher });
+                    return Ok(VolumeLock {
+                        target: target.clone(),
+                        volume: volume.to_string(),
+                        name,
+                        refresher,
+                    });
                 }
                 Some(other) if started.elapsed() >= timings.max_wait => {
                     let _ = target.delete(&key).await;
                     return Err(BackupError::Busy(format!(
                         "backup volume {volume} is locked by {} ({}, {}) in {}; gave up after {:?}",
                         other.file.name,
-                        if other.file.lock_type == LOCK_TYPE_DELETION { "deletion" } else { "backup/restore" },
+                        if other.file.lock_type == LOCK_TYPE_DELETION {
+                            "deletion"
+                        } else {
+                            "backup/restore"
+                        },
                         if other.file.acquired { "held" } else { "waiting" },
                         target.url(),
                         timings.max_wait

@@ -76,7 +76,10 @@ pub struct RestoreOptions {
 
 impl Default for RestoreOptions {
     fn default() -> Self {
-        RestoreOptions { concurrency: crate::create::DEFAULT_CONCURRENCY, lock_timings: LockTimings::default() }
+        RestoreOptions {
+            concurrency: crate::create::DEFAULT_CONCURRENCY,
+            lock_timings: LockTimings::default(),
+        }
     }
 }
 
@@ -174,9 +177,9 @@ impl Sink {
             Sink::File { file, path, .. } => {
                 file.write_all_at(data, offset).map_err(|e| BackupError::io("write restored block", path, e))
             }
-            Sink::Replica { replica, dir, .. } => {
-                replica.write_at(data, offset).map_err(|e| BackupError::replica("write restored block", dir, e))
-            }
+            Sink::Replica { replica, dir, .. } => replica
+                .write_at(data, offset)
+                .map_err(|e| BackupError::replica("write restored block", dir, e)),
         }
     }
 
@@ -195,8 +198,12 @@ impl Sink {
 
     fn sync(&self) -> Result<()> {
         match self {
-            Sink::File { file, path, .. } => file.sync_all().map_err(|e| BackupError::io("fsync restored file", path, e)),
-            Sink::Replica { replica, dir, .. } => replica.flush().map_err(|e| BackupError::replica("flush", dir, e)),
+            Sink::File { file, path, .. } => {
+                file.sync_all().map_err(|e| BackupError::io("fsync restored file", path, e))
+            }
+            Sink::Replica { replica, dir, .. } => {
+                replica.flush().map_err(|e| BackupError::replica("flush", dir, e))
+            }
         }
     }
 }
@@ -207,7 +214,9 @@ fn punch_hole(file: &std::fs::File, path: &Path, offset: u64, len: u64) -> Resul
         return Err(BackupError::InvalidArgument(format!("range {offset}+{len} is too large")));
     };
     // SAFETY: the descriptor is open for the duration of the call; fallocate does not touch memory.
-    let rc = unsafe { libc::fallocate(file.as_raw_fd(), libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE, off, l) };
+    let rc = unsafe {
+        libc::fallocate(file.as_raw_fd(), libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE, off, l)
+    };
     if rc == 0 {
         return Ok(());
     }
@@ -254,7 +263,9 @@ async fn restore_locked(
     let cfg = load_backup(target, volume, backup).await?;
     let cfg_name = target.describe(&layout::backup_config(volume, backup));
     if cfg.is_in_progress() {
-        return Err(BackupError::InvalidArgument(format!("backup {backup} of volume {volume} is still in progress")));
+        return Err(BackupError::InvalidArgument(format!(
+            "backup {backup} of volume {volume} is still in progress"
+        )));
     }
     let block_size = cfg.block_size().map_err(|e| BackupError::corrupt(&cfg_name, e.to_string()))?.bytes();
     let compression = Compression::parse(cfg.compression_or(&volume_cfg.compression_method))
@@ -314,18 +325,32 @@ async fn restore_locked(
                 .map_err(|e| BackupError::io("create", &part, e))?;
             file.set_len(size).map_err(|e| BackupError::io("set length of", &part, e))?;
             let sink = Sink::File { file: Arc::new(file), path: part.clone(), size };
-            apply(target, volume, &sink, &plan, block_size, compression, false, opts.concurrency, progress, &mut report).await?;
+            apply(
+                target,
+                volume,
+                &sink,
+                &plan,
+                block_size,
+                compression,
+                false,
+                opts.concurrency,
+                progress,
+                &mut report,
+            )
+            .await?;
             let path = path.clone();
             blocking(move || {
                 sink.sync()?;
-                std::fs::rename(&part, &path).map_err(|e| BackupError::io("rename restored image to", &path, e))?;
+                std::fs::rename(&part, &path)
+                    .map_err(|e| BackupError::io("rename restored image to", &path, e))?;
                 sync_parent(&path).map_err(|e| BackupError::io("fsync directory of", &path, e))?;
                 new_record.save(&record_path)
             })
             .await?;
         }
         (RestoreDestination::File(path), Some(mut old)) => {
-            old.pending = Some(PendingRestore { backup: backup.to_string(), blocks: new_record.blocks.clone() });
+            old.pending =
+                Some(PendingRestore { backup: backup.to_string(), blocks: new_record.blocks.clone() });
             let file = {
                 let (path, record_path) = (path.clone(), record_path.clone());
                 blocking(move || {
@@ -341,7 +366,19 @@ async fn restore_locked(
                 .await?
             };
             let sink = Sink::File { file: Arc::new(file), path: path.clone(), size };
-            apply(target, volume, &sink, &plan, block_size, compression, true, opts.concurrency, progress, &mut report).await?;
+            apply(
+                target,
+                volume,
+                &sink,
+                &plan,
+                block_size,
+                compression,
+                true,
+                opts.concurrency,
+                progress,
+                &mut report,
+            )
+            .await?;
             blocking(move || {
                 sink.sync()?;
                 new_record.save(&record_path)
@@ -354,22 +391,37 @@ async fn restore_locked(
                 let tmp = tmp.clone();
                 blocking(move || {
                     if tmp.exists() {
-                        std::fs::remove_dir_all(&tmp).map_err(|e| BackupError::io("remove leftover", &tmp, e))?;
+                        std::fs::remove_dir_all(&tmp)
+                            .map_err(|e| BackupError::io("remove leftover", &tmp, e))?;
                     }
-                    Replica::create(&tmp, ReplicaCreateOptions { size }).map_err(|e| BackupError::replica("create", &tmp, e))
+                    Replica::create(&tmp, ReplicaCreateOptions { size })
+                        .map_err(|e| BackupError::replica("create", &tmp, e))
                 })
                 .await?
             };
             let replica = Arc::new(replica);
             let sink = Sink::Replica { replica: replica.clone(), dir: tmp.clone(), size };
-            apply(target, volume, &sink, &plan, block_size, compression, false, opts.concurrency, progress, &mut report).await?;
+            apply(
+                target,
+                volume,
+                &sink,
+                &plan,
+                block_size,
+                compression,
+                false,
+                opts.concurrency,
+                progress,
+                &mut report,
+            )
+            .await?;
             drop(sink);
             new_record.snapshot = uuid::Uuid::new_v4().to_string();
             let dir = dir.clone();
             blocking(move || {
                 snapshot_and_close(replica, &tmp, &new_record)?;
                 new_record.save(&record_path_for_dir(&tmp))?;
-                std::fs::rename(&tmp, &dir).map_err(|e| BackupError::io("rename restored replica to", &dir, e))?;
+                std::fs::rename(&tmp, &dir)
+                    .map_err(|e| BackupError::io("rename restored replica to", &dir, e))?;
                 sync_parent(&dir).map_err(|e| BackupError::io("fsync directory of", &dir, e))
             })
             .await?;
@@ -378,7 +430,8 @@ async fn restore_locked(
             if plan.writes.is_empty() && plan.zeroes.is_empty() && old.pending.is_none() {
                 return Ok(report);
             }
-            old.pending = Some(PendingRestore { backup: backup.to_string(), blocks: new_record.blocks.clone() });
+            old.pending =
+                Some(PendingRestore { backup: backup.to_string(), blocks: new_record.blocks.clone() });
             let replica = {
                 let (dir, record_path) = (dir.clone(), record_path.clone());
                 blocking(move || {
@@ -393,7 +446,19 @@ async fn restore_locked(
             };
             let replica = Arc::new(replica);
             let sink = Sink::Replica { replica: replica.clone(), dir: dir.clone(), size };
-            apply(target, volume, &sink, &plan, block_size, compression, true, opts.concurrency, progress, &mut report).await?;
+            apply(
+                target,
+                volume,
+                &sink,
+                &plan,
+                block_size,
+                compression,
+                true,
+                opts.concurrency,
+                progress,
+                &mut report,
+            )
+            .await?;
             drop(sink);
             new_record.snapshot = uuid::Uuid::new_v4().to_string();
             let dir = dir.clone();
@@ -485,10 +550,14 @@ fn snapshot_and_close(replica: Arc<Replica>, dir: &Path, record: &RestoreRecord)
         .collect();
     if !older.is_empty() {
         for name in &older {
-            replica.mark_removed(name).map_err(|e| BackupError::replica("mark older restore removed", dir, e))?;
+            replica
+                .mark_removed(name)
+                .map_err(|e| BackupError::replica("mark older restore removed", dir, e))?;
         }
         let cancel = std::sync::atomic::AtomicBool::new(false);
-        replica.purge(&cancel, &|_, _| {}).map_err(|e| BackupError::replica("purge older restore", dir, e))?;
+        replica
+            .purge(&cancel, &|_, _| {})
+            .map_err(|e| BackupError::replica("purge older restore", dir, e))?;
     }
     let replica = Arc::try_unwrap(replica)
         .map_err(|_| BackupError::Worker("restored replica is still in use by a worker".to_string()))?;
@@ -539,7 +608,8 @@ async fn apply(
                 let downloaded = stored.len() as u64;
                 let object = target.describe(&key);
                 blocking(move || {
-                    let data = block::decode_and_verify(&object, compression, &stored, block_size, &checksum)?;
+                    let data =
+                        block::decode_and_verify(&object, compression, &stored, block_size, &checksum)?;
                     sink.write(offset, &data)
                 })
                 .await?;
@@ -574,7 +644,10 @@ mod tests {
 
     fn cfg(blocks: &[(u64, char)]) -> BackupConfig {
         let mut c = BackupConfig::in_progress("b", "v", "lz4");
-        c.blocks = blocks.iter().map(|&(o, ch)| BlockMapping { offset: o, checksum: ch.to_string().repeat(64) }).collect();
+        c.blocks = blocks
+            .iter()
+            .map(|&(o, ch)| BlockMapping { offset: o, checksum: ch.to_string().repeat(64) })
+            .collect();
         c
     }
 
@@ -602,7 +675,8 @@ mod tests {
 
     #[test]
     fn incremental_plan_writes_changes_and_zeroes_removed() {
-        let p = plan(&cfg(&[(0, 'a'), (2, 'c'), (4, 'd')]), Some(&record(&[(0, 'a'), (2, 'b'), (6, 'e')], None)));
+        let p =
+            plan(&cfg(&[(0, 'a'), (2, 'c'), (4, 'd')]), Some(&record(&[(0, 'a'), (2, 'b'), (6, 'e')], None)));
         assert_eq!(p.writes, vec![(2, "c".repeat(64)), (4, "d".repeat(64))]);
         assert_eq!(p.zeroes, vec![6]);
         assert_eq!(p.unchanged, 1);

@@ -18,9 +18,14 @@ pub(crate) struct SnapshotReader {
 impl SnapshotReader {
     /// Opens `dir` read-only (never writes anything there).
     pub fn open(dir: &Path) -> Result<Self> {
-        let replica = Replica::open_read_only(dir).map_err(|e| BackupError::replica("open read-only", dir, e))?;
+        let replica =
+            Replica::open_read_only(dir).map_err(|e| BackupError::replica("open read-only", dir, e))?;
         let snapshots = replica.snapshots().map_err(|e| BackupError::replica("list snapshots", dir, e))?;
-        Ok(SnapshotReader { replica: Arc::new(replica), dir: dir.to_path_buf(), snapshots: Arc::new(snapshots) })
+        Ok(SnapshotReader {
+            replica: Arc::new(replica),
+            dir: dir.to_path_buf(),
+            snapshots: Arc::new(snapshots),
+        })
     }
 
     pub fn size(&self) -> u64 {

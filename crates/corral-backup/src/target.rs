@@ -132,16 +132,22 @@ impl BackupTarget {
         let clean_url = url.split('?').next().unwrap_or(url).to_string();
         let (store, prefix): (Arc<dyn ObjectStore>, String) = match &location {
             TargetLocation::Directory(dir) => {
-                let meta = std::fs::metadata(dir).map_err(|e| BackupError::io("open backup target directory", dir, e))?;
+                let meta = std::fs::metadata(dir)
+                    .map_err(|e| BackupError::io("open backup target directory", dir, e))?;
                 if !meta.is_dir() {
-                    return Err(BackupError::InvalidArgument(format!("backup target {} is not a directory", dir.display())));
+                    return Err(BackupError::InvalidArgument(format!(
+                        "backup target {} is not a directory",
+                        dir.display()
+                    )));
                 }
                 let store = object_store::local::LocalFileSystem::new_with_prefix(dir)
                     .map_err(|e| BackupError::store("open", dir.display().to_string(), e))?
                     .with_automatic_cleanup(true);
                 (Arc::new(store), String::new())
             }
-            TargetLocation::S3 { bucket, region, prefix } => (Arc::new(build_s3(url, bucket, region, settings)?), prefix.clone()),
+            TargetLocation::S3 { bucket, region, prefix } => {
+                (Arc::new(build_s3(url, bucket, region, settings)?), prefix.clone())
+            }
         };
         Ok(BackupTarget { url: clean_url, location, store, prefix })
     }
@@ -174,7 +180,11 @@ impl BackupTarget {
 
     /// Reads a whole object.
     pub(crate) async fn get(&self, key: &str) -> Result<Bytes> {
-        let result = self.store.get(&self.path(key)).await.map_err(|e| BackupError::store("get", self.describe(key), e))?;
+        let result = self
+            .store
+            .get(&self.path(key))
+            .await
+            .map_err(|e| BackupError::store("get", self.describe(key), e))?;
         result.bytes().await.map_err(|e| BackupError::store("get", self.describe(key), e))
     }
 
@@ -245,7 +255,10 @@ impl BackupTarget {
             .try_collect()
             .await
             .map_err(|e| BackupError::store("list", self.describe(dir), e))?;
-        Ok(objects.into_iter().filter_map(|m| m.location.filename().map(str::to_string).map(|n| (n, m))).collect())
+        Ok(objects
+            .into_iter()
+            .filter_map(|m| m.location.filename().map(str::to_string).map(|n| (n, m)))
+            .collect())
     }
 
     /// Makes everything written so far durable. Object stores acknowledge durable writes already; for a
@@ -271,9 +284,18 @@ fn sync_filesystem(dir: &FsPath) -> Result<()> {
     Ok(())
 }
 
-fn build_s3(url: &str, bucket: &str, region: &str, settings: &S3Settings) -> Result<object_store::aws::AmazonS3> {
+fn build_s3(
+    url: &str,
+    bucket: &str,
+    region: &str,
+    settings: &S3Settings,
+) -> Result<object_store::aws::AmazonS3> {
     use object_store::aws::AmazonS3Builder;
-    let region = if region.is_empty() { settings.default_region.clone().unwrap_or_else(|| "us-east-1".into()) } else { region.to_string() };
+    let region = if region.is_empty() {
+        settings.default_region.clone().unwrap_or_else(|| "us-east-1".into())
+    } else {
+        region.to_string()
+    };
     let mut builder = AmazonS3Builder::new()
         .with_bucket_name(bucket)
         .with_region(&region)
@@ -298,7 +320,9 @@ fn build_s3(url: &str, bucket: &str, region: &str, settings: &S3Settings) -> Res
         options = options.with_allow_http(endpoint.starts_with("http://"));
         // With virtual-hosted style object_store expects the bucket in the endpoint's host, as Longhorn builds it.
         let endpoint = match (settings.virtual_hosted_style, endpoint.split_once("://")) {
-            (true, Some((scheme, host))) if !host.starts_with(&format!("{bucket}.")) => format!("{scheme}://{bucket}.{host}"),
+            (true, Some((scheme, host))) if !host.starts_with(&format!("{bucket}.")) => {
+                format!("{scheme}://{bucket}.{host}")
+            }
             _ => endpoint.to_string(),
         };
         builder = builder.with_endpoint(endpoint);
@@ -309,8 +333,9 @@ fn build_s3(url: &str, bucket: &str, region: &str, settings: &S3Settings) -> Res
         } else {
             std::fs::read(cert).map_err(|e| BackupError::io("read AWS_CERT", cert, e))?
         };
-        let certs = object_store::Certificate::from_pem_bundle(&pem)
-            .map_err(|e| BackupError::InvalidArgument(format!("AWS_CERT is not a usable PEM certificate: {e}")))?;
+        let certs = object_store::Certificate::from_pem_bundle(&pem).map_err(|e| {
+            BackupError::InvalidArgument(format!("AWS_CERT is not a usable PEM certificate: {e}"))
+        })?;
         for c in certs {
             options = options.with_root_certificate(c);
         }
@@ -329,13 +354,20 @@ mod tests {
     fn parses_target_urls() {
         assert_eq!(
             parse_target_url("s3://backups@us-east-1/some/path/").unwrap(),
-            TargetLocation::S3 { bucket: "backups".into(), region: "us-east-1".into(), prefix: "some/path".into() }
+            TargetLocation::S3 {
+                bucket: "backups".into(),
+                region: "us-east-1".into(),
+                prefix: "some/path".into()
+            }
         );
         assert_eq!(
             parse_target_url("s3://backups/").unwrap(),
             TargetLocation::S3 { bucket: "backups".into(), region: String::new(), prefix: String::new() }
         );
-        assert_eq!(parse_target_url("vfs:///var/backups?x=1").unwrap(), TargetLocation::Directory("/var/backups".into()));
+        assert_eq!(
+            parse_target_url("vfs:///var/backups?x=1").unwrap(),
+            TargetLocation::Directory("/var/backups".into())
+        );
         assert_eq!(parse_target_url("file:///b").unwrap(), TargetLocation::Directory("/b".into()));
         for bad in ["s3://@r/p", "file://relative", "nfs://server:/x", "http://x", "s3://b/../x"] {
             assert!(parse_target_url(bad).is_err(), "{bad}");

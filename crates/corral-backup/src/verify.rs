@@ -57,6 +57,13 @@ impl VerifyReport {
     }
 }
 
+/// One distinct block to check, and who references it.
+struct BlockToCheck {
+    compression: Compression,
+    block_size: u64,
+    refs: Vec<(String, u64)>,
+}
+
 /// Verifies one backup (`Some(name)`) or every backup of a volume (`None`).
 pub async fn verify(
     target: &BackupTarget,
@@ -92,8 +99,7 @@ async fn verify_locked(
         Some(b) => vec![b.to_string()],
         None => backup_names(target, volume).await?,
     };
-    // checksum -> (compression, block size, references)
-    let mut blocks: BTreeMap<String, (Compression, u64, Vec<(String, u64)>)> = BTreeMap::new();
+    let mut blocks: BTreeMap<String, BlockToCheck> = BTreeMap::new();
     for name in names {
         let cfg = match load_backup(target, volume, &name).await {
             Ok(cfg) => cfg,
@@ -115,16 +121,16 @@ async fn verify_locked(
         for b in &cfg.blocks {
             blocks
                 .entry(b.checksum.clone())
-                .or_insert_with(|| (compression, block_size, Vec::new()))
-                .2
+                .or_insert_with(|| BlockToCheck { compression, block_size, refs: Vec::new() })
+                .refs
                 .push((name.clone(), b.offset));
         }
         report.backups.push(name);
     }
-    let total: u64 = blocks.values().map(|(_, bs, _)| *bs).sum();
+    let total: u64 = blocks.values().map(|b| b.block_size).sum();
     progress.begin("verify", total);
     let checks = futures::stream::iter(blocks)
-        .map(|(checksum, (compression, block_size, refs))| async move {
+        .map(|(checksum, BlockToCheck { compression, block_size, refs })| async move {
             let key = layout::block(volume, &checksum);
             let object = target.describe(&key);
             let outcome = match target.get_opt(&key).await {
@@ -133,7 +139,8 @@ async fn verify_locked(
                 Ok(Some(stored)) => {
                     let (object, checksum) = (object.clone(), checksum.clone());
                     let checked = tokio::task::spawn_blocking(move || {
-                        block::decode_and_verify(&object, compression, &stored, block_size, &checksum).map(|_| ())
+                        block::decode_and_verify(&object, compression, &stored, block_size, &checksum)
+                            .map(|_| ())
                     })
                     .await;
                     match checked {

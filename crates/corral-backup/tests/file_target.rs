@@ -8,7 +8,8 @@ use std::path::Path;
 use common::scenario::{backup, restore_file, round_trip};
 use common::*;
 use corral_backup::{
-    BackupTarget, BlockSize, Compression, CreateOptions, ErrorKind, LockKind, NoProgress, RestoreDestination, VolumeLock,
+    BackupTarget, BlockSize, Compression, CreateOptions, ErrorKind, LockKind, NoProgress, RestoreDestination,
+    VolumeLock,
 };
 
 fn dir_target(dir: &Path) -> BackupTarget {
@@ -73,14 +74,19 @@ async fn configs_match_longhorn_key_order_and_types() {
     assert!(ours.contains(r#""CompressionMethod":"\"lz4\"""#), "{ours}");
     assert!(ours.contains(r#""DataEngine":"\"v1\"""#), "{ours}");
     assert!(ours.contains(r#""Size":"67108864""#), "{ours}");
-    let cfg = std::fs::read_to_string(store.path().join(vol_rel).join("backups/backup_bk-snap2.cfg")).unwrap();
+    let cfg =
+        std::fs::read_to_string(store.path().join(vol_rel).join("backups/backup_bk-snap2.cfg")).unwrap();
     // Same blocks as Longhorn's own backup of the same snapshot: identical names, same offsets.
-    let theirs = std::fs::read_to_string(longhorn.path().join(vol_rel).join("backups/backup_bk-snap2.cfg")).unwrap();
+    let theirs =
+        std::fs::read_to_string(longhorn.path().join(vol_rel).join("backups/backup_bk-snap2.cfg")).unwrap();
     let blocks = |s: &str| s[s.find("\"Blocks\"").unwrap()..].to_string();
     assert_eq!(blocks(&cfg), blocks(&theirs));
     // Block files carry the same names as Longhorn's.
     let names = |dir: &Path| -> Vec<String> {
-        files_with_suffix(dir, ".blk").iter().map(|p| p.file_name().unwrap().to_string_lossy().into_owned()).collect()
+        files_with_suffix(dir, ".blk")
+            .iter()
+            .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
+            .collect()
     };
     let ours_blocks = names(store.path());
     assert!(ours_blocks.iter().all(|b| names(longhorn.path()).contains(b)), "{ours_blocks:?}");
@@ -146,7 +152,10 @@ async fn bad_input_is_reported_by_name_and_never_trusted() {
     opts.volume = Some("vol1".into());
     opts.name = Some("b1".into());
     opts.lock_timings = fast_locks();
-    assert_eq!(corral_backup::create_backup(&target, opts, &NoProgress).await.unwrap_err().kind(), ErrorKind::AlreadyExists);
+    assert_eq!(
+        corral_backup::create_backup(&target, opts, &NoProgress).await.unwrap_err().kind(),
+        ErrorKind::AlreadyExists
+    );
 
     let cfg_path = store.path().join("backupstore/volumes/01/9c/vol1/backups/backup_b1.cfg");
     let good = std::fs::read(&cfg_path).unwrap();
@@ -155,7 +164,15 @@ async fn bad_input_is_reported_by_name_and_never_trusted() {
         let target = target.clone();
         let out = out.clone();
         async move {
-            corral_backup::restore_backup(&target, "vol1", name, RestoreDestination::File(out), restore_opts(), &NoProgress).await
+            corral_backup::restore_backup(
+                &target,
+                "vol1",
+                name,
+                RestoreDestination::File(out),
+                restore_opts(),
+                &NoProgress,
+            )
+            .await
         }
     };
 
@@ -167,7 +184,10 @@ async fn bad_input_is_reported_by_name_and_never_trusted() {
     assert!(!out.exists());
 
     // Wrong block size: the config claims 16 MiB, the blocks hold 2 MiB.
-    let text = String::from_utf8(good.clone()).unwrap().replace("\"2097152\"", "\"16Mi\"").replace("\"Offset\":8388608", "\"Offset\":16777216");
+    let text = String::from_utf8(good.clone())
+        .unwrap()
+        .replace("\"2097152\"", "\"16Mi\"")
+        .replace("\"Offset\":8388608", "\"Offset\":16777216");
     std::fs::write(&cfg_path, text).unwrap();
     let err = restore("b1").await.unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Corrupt);
@@ -182,7 +202,8 @@ async fn bad_input_is_reported_by_name_and_never_trusted() {
     assert_eq!(err.kind(), ErrorKind::NotFound);
     assert!(err.to_string().contains(victim.file_name().unwrap().to_str().unwrap()), "{err}");
     assert!(!out.exists());
-    let report = corral_backup::verify(&target, "vol1", Some("b1"), 2, fast_locks(), &NoProgress).await.unwrap();
+    let report =
+        corral_backup::verify(&target, "vol1", Some("b1"), 2, fast_locks(), &NoProgress).await.unwrap();
     assert_eq!(report.problems.len(), 1);
     assert_eq!(report.problems[0].problem, "missing");
 
@@ -193,7 +214,11 @@ async fn bad_input_is_reported_by_name_and_never_trusted() {
 
     // A restore never overwrites a file that is not a restore.
     std::fs::write(&out, b"precious").unwrap();
-    std::fs::write(store.path().join("backupstore/volumes/01/9c/vol1/volume.cfg"), b"{\"Name\":\"vol1\",\"Size\":\"67108864\"}").unwrap();
+    std::fs::write(
+        store.path().join("backupstore/volumes/01/9c/vol1/volume.cfg"),
+        b"{\"Name\":\"vol1\",\"Size\":\"67108864\"}",
+    )
+    .unwrap();
     let err = restore("b1").await.unwrap_err();
     assert_eq!(err.kind(), ErrorKind::AlreadyExists, "{err}");
     assert_eq!(std::fs::read(&out).unwrap(), b"precious");
@@ -245,7 +270,8 @@ async fn deletion_lock_excludes_backups_and_in_progress_backups_block_gc() {
 
     // An in-progress backup (Longhorn's placeholder) keeps GC from deleting anything.
     backup(&target, &replica, "snap2", "b2").await;
-    let placeholder = corral_backup::format::backup_config::BackupConfig::in_progress("running", "vol1", "lz4");
+    let placeholder =
+        corral_backup::format::backup_config::BackupConfig::in_progress("running", "vol1", "lz4");
     std::fs::write(
         store.path().join("backupstore/volumes/01/9c/vol1/backups/backup_running.cfg"),
         placeholder.encode().unwrap(),

@@ -76,9 +76,16 @@ async fn restores_longhorn_backup_into_replica_directory() {
     let (_dir, target) = fixture_target();
     let out = tempfile::tempdir().unwrap();
     let replica_dir = out.path().join("vol1-r");
-    corral_backup::restore_backup(&target, "vol1", "bk-snap3", RestoreDestination::ReplicaDir(replica_dir.clone()), restore_opts(), &NoProgress)
-        .await
-        .unwrap();
+    corral_backup::restore_backup(
+        &target,
+        "vol1",
+        "bk-snap3",
+        RestoreDestination::ReplicaDir(replica_dir.clone()),
+        restore_opts(),
+        &NoProgress,
+    )
+    .await
+    .unwrap();
     // Valid Longhorn layout: the data as one snapshot under a head.
     let replica = corral_replica::Replica::open_read_only(&replica_dir).unwrap();
     let snaps = replica.snapshots().unwrap();

@@ -20,6 +20,21 @@ pub const BLOCK: u64 = 4096;
 const REGION_SHIFT: u32 = 20;
 const STRIPES: usize = 256;
 
+/// Zero data for WO replicas (see [`Engine::zero`]).
+static ZERO_CHUNK: [u8; 1 << 20] = [0u8; 1 << 20];
+
+fn write_zero_data(link: &Arc<dyn ReplicaLink>, off: u64, len: u64) -> BoxFuture<'_, LinkResult<()>> {
+    Box::pin(async move {
+        let mut done = 0u64;
+        while done < len {
+            let n = (len - done).min(ZERO_CHUNK.len() as u64);
+            link.write(off + done, Bytes::from_static(&ZERO_CHUNK[..n as usize])).await?;
+            done += n;
+        }
+        Ok(())
+    })
+}
+
 /// Engine settings.
 #[derive(Debug, Clone)]
 pub struct EngineConfig {
@@ -203,6 +218,20 @@ impl Engine {
     where
         F: Fn(&'a Arc<dyn ReplicaLink>) -> BoxFuture<'a, LinkResult<()>>,
     {
+        self.fan_out_modal(op, slots, timeout, |_, l| f(l)).await
+    }
+
+    /// [`Self::fan_out_within`] where the request may depend on the replica's mode (RW or WO).
+    pub(crate) async fn fan_out_modal<'a, F>(
+        &'a self,
+        op: &'static str,
+        slots: &'a [Arc<ReplicaSlot>],
+        timeout: Duration,
+        f: F,
+    ) -> Result<()>
+    where
+        F: Fn(Mode, &'a Arc<dyn ReplicaLink>) -> BoxFuture<'a, LinkResult<()>>,
+    {
         let count = slots.iter().filter(|s| s.writable_link().is_some()).count();
         if count == 0 {
             return Err(EngineError::unavailable(op, "no healthy replica"));
@@ -210,7 +239,7 @@ impl Engine {
         if count == 1 {
             // One replica: no join machinery.
             if let Some((slot, link)) = slots.iter().find_map(|s| s.writable_link().map(|l| (s, l))) {
-                let r = tokio::time::timeout(timeout, f(link)).await;
+                let r = tokio::time::timeout(timeout, f(slot.mode(), link)).await;
                 if let Some(err) = link_failure(timeout, r) {
                     if err.kind == LinkErrorKind::NoSpace {
                         return Err(EngineError::new(ErrorKind::NoSpace, op, err.message));
@@ -223,7 +252,7 @@ impl Engine {
                 .iter()
                 .filter_map(|s| s.writable_link().map(|l| (s, l)))
                 .map(|(slot, link)| {
-                    let call = f(link);
+                    let call = f(slot.mode(), link);
                     async move { (slot, link_failure(timeout, tokio::time::timeout(timeout, call).await)) }
                 })
                 .collect::<Vec<_>>();
@@ -386,14 +415,19 @@ impl Engine {
         }
         let _gate = self.shared.gate.read().await;
         let slots = self.slots();
+        let timeout = self.shared.config.replica_timeout;
+        // A WO replica gets zero *data* instead: its own trim / write-zeroes decides between punching
+        // and zero-filling from lower layers that are not copied yet, and a punched block would later
+        // show the copied snapshot data through.
         let send = |o: u64, n: u64| {
             let slots = &slots;
             async move {
-                if trim {
-                    self.fan_out(op, slots, |l| l.unmap(o, n)).await
-                } else {
-                    self.fan_out(op, slots, |l| l.write_zeroes(o, n)).await
-                }
+                self.fan_out_modal(op, slots, timeout, |mode, l| match mode {
+                    Mode::WriteOnly => write_zero_data(l, o, n),
+                    _ if trim => l.unmap(o, n),
+                    _ => l.write_zeroes(o, n),
+                })
+                .await
             }
         };
         if Self::has_write_only(&slots) {

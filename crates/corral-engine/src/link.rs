@@ -17,6 +17,7 @@ use serde::{Deserialize, Serialize};
 
 /// Durable facts a replica reports at `Hello`/`Info`; the start-up decision is made from these.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub struct RecoveryFacts {
     /// Volume size in bytes.
     pub size: u64,
@@ -36,6 +37,7 @@ pub struct RecoveryFacts {
 
 /// One snapshot (a "layer") as a replica lists it. The head is listed with name `volume-head`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub struct SnapshotInfo {
     /// Snapshot name.
     pub name: String,
@@ -76,6 +78,7 @@ impl Extent {
 
 /// Options of a snapshot.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub struct SnapshotOptions {
     /// User snapshot (true) or system snapshot (false).
     pub user_created: bool,

@@ -255,8 +255,22 @@ impl ReplicaLink for MemoryLink {
     fn write_zeroes(&self, off: u64, len: u64) -> BoxFuture<'_, LinkResult<()>> {
         self.op(move |s| {
             check(s, off, len)?;
-            let zeros = vec![0u8; len as usize];
-            write_head(s, &zeros, off);
+            // Like the real replica: whole blocks no lower layer holds are punched from the head (they
+            // read as zeros through the chain *as it is now*); the rest are zero-filled in the head.
+            let mut pos = off;
+            let end = off + len;
+            while pos < end {
+                let block = pos / BS;
+                let within = pos % BS;
+                let n = (BS - within).min(end - pos);
+                let below = s.chain.iter().any(|name| s.layers.get(name).is_some_and(|l| l.blocks.contains_key(&block)));
+                if n == BS && !below {
+                    s.head.remove(&block);
+                } else {
+                    write_head(s, &vec![0u8; n as usize], pos);
+                }
+                pos += n;
+            }
             s.revision += 1;
             Ok(())
         })

@@ -196,11 +196,18 @@ async fn online_rebuild_under_sub_block_writes_keeps_every_byte() {
         tokio::spawn(async move {
             let mut written = Vec::new();
             for i in 0..200u64 {
-                // Sub-block writes into blocks that live only in the snapshot layer.
-                let off = (i % 64) * 16384 + 512 + (i % 7) * 100;
-                let data = pattern(1000 + i, 700);
-                engine.write(off, Bytes::from(data.clone()), false).await.unwrap();
-                written.push((off, data));
+                // Sub-block writes into blocks that live only in the snapshot layer, and zeroes over
+                // blocks whose data is in the snapshot layer (not yet copied to the target).
+                if i % 5 == 4 {
+                    let off = (i % 64) * 16384;
+                    engine.zero(off, 4096, i % 2 == 0, false).await.unwrap();
+                    written.push((off, vec![0u8; 4096]));
+                } else {
+                    let off = (i % 64) * 16384 + 512 + (i % 7) * 100;
+                    let data = pattern(1000 + i, 700);
+                    engine.write(off, Bytes::from(data.clone()), false).await.unwrap();
+                    written.push((off, data));
+                }
                 tokio::task::yield_now().await;
             }
             written

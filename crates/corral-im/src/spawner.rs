@@ -43,6 +43,8 @@ impl Spawner {
     pub(crate) async fn spawn(&self, program: &std::path::Path, args: &[String]) -> io::Result<Child> {
         let mut cmd = std::process::Command::new(program);
         cmd.args(args).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+        // Output goes to a pipe and into the instance's log: no terminal colour codes.
+        cmd.env("NO_COLOR", "1");
         let parent = std::process::id();
         // SAFETY: the closure runs in the child between fork and exec and calls only
         // async-signal-safe functions (prctl, getppid, setpgid); it allocates nothing.

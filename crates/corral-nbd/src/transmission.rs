@@ -294,10 +294,12 @@ where
         result: Result<(), &NbdError>,
         data: &[u8],
     ) -> Result<(), NbdError> {
+        // Announce the reply before yielding, so a worker that writes first sees it coming
+        // and leaves the flush to the last one.
+        self.replies_ready.fetch_add(1, Ordering::AcqRel);
         if self.in_flight.load(Ordering::Acquire) > 1 {
             tokio::task::yield_now().await;
         }
-        self.replies_ready.fetch_add(1, Ordering::AcqRel);
         let mut writer = self.writer.lock().await;
         // With structured replies, a READ is always answered with chunks, and every error goes
         // as an ERROR chunk carrying its message (the specification prefers that); other

@@ -284,10 +284,16 @@ fn oversized_payloads_are_refused() {
 
         // Too large to skip: EINVAL, then the connection is closed.
         let (mut c, _, _) = RawClient::handshake(server.addr, "vol", true);
-        c.send_request(CMD_WRITE, 0, 4, 0, u32::MAX, &[0xdd; 4096]);
+        // The unread payload holds what looks like a valid write: it must not be executed.
+        let mut smuggled = RequestHeader { flags: 0, command: CMD_WRITE, cookie: 5, offset: 0, length: 4096 }
+            .encode()
+            .to_vec();
+        smuggled.extend_from_slice(&[0xee; 4096]);
+        c.send_request(CMD_WRITE, 0, 4, 0, u32::MAX, &smuggled);
         let (cookie, errno, _) = c.read_reply(|_| 0);
         assert_eq!((cookie, errno), (4, EINVAL));
         assert!(c.is_closed());
+        assert_eq!(server.backend_bytes(0, 4096), vec![7u8; 4096], "payload bytes were run as a request");
     });
 }
 

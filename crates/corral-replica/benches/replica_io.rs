@@ -85,8 +85,11 @@ impl Target for Replica {
     }
 }
 
+/// One request issued by a benchmark thread.
+type Request<'a> = dyn Fn(&dyn Target, &mut Rng, &mut [u8]) + Sync + 'a;
+
 /// Runs `ops` operations split over `threads` threads; returns the elapsed time.
-fn run(t: &dyn Target, threads: u64, ops: u64, f: &(dyn Fn(&dyn Target, &mut Rng, &mut [u8]) + Sync)) -> Duration {
+fn run(t: &dyn Target, threads: u64, ops: u64, f: &Request) -> Duration {
     let start = Instant::now();
     std::thread::scope(|s| {
         for i in 0..threads {
@@ -111,18 +114,28 @@ struct Row {
 
 fn io_rows(dir: &Path) -> Vec<Row> {
     let plain_path = dir.join("plain.img");
-    let pf = OpenOptions::new().read(true).write(true).create(true).truncate(true).open(&plain_path).expect("plain file");
+    let pf = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(&plain_path)
+        .expect("plain file");
     pf.set_len(SIZE).expect("size plain file");
     let plain = Plain(pf);
-    let replica = Replica::create(&dir.join("replica"), CreateOptions { size: SIZE }).expect("create replica");
+    let replica =
+        Replica::create(&dir.join("replica"), CreateOptions { size: SIZE }).expect("create replica");
     // One snapshot under the head, so reads go through a two-layer chain.
     replica.write_at(&vec![1u8; 1 << 20], 0).expect("write");
     replica.snapshot("base", SnapshotOptions::default()).expect("snapshot");
     plain.write(&vec![1u8; 1 << 20], 0);
     let mut rows = Vec::new();
     let blocks = SIZE / 4096;
-    let rand_write = |t: &dyn Target, rng: &mut Rng, buf: &mut [u8]| t.write(&buf[..4096], (rng.next() % blocks) * 4096);
-    let rand_read = |t: &dyn Target, rng: &mut Rng, buf: &mut [u8]| t.read(&mut buf[..4096], (rng.next() % blocks) * 4096);
+    let rand_write =
+        |t: &dyn Target, rng: &mut Rng, buf: &mut [u8]| t.write(&buf[..4096], (rng.next() % blocks) * 4096);
+    let rand_read = |t: &dyn Target, rng: &mut Rng, buf: &mut [u8]| {
+        t.read(&mut buf[..4096], (rng.next() % blocks) * 4096)
+    };
     for threads in [1u64, 2] {
         // Warm-up pass (allocates the blocks in both files), then the measured pass.
         for t in [&plain as &dyn Target, &replica] {
@@ -135,12 +148,22 @@ fn io_rows(dir: &Path) -> Vec<Row> {
             t.sync();
             iops[i] = RANDOM_OPS as f64 / d.as_secs_f64();
         }
-        rows.push(Row { name: format!("4 KiB random write, {threads} thread(s)"), plain: iops[0], replica: iops[1], unit: "IOPS" });
+        rows.push(Row {
+            name: format!("4 KiB random write, {threads} thread(s)"),
+            plain: iops[0],
+            replica: iops[1],
+            unit: "IOPS",
+        });
         for (i, t) in [&plain as &dyn Target, &replica].into_iter().enumerate() {
             let d = run(t, threads, RANDOM_OPS, &rand_read);
             iops[i] = RANDOM_OPS as f64 / d.as_secs_f64();
         }
-        rows.push(Row { name: format!("4 KiB random read, {threads} thread(s)"), plain: iops[0], replica: iops[1], unit: "IOPS" });
+        rows.push(Row {
+            name: format!("4 KiB random read, {threads} thread(s)"),
+            plain: iops[0],
+            replica: iops[1],
+            unit: "IOPS",
+        });
     }
     let seq_ops = SEQ_BYTES >> 20;
     let mut mibs = [0.0; 2];
@@ -152,7 +175,12 @@ fn io_rows(dir: &Path) -> Vec<Row> {
         t.sync();
         mibs[i] = seq_ops as f64 / start.elapsed().as_secs_f64();
     }
-    rows.push(Row { name: "1 MiB sequential write (+fdatasync)".into(), plain: mibs[0], replica: mibs[1], unit: "MiB/s" });
+    rows.push(Row {
+        name: "1 MiB sequential write (+fdatasync)".into(),
+        plain: mibs[0],
+        replica: mibs[1],
+        unit: "MiB/s",
+    });
     for (i, t) in [&plain as &dyn Target, &replica].into_iter().enumerate() {
         let mut buf = vec![0u8; 1 << 20];
         let start = Instant::now();
@@ -189,7 +217,15 @@ fn main() {
     println!("\n| workload | plain file | replica | ratio |");
     println!("|---|---|---|---|");
     for r in &rows {
-        println!("| {} | {:.0} {} | {:.0} {} | {:.2}x |", r.name, r.plain, r.unit, r.replica, r.unit, r.replica / r.plain);
+        println!(
+            "| {} | {:.0} {} | {:.0} {} | {:.2}x |",
+            r.name,
+            r.plain,
+            r.unit,
+            r.replica,
+            r.unit,
+            r.replica / r.plain
+        );
     }
 
     // 1,000 snapshots, 64 MiB volume, one scattered 4 KiB write per snapshot.

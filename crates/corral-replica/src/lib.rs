@@ -162,6 +162,13 @@ mod tests {
     use super::*;
 
     #[test]
+    fn replica_is_send_and_sync() {
+        fn assert_send_sync<T: Send + Sync>() {}
+        assert_send_sync::<Replica>();
+        assert_send_sync::<ReplicaError>();
+    }
+
+    #[test]
     fn names() {
         for good in ["a", "snap2", "68129740-95fa-41f1-9ff2-30a78ca4a61b", "expand-1073741824", "a.b_c-d"] {
             assert!(validate_name(good).is_ok(), "{good}");

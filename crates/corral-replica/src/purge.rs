@@ -43,7 +43,10 @@ const BS: u64 = BLOCK_SIZE;
 enum Action {
     Remove(LayerId),
     /// A run of removed snapshots (nearest ancestor of `child` first) merged into `child` at once.
-    Coalesce { run: Vec<LayerId>, child: LayerId },
+    Coalesce {
+        run: Vec<LayerId>,
+        child: LayerId,
+    },
     Prune(LayerId),
 }
 
@@ -159,7 +162,11 @@ impl Replica {
         }
         for &id in run {
             match chain.layers.get(&id) {
-                Some(p) if p.meta.removed && below.meta.parent == p.file_name && chain.child_count(id) == 1 => below = p,
+                Some(p)
+                    if p.meta.removed && below.meta.parent == p.file_name && chain.child_count(id) == 1 =>
+                {
+                    below = p
+                }
                 _ => return false,
             }
         }
@@ -256,7 +263,8 @@ impl Replica {
         self.update_state(|s| s.pending = Some(PendingOp::Coalesce { removed: run_names, child: c_name }))?;
         self.failpoints.hit("purge.coalesce.after_intent")?;
         let new_meta = DiskMeta { parent: new_parent, ..c_meta };
-        let committed = fsutil::atomic_write(&self.dir, &names::meta_file(&c_file), &new_meta.to_bytes(), 0o644);
+        let committed =
+            fsutil::atomic_write(&self.dir, &names::meta_file(&c_file), &new_meta.to_bytes(), 0o644);
         if let Err(e) = committed {
             self.poisoned.store(true, Ordering::Release);
             return Err(e);
@@ -267,7 +275,8 @@ impl Replica {
         {
             let mut maps = self.maps.write();
             for &parent in run {
-                let ranges: Vec<(u64, u64)> = maps.extents_of(parent).iter().map(|(s, e, ())| (s, e)).collect();
+                let ranges: Vec<(u64, u64)> =
+                    maps.extents_of(parent).iter().map(|(s, e, ())| (s, e)).collect();
                 maps.extents.remove(&parent);
                 for (s, e) in ranges {
                     maps.top.replace_value(s, e, parent, child);

@@ -154,6 +154,18 @@ impl<V: Copy + Eq> RangeMap<V> {
         ok && pos >= end
     }
 
+    /// The maximal run starting at `block` with one value: `(end, value)`, where a gap runs to the
+    /// next mapped range (or `u64::MAX`). Allocation-free; used by the single-piece fast paths.
+    pub fn run_at(&self, block: u64) -> (u64, Option<V>) {
+        if let Some((_, &(e, v))) = self.map.range(..=block).next_back() {
+            if e > block {
+                return (e, Some(v));
+            }
+        }
+        let next = self.map.range(block..).next().map_or(u64::MAX, |(&s, _)| s);
+        (next, None)
+    }
+
     /// The value at one block.
     pub fn get(&self, block: u64) -> Option<V> {
         self.map.range(..=block).next_back().filter(|(_, (e, _))| *e > block).map(|(_, (_, v))| *v)
@@ -232,6 +244,11 @@ mod tests {
             }
             for b in 0..400u64 {
                 prop_assert_eq!(m.get(b), model[b as usize]);
+                let (end, v) = m.run_at(b);
+                prop_assert_eq!(v, model[b as usize]);
+                prop_assert!(end > b);
+                for x in b..end.min(400) { prop_assert_eq!(model[x as usize], v); }
+                if end < 400 { prop_assert!(model[end as usize] != v || m.iter().any(|(s, _, _)| s == end)); }
             }
             let cover = m.cover(0, 400);
             let mut pos = 0;

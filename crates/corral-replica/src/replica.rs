@@ -22,6 +22,28 @@ use crate::{CreateOptions, RecoveryFacts, BLOCK_SIZE};
 /// Stable in-memory identifier of a layer (survives renames such as head → snapshot).
 pub(crate) type LayerId = u32;
 
+/// Hasher for [`LayerId`] keys: ids are small distinct integers, so the id itself is a good hash
+/// (SipHash would cost more than the whole index lookup on the read path).
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct IdHasher(u64);
+
+impl std::hash::Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(b);
+        }
+    }
+    fn write_u32(&mut self, n: u32) {
+        self.0 = u64::from(n).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
+}
+
+/// A map keyed by layer id.
+pub(crate) type IdMap<V> = HashMap<LayerId, V, std::hash::BuildHasherDefault<IdHasher>>;
+
 /// Number of stripe locks serialising writes to the same 1 MiB regions.
 pub(crate) const STRIPES: usize = 64;
 /// Blocks per stripe region (1 MiB).
@@ -50,12 +72,12 @@ impl Layer {
 /// The structure of the layers. Guarded by `Replica::chain`.
 #[derive(Debug)]
 pub(crate) struct Chain {
-    pub layers: HashMap<LayerId, Layer>,
+    pub layers: IdMap<Layer>,
     pub by_file: HashMap<String, LayerId>,
     pub head: LayerId,
     /// Live chain, head first.
     pub live: Vec<LayerId>,
-    pub children: HashMap<LayerId, Vec<LayerId>>,
+    pub children: IdMap<Vec<LayerId>>,
     pub next_id: LayerId,
 }
 
@@ -144,7 +166,7 @@ pub(crate) struct Maps {
     /// Owner of each block in the live chain.
     pub top: RangeMap<LayerId>,
     /// Allocated blocks of every layer.
-    pub extents: HashMap<LayerId, RangeMap<()>>,
+    pub extents: IdMap<RangeMap<()>>,
 }
 
 impl Maps {
@@ -499,11 +521,11 @@ pub(crate) fn build_layers(
     sync: bool,
 ) -> Result<(Chain, Maps)> {
     let mut chain = Chain {
-        layers: HashMap::new(),
+        layers: IdMap::default(),
         by_file: HashMap::new(),
         head: 0,
         live: Vec::new(),
-        children: HashMap::new(),
+        children: IdMap::default(),
         next_id: 0,
     };
     let mut maps = Maps::default();

@@ -294,9 +294,11 @@ pub(crate) fn repair(scan: &DirScan) -> Result<bool> {
     if let Some(op) = &scan.state.pending {
         match op {
             PendingOp::Coalesce { removed, child } => {
-                let removed_files: BTreeSet<String> = removed.iter().map(|r| names::snapshot_file(r)).collect();
+                let removed_files: BTreeSet<String> =
+                    removed.iter().map(|r| names::snapshot_file(r)).collect();
                 let child_file = names::snapshot_file(child);
-                let committed = scan.metas.get(&child_file).is_some_and(|m| !removed_files.contains(&m.parent));
+                let committed =
+                    scan.metas.get(&child_file).is_some_and(|m| !removed_files.contains(&m.parent));
                 if committed {
                     for f in &removed_files {
                         fsutil::remove_if_exists(&dir.join(names::meta_file(f)))?;

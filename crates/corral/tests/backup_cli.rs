@@ -28,7 +28,15 @@ fn lists_inspects_and_restores_the_longhorn_fixture() {
     let out = tempfile::tempdir().unwrap();
     for (backup, sha) in [("bk-snap2", SNAP2_SHA256), ("bk-snap3", SNAP3_SHA256)] {
         let img = out.path().join(format!("{backup}.img"));
-        corral_ok(&["restore", &format!("{target}?backup={backup}&volume=vol1"), "--to-file", img.to_str().unwrap()], &[]);
+        corral_ok(
+            &[
+                "restore",
+                &format!("{target}?backup={backup}&volume=vol1"),
+                "--to-file",
+                img.to_str().unwrap(),
+            ],
+            &[],
+        );
         assert_eq!(sha256_file(&img), sha, "{backup}");
     }
 }
@@ -38,7 +46,8 @@ fn snapshot_snap3(replica: &std::path::Path) {
     let r = corral_replica::Replica::open(replica).unwrap();
     r.write_at(&[b'G'; 4096], 20 << 20).unwrap();
     r.write_at(&[b'H'; 8192], 50 << 20).unwrap();
-    r.snapshot("snap3", corral_replica::SnapshotOptions { user_created: true, ..Default::default() }).unwrap();
+    r.snapshot("snap3", corral_replica::SnapshotOptions { user_created: true, ..Default::default() })
+        .unwrap();
     r.close().unwrap();
 }
 
@@ -51,10 +60,44 @@ fn create_restore_and_dr_restore_across_process_restarts() {
     let target = format!("vfs://{}", store.path().display());
     let rdir = replica.to_str().unwrap();
 
-    let url1 = corral_ok(&["create", "--replica-dir", rdir, "--snapshot", "snap2", "--target", &target, "--volume", "vol1", "--name", "b1", "--label", "team=db"], &[]);
+    let url1 = corral_ok(
+        &[
+            "create",
+            "--replica-dir",
+            rdir,
+            "--snapshot",
+            "snap2",
+            "--target",
+            &target,
+            "--volume",
+            "vol1",
+            "--name",
+            "b1",
+            "--label",
+            "team=db",
+        ],
+        &[],
+    );
     assert_eq!(url1.trim(), format!("{target}?backup=b1&volume=vol1"));
     snapshot_snap3(&replica);
-    let b2 = corral_json(&["create", "--replica-dir", rdir, "--snapshot", "snap3", "--target", &target, "--volume", "vol1", "--name", "b2", "--concurrency", "3"], &[]);
+    let b2 = corral_json(
+        &[
+            "create",
+            "--replica-dir",
+            rdir,
+            "--snapshot",
+            "snap3",
+            "--target",
+            &target,
+            "--volume",
+            "vol1",
+            "--name",
+            "b2",
+            "--concurrency",
+            "3",
+        ],
+        &[],
+    );
     assert_eq!(b2["incremental"], true);
     assert_eq!(b2["blocks_uploaded"], 4);
     assert_eq!(b2["blocks_total"], 5);
@@ -98,7 +141,12 @@ fn corrupt_block_fails_restore_and_verify_naming_it() {
     extract("backupstore-vfs.tar.gz", store.path());
     let target = format!("vfs://{}", store.path().display());
     let url = format!("{target}?backup=bk-snap3&volume=vol1");
-    let victim = files_with_suffix(store.path(), "a15c5ac5a93d30bba1cc1134e3c337cfe5afa9f4dd2962dad9636e89b63b72c7.blk").pop().unwrap();
+    let victim = files_with_suffix(
+        store.path(),
+        "a15c5ac5a93d30bba1cc1134e3c337cfe5afa9f4dd2962dad9636e89b63b72c7.blk",
+    )
+    .pop()
+    .unwrap();
     let mut bytes = std::fs::read(&victim).unwrap();
     bytes[100] ^= 0xff;
     std::fs::write(&victim, bytes).unwrap();
@@ -128,11 +176,40 @@ fn bad_input_exits_non_zero_with_a_clear_message() {
     let target = format!("vfs://{}", store.path().display());
     let rdir = work.path().join("two-snapshots");
     let cases: Vec<(Vec<String>, &str)> = vec![
-        (vec!["create".into(), "--replica-dir".into(), rdir.display().to_string(), "--snapshot".into(), "snap2".into(), "--target".into(), target.clone(), "--volume".into(), "Bad_Name!".into()], "Bad_Name!"),
-        (vec!["create".into(), "--replica-dir".into(), rdir.display().to_string(), "--snapshot".into(), "snap2".into(), "--target".into(), target.clone(), "--block-size".into(), "3MiB".into()], "3MiB"),
+        (
+            vec![
+                "create".into(),
+                "--replica-dir".into(),
+                rdir.display().to_string(),
+                "--snapshot".into(),
+                "snap2".into(),
+                "--target".into(),
+                target.clone(),
+                "--volume".into(),
+                "Bad_Name!".into(),
+            ],
+            "Bad_Name!",
+        ),
+        (
+            vec![
+                "create".into(),
+                "--replica-dir".into(),
+                rdir.display().to_string(),
+                "--snapshot".into(),
+                "snap2".into(),
+                "--target".into(),
+                target.clone(),
+                "--block-size".into(),
+                "3MiB".into(),
+            ],
+            "3MiB",
+        ),
         (vec!["ls".into(), "--target".into(), "file:///nonexistent/corral".into()], "/nonexistent/corral"),
         (vec!["inspect".into(), format!("{target}?backup=nope&volume=vol1")], "vol1"),
-        (vec!["restore".into(), format!("{target}?volume=vol1"), "--to-file".into(), "/tmp/x".into()], "backup="),
+        (
+            vec!["restore".into(), format!("{target}?volume=vol1"), "--to-file".into(), "/tmp/x".into()],
+            "backup=",
+        ),
     ];
     for (args, needle) in cases {
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
@@ -153,9 +230,25 @@ fn s3_round_trip_through_the_cli() {
     extract("replica-two-snapshots.tar.gz", work.path());
     let replica = work.path().join("two-snapshots");
     let target = "s3://corral@us-east-1/backups";
-    let url = corral_ok(&["create", "--replica-dir", replica.to_str().unwrap(), "--snapshot", "snap2", "--target", target, "--volume", "vol1"], &env);
+    let url = corral_ok(
+        &[
+            "create",
+            "--replica-dir",
+            replica.to_str().unwrap(),
+            "--snapshot",
+            "snap2",
+            "--target",
+            target,
+            "--volume",
+            "vol1",
+        ],
+        &env,
+    );
     let url = url.trim();
-    assert!(url.starts_with("s3://corral@us-east-1/backups?backup=backup-") && url.ends_with("&volume=vol1"), "{url}");
+    assert!(
+        url.starts_with("s3://corral@us-east-1/backups?backup=backup-") && url.ends_with("&volume=vol1"),
+        "{url}"
+    );
     let img = work.path().join("s3.img");
     corral_ok(&["restore", url, "--to-file", img.to_str().unwrap()], &env);
     assert_eq!(sha256_file(&img), SNAP2_SHA256);
@@ -167,8 +260,16 @@ fn s3_round_trip_through_the_cli() {
     let volumes = corral_json(&["ls", "--target", target], &env);
     assert_eq!(volumes.as_array().unwrap().len(), 0);
     // Wrong endpoint: a clear error, non-zero exit.
-    let bad_env = vec![("AWS_ENDPOINTS", "http://127.0.0.1:1".to_string()), ("AWS_ACCESS_KEY_ID", "x".into()), ("AWS_SECRET_ACCESS_KEY", "y".into())];
+    let bad_env = vec![
+        ("AWS_ENDPOINTS", "http://127.0.0.1:1".to_string()),
+        ("AWS_ACCESS_KEY_ID", "x".into()),
+        ("AWS_SECRET_ACCESS_KEY", "y".into()),
+    ];
     let out = corral(&["ls", "--target", target], &bad_env);
     assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("s3://corral/backups"), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("s3://corral/backups"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

@@ -212,19 +212,27 @@ async fn crash_loop(dir: &Path, iterations: usize, with_snapshots: bool) {
         if iteration == iterations {
             break;
         }
-        let delay = Duration::from_millis(rng.random_range(20..600));
+        // Without snapshots: a random delay. With snapshots: aimed by the workload (see `workload`), with
+        // a random delay as a fallback.
+        let fallback = Duration::from_millis(rng.random_range(20..600) * if with_snapshots { 10 } else { 1 });
+        let (arm, armed) = std::sync::mpsc::channel::<Duration>();
         let pid = nix::unistd::Pid::from_raw(server.pid() as i32);
         let killer = std::thread::spawn(move || {
-            std::thread::sleep(delay);
+            let delay = match armed.recv_timeout(fallback) {
+                Ok(delay) => {
+                    std::thread::sleep(delay);
+                    delay
+                }
+                Err(_) => fallback,
+            };
             let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+            delay
         });
-        tokio::time::timeout(
-            Duration::from_secs(30),
-            workload(&client, &mut model, &mut rng, with_snapshots),
-        )
-        .await
-        .expect("the workload did not notice the server's death");
-        killer.join().unwrap();
+        let work = workload(&client, &mut model, &mut rng, with_snapshots, &arm);
+        tokio::time::timeout(Duration::from_secs(30), work)
+            .await
+            .expect("the workload did not notice the server's death");
+        let delay = killer.join().unwrap();
         eprintln!(
             "iteration {iteration}: killed after {delay:?}; acknowledged so far: {} writes, {} flushes, {} snapshot operations; {} unsettled blocks",
             model.acked[0], model.acked[1], model.acked[2], model.unsettled.len()

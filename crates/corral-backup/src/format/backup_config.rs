@@ -150,11 +150,17 @@ impl BackupConfig {
             if block.offset % block_size.bytes() != 0 {
                 return Err(BackupError::corrupt(
                     object,
-                    format!("block offset {} is not a multiple of the block size {}", block.offset, block_size),
+                    format!(
+                        "block offset {} is not a multiple of the block size {}",
+                        block.offset, block_size
+                    ),
                 ));
             }
             if previous.is_some_and(|p| p >= block.offset) {
-                return Err(BackupError::corrupt(object, format!("block offset {} is out of order or repeated", block.offset)));
+                return Err(BackupError::corrupt(
+                    object,
+                    format!("block offset {} is out of order or repeated", block.offset),
+                ));
             }
             previous = Some(block.offset);
         }
@@ -237,7 +243,9 @@ pub(crate) mod tests {
 
     #[test]
     fn sixteen_mib_quantity_is_read() {
-        let text = LONGHORN_FULL.replace("\"2097152\"", "\"16Mi\"").replace("\"Offset\":8388608", "\"Offset\":16777216");
+        let text = LONGHORN_FULL
+            .replace("\"2097152\"", "\"16Mi\"")
+            .replace("\"Offset\":8388608", "\"Offset\":16777216");
         let cfg = BackupConfig::parse("cfg", text.as_bytes()).unwrap();
         assert_eq!(cfg.block_size().unwrap().bytes(), 16 << 20);
     }

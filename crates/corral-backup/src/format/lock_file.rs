@@ -50,9 +50,13 @@ mod tests {
 
     #[test]
     fn round_trip_and_layout() {
-        let lock = LockFile { name: "lock-0123456789abcdef".into(), lock_type: LOCK_TYPE_DELETION, acquired: true };
+        let lock =
+            LockFile { name: "lock-0123456789abcdef".into(), lock_type: LOCK_TYPE_DELETION, acquired: true };
         let bytes = lock.encode().unwrap();
-        assert_eq!(std::str::from_utf8(&bytes).unwrap(), r#"{"Name":"lock-0123456789abcdef","Type":2,"Acquired":true}"#);
+        assert_eq!(
+            std::str::from_utf8(&bytes).unwrap(),
+            r#"{"Name":"lock-0123456789abcdef","Type":2,"Acquired":true}"#
+        );
         assert_eq!(LockFile::parse("l", &bytes).unwrap(), lock);
         assert!(LockFile::parse("l", b"{\"Type\":\"x\"}").is_err());
     }

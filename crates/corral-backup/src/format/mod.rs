@@ -47,7 +47,11 @@ pub fn from_json<'a, T: Deserialize<'a>>(object: &str, bytes: &'a [u8]) -> Resul
 struct GoFormatter;
 
 impl serde_json::ser::Formatter for GoFormatter {
-    fn write_string_fragment<W: ?Sized + std::io::Write>(&mut self, writer: &mut W, fragment: &str) -> std::io::Result<()> {
+    fn write_string_fragment<W: ?Sized + std::io::Write>(
+        &mut self,
+        writer: &mut W,
+        fragment: &str,
+    ) -> std::io::Result<()> {
         let mut start = 0;
         for (i, ch) in fragment.char_indices() {
             let escaped = match ch {

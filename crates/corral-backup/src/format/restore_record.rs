@@ -98,8 +98,9 @@ impl RestoreRecord {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(BackupError::io("read restore record", path, e)),
         };
-        let record: RestoreRecord = serde_json::from_slice(&bytes)
-            .map_err(|e| BackupError::corrupt(path.display().to_string(), format!("malformed restore record: {e}")))?;
+        let record: RestoreRecord = serde_json::from_slice(&bytes).map_err(|e| {
+            BackupError::corrupt(path.display().to_string(), format!("malformed restore record: {e}"))
+        })?;
         if record.version != RECORD_VERSION {
             return Err(BackupError::corrupt(
                 path.display().to_string(),

@@ -144,7 +144,9 @@ mod tests {
 
     #[test]
     fn truncated_and_mistyped_files_are_corrupt() {
-        for bad in [&LONGHORN_VOLUME_CFG.as_bytes()[..40], b"", br#"{"Size":"x"}"#, br#"{"Size":"-5"}"#, b"[]"] {
+        for bad in
+            [&LONGHORN_VOLUME_CFG.as_bytes()[..40], b"", br#"{"Size":"x"}"#, br#"{"Size":"-5"}"#, b"[]"]
+        {
             let err = VolumeConfig::parse("backupstore/volumes/01/9c/vol1/volume.cfg", bad).unwrap_err();
             assert_eq!(err.kind(), crate::ErrorKind::Corrupt, "{err}");
             assert!(err.to_string().contains("vol1/volume.cfg"), "{err}");

@@ -106,7 +106,9 @@ impl Moto {
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
-            .unwrap_or_else(|e| panic!("moto_server is required for this test (pip install 'moto[server]'): {e}"));
+            .unwrap_or_else(|e| {
+                panic!("moto_server is required for this test (pip install 'moto[server]'): {e}")
+            });
         let moto = Moto { child, port };
         let deadline = Instant::now() + Duration::from_secs(20);
         while TcpStream::connect(("127.0.0.1", port)).is_err() {

@@ -19,9 +19,16 @@ pub async fn backup(target: &BackupTarget, replica: &Path, snapshot: &str, name:
 }
 
 pub async fn restore_file(target: &BackupTarget, backup: &str, path: &Path) -> corral_backup::RestoreReport {
-    corral_backup::restore_backup(target, "vol1", backup, RestoreDestination::File(path.into()), restore_opts(), &NoProgress)
-        .await
-        .unwrap()
+    corral_backup::restore_backup(
+        target,
+        "vol1",
+        backup,
+        RestoreDestination::File(path.into()),
+        restore_opts(),
+        &NoProgress,
+    )
+    .await
+    .unwrap()
 }
 
 /// Writes to the fixture replica after snap2 and takes snapshot `snap3`: the changed 2 MiB blocks against
@@ -78,13 +85,27 @@ pub async fn round_trip(target: &BackupTarget, work: &Path, corrupt_block: &dyn 
 
     // DR into a replica directory: b1, then b2 incrementally; equal to a full restore of b2.
     let dr_dir = work.join("dr-replica");
-    corral_backup::restore_backup(target, "vol1", "b1", RestoreDestination::ReplicaDir(dr_dir.clone()), restore_opts(), &NoProgress)
-        .await
-        .unwrap();
+    corral_backup::restore_backup(
+        target,
+        "vol1",
+        "b1",
+        RestoreDestination::ReplicaDir(dr_dir.clone()),
+        restore_opts(),
+        &NoProgress,
+    )
+    .await
+    .unwrap();
     assert_eq!(read_volume(&dr_dir, None), snap2);
-    let step = corral_backup::restore_backup(target, "vol1", "b2", RestoreDestination::ReplicaDir(dr_dir.clone()), restore_opts(), &NoProgress)
-        .await
-        .unwrap();
+    let step = corral_backup::restore_backup(
+        target,
+        "vol1",
+        "b2",
+        RestoreDestination::ReplicaDir(dr_dir.clone()),
+        restore_opts(),
+        &NoProgress,
+    )
+    .await
+    .unwrap();
     assert!(step.incremental);
     assert_eq!(step.blocks_written, 4);
     assert_eq!(read_volume(&dr_dir, None), snap3);
@@ -103,7 +124,8 @@ pub async fn round_trip(target: &BackupTarget, work: &Path, corrupt_block: &dyn 
     let img2b = work.join("b2-after-delete.img");
     restore_file(target, "b2", &img2b).await;
     assert_eq!(std::fs::read(&img2b).unwrap(), snap3);
-    let names: Vec<_> = corral_backup::list_backups(target, "vol1").await.unwrap().into_iter().map(|b| b.name).collect();
+    let names: Vec<_> =
+        corral_backup::list_backups(target, "vol1").await.unwrap().into_iter().map(|b| b.name).collect();
     assert_eq!(names, ["b2", "b3"]);
 
     // A corrupt block: restore and verify fail and name it; the image is not written.
@@ -112,13 +134,21 @@ pub async fn round_trip(target: &BackupTarget, work: &Path, corrupt_block: &dyn 
     let victim = block::checksum(&snap3[(20 << 20)..(22 << 20)]);
     corrupt_block(&victim);
     let bad_img = work.join("bad.img");
-    let err = corral_backup::restore_backup(target, "vol1", "b2", RestoreDestination::File(bad_img.clone()), restore_opts(), &NoProgress)
-        .await
-        .unwrap_err();
+    let err = corral_backup::restore_backup(
+        target,
+        "vol1",
+        "b2",
+        RestoreDestination::File(bad_img.clone()),
+        restore_opts(),
+        &NoProgress,
+    )
+    .await
+    .unwrap_err();
     assert_eq!(err.kind(), corral_backup::ErrorKind::Corrupt, "{err}");
     assert!(err.to_string().contains(&victim), "{err}");
     assert!(!bad_img.exists());
-    let report = corral_backup::verify(target, "vol1", Some("b2"), 4, fast_locks(), &NoProgress).await.unwrap();
+    let report =
+        corral_backup::verify(target, "vol1", Some("b2"), 4, fast_locks(), &NoProgress).await.unwrap();
     assert!(!report.is_ok());
     assert_eq!(report.problems.len(), 1, "{report:?}");
     assert_eq!(report.problems[0].checksum, victim);

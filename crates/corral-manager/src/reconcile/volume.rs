@@ -184,6 +184,17 @@ async fn reconcile(rec: &Reconciler, v: &Volume, w: &mut World) -> Result<()> {
                     }
                 }
                 next.status.address = None;
+                let never_served = other == Some(ImState::Error as i32) && !r.status.initialized;
+                if never_served && r.spec.node == rec.node && rec.may_start(&iname) {
+                    // It failed before any engine used it (a crash while the replica was being
+                    // created leaves a partial directory): start over from an empty directory.
+                    match std::fs::remove_dir_all(&r.spec.data_dir) {
+                        Ok(()) => rec.events.normal("replica", r.name(), "Reset", "never served; recreating its directory"),
+                        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                        Err(e) => rec.events.warning("replica", r.name(), "ResetFailed", e.to_string()),
+                    }
+                    rec.restarts.lock().remove(&iname);
+                }
                 if rec.may_start(&iname) {
                     let mut args = vec!["replica".to_string(), "serve".into(), "--dir".into(), r.spec.data_dir.clone()];
                     if !r.status.initialized {

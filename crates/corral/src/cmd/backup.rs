@@ -23,7 +23,13 @@ pub struct BackupArgs {
     #[arg(long, global = true)]
     json: bool,
     /// Wait between writing a lock file and checking the others, in milliseconds (Longhorn: 2000).
-    #[arg(long, global = true, hide = true, env = "CORRAL_BACKUP_LOCK_CHECK_WAIT_MS", default_value_t = 2000)]
+    #[arg(
+        long,
+        global = true,
+        hide = true,
+        env = "CORRAL_BACKUP_LOCK_CHECK_WAIT_MS",
+        default_value_t = 2000
+    )]
     lock_check_wait_ms: u64,
     #[command(subcommand)]
     command: BackupCommand,
@@ -135,7 +141,8 @@ struct VerifyArgs {
 }
 
 pub fn run(args: BackupArgs) -> anyhow::Result<ExitCode> {
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("start runtime")?;
+    let runtime =
+        tokio::runtime::Builder::new_multi_thread().enable_all().build().context("start runtime")?;
     runtime.block_on(run_async(args))
 }
 
@@ -171,7 +178,8 @@ fn parse_labels(labels: &[String]) -> anyhow::Result<BTreeMap<String, String>> {
 
 async fn run_async(args: BackupArgs) -> anyhow::Result<ExitCode> {
     let json = args.json;
-    let timings = LockTimings { check_wait: Duration::from_millis(args.lock_check_wait_ms), ..LockTimings::default() };
+    let timings =
+        LockTimings { check_wait: Duration::from_millis(args.lock_check_wait_ms), ..LockTimings::default() };
     match args.command {
         BackupCommand::Create(c) => {
             let target = BackupTarget::open(&c.target)?;
@@ -210,11 +218,20 @@ async fn run_async(args: BackupArgs) -> anyhow::Result<ExitCode> {
                     if json {
                         print_json(&volumes)?;
                     } else {
-                        println!("{:<40} {:>14} {:>8} {:>8} {:<6} LAST BACKUP", "VOLUME", "SIZE", "BACKUPS", "BLOCKS", "COMPR");
+                        println!(
+                            "{:<40} {:>14} {:>8} {:>8} {:<6} LAST BACKUP",
+                            "VOLUME", "SIZE", "BACKUPS", "BLOCKS", "COMPR"
+                        );
                         for v in volumes {
                             println!(
                                 "{:<40} {:>14} {:>8} {:>8} {:<6} {} {}",
-                                v.name, v.size, v.backup_count, v.block_count, v.compression, v.last_backup_name, v.last_backup_at
+                                v.name,
+                                v.size,
+                                v.backup_count,
+                                v.block_count,
+                                v.compression,
+                                v.last_backup_name,
+                                v.last_backup_at
                             );
                         }
                     }
@@ -224,9 +241,13 @@ async fn run_async(args: BackupArgs) -> anyhow::Result<ExitCode> {
                     if json {
                         print_json(&backups)?;
                     } else {
-                        println!("{:<32} {:<24} {:<21} {:>8} {:<5} URL", "BACKUP", "SNAPSHOT", "CREATED", "BLOCKS", "INCR");
+                        println!(
+                            "{:<32} {:<24} {:<21} {:>8} {:<5} URL",
+                            "BACKUP", "SNAPSHOT", "CREATED", "BLOCKS", "INCR"
+                        );
                         for b in backups {
-                            let created = if b.in_progress { "in progress".to_string() } else { b.created.clone() };
+                            let created =
+                                if b.in_progress { "in progress".to_string() } else { b.created.clone() };
                             println!(
                                 "{:<32} {:<24} {:<21} {:>8} {:<5} {}",
                                 b.name, b.snapshot, created, b.block_count, b.is_incremental, b.url
@@ -251,7 +272,15 @@ async fn run_async(args: BackupArgs) -> anyhow::Result<ExitCode> {
             };
             let opts = RestoreOptions { concurrency: r.concurrency, lock_timings: timings };
             let progress = progress_for(json);
-            let report = corral_backup::restore_backup(&target, &url.volume, &url.backup, dest, opts, progress.as_ref()).await?;
+            let report = corral_backup::restore_backup(
+                &target,
+                &url.volume,
+                &url.backup,
+                dest,
+                opts,
+                progress.as_ref(),
+            )
+            .await?;
             if json {
                 print_json(&report)?;
             } else {
@@ -274,7 +303,10 @@ async fn run_async(args: BackupArgs) -> anyhow::Result<ExitCode> {
             if json {
                 print_json(&report)?;
             } else {
-                println!("deleted backup {} of volume {}; {} unreferenced blocks removed", report.backup, report.volume, report.gc.blocks_deleted);
+                println!(
+                    "deleted backup {} of volume {}; {} unreferenced blocks removed",
+                    report.backup, report.volume, report.gc.blocks_deleted
+                );
                 if let Some(why) = &report.gc.skipped {
                     println!("garbage collection skipped: {why}");
                 }
@@ -299,12 +331,24 @@ async fn run_async(args: BackupArgs) -> anyhow::Result<ExitCode> {
                 _ => anyhow::bail!("give a backup URL, or --target and --volume"),
             };
             let progress = progress_for(json);
-            let report =
-                corral_backup::verify(&target, &volume, backup.as_deref(), v.concurrency, timings, progress.as_ref()).await?;
+            let report = corral_backup::verify(
+                &target,
+                &volume,
+                backup.as_deref(),
+                v.concurrency,
+                timings,
+                progress.as_ref(),
+            )
+            .await?;
             if json {
                 print_json(&report)?;
             } else {
-                println!("checked {} blocks of {} backup(s) of volume {}", report.blocks_checked, report.backups.len(), report.volume);
+                println!(
+                    "checked {} blocks of {} backup(s) of volume {}",
+                    report.blocks_checked,
+                    report.backups.len(),
+                    report.volume
+                );
                 for p in &report.problems {
                     println!("{} block {}: {}", p.problem, p.object, p.detail);
                 }
@@ -313,7 +357,10 @@ async fn run_async(args: BackupArgs) -> anyhow::Result<ExitCode> {
                 }
             }
             if !report.is_ok() {
-                eprintln!("error: verification found {} damaged or missing block(s)", report.problems.len() + report.config_problems.len());
+                eprintln!(
+                    "error: verification found {} damaged or missing block(s)",
+                    report.problems.len() + report.config_problems.len()
+                );
                 return Ok(ExitCode::FAILURE);
             }
         }

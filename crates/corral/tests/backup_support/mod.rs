@@ -97,7 +97,9 @@ impl Moto {
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
-            .unwrap_or_else(|e| panic!("moto_server is required for this test (pip install 'moto[server]'): {e}"));
+            .unwrap_or_else(|e| {
+                panic!("moto_server is required for this test (pip install 'moto[server]'): {e}")
+            });
         let moto = Moto { child, port };
         let deadline = Instant::now() + Duration::from_secs(20);
         while TcpStream::connect(("127.0.0.1", port)).is_err() {
@@ -118,7 +120,10 @@ impl Moto {
     pub fn create_bucket(&self, bucket: &str) {
         use std::io::{Read, Write};
         let mut stream = TcpStream::connect(("127.0.0.1", self.port)).unwrap();
-        let req = format!("PUT /{bucket} HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n", self.port);
+        let req = format!(
+            "PUT /{bucket} HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+            self.port
+        );
         stream.write_all(req.as_bytes()).unwrap();
         let mut response = String::new();
         let _ = stream.read_to_string(&mut response);

@@ -1,1 +1,0 @@
-//! corral-bench (being written).

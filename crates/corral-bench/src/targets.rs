@@ -1,0 +1,262 @@
+//! The benchmark targets (processes started and killed here) and the engine benchmark itself.
+
+use std::io::{BufRead, BufReader};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::fio::{self, tool_error, BenchError, Measured, Target, JOBS};
+use crate::Options;
+
+/// A child process killed on drop.
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts `cmd` and returns it with its first stdout line.
+fn start_with_line(mut cmd: Command, what: &str) -> Result<(Proc, String), BenchError> {
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .map_err(|e| tool_error(what, format!("cannot start: {e}")))?;
+    let stdout = child.stdout.take().ok_or_else(|| tool_error(what, "no stdout"))?;
+    let proc = Proc(child);
+    let mut reader = BufReader::new(stdout);
+    let mut line = String::new();
+    reader.read_line(&mut line).map_err(|e| tool_error(what, e.to_string()))?;
+    if line.is_empty() {
+        return Err(tool_error(what, "exited before it was ready"));
+    }
+    // Keep draining stdout so the child never blocks on a full pipe.
+    std::thread::spawn(move || {
+        let mut sink = String::new();
+        while reader.read_line(&mut sink).map(|n| n > 0).unwrap_or(false) {
+            sink.clear();
+        }
+    });
+    Ok((proc, line.trim_end().to_string()))
+}
+
+struct Corral {
+    _replicas: Vec<Proc>,
+    _engine: Proc,
+    nbd: String,
+    control: String,
+}
+
+fn start_replica(corral: &Path, dir: &Path, size: u64) -> Result<(Proc, String), BenchError> {
+    let mut cmd = Command::new(corral);
+    cmd.args(["replica", "serve", "--dir"]).arg(dir).args(["--size", &size.to_string(), "--listen", "127.0.0.1:0"]);
+    let (p, line) = start_with_line(cmd, "corral replica serve")?;
+    let address = line.strip_prefix("listening on ").ok_or_else(|| tool_error("corral replica serve", format!("unexpected line {line:?}")))?;
+    Ok((p, address.to_string()))
+}
+
+fn start_corral(o: &Options, dir: &Path, replicas: usize, size: u64) -> Result<Corral, BenchError> {
+    let mut procs = Vec::new();
+    let mut addresses = Vec::new();
+    for i in 0..replicas {
+        let (p, a) = start_replica(&o.corral, &dir.join(format!("r{i}")), size)?;
+        procs.push(p);
+        addresses.push(a);
+    }
+    let mut cmd = Command::new(&o.corral);
+    cmd.args(["engine", "serve", "--volume", "bench", "--size", &size.to_string(), "--nbd", "127.0.0.1:0", "--listen", "127.0.0.1:0"]);
+    for a in &addresses {
+        cmd.args(["--replica", a]);
+    }
+    let (engine, line) = start_with_line(cmd, "corral engine serve")?;
+    let field = |key: &str| line.split_whitespace().find_map(|w| w.strip_prefix(key)).map(String::from);
+    let (Some(nbd), Some(control)) = (field("nbd="), field("control=")) else {
+        return Err(tool_error("corral engine serve", format!("unexpected ready line {line:?}")));
+    };
+    Ok(Corral { _replicas: procs, _engine: engine, nbd, control })
+}
+
+fn free_port() -> Result<u16, BenchError> {
+    let l = TcpListener::bind("127.0.0.1:0").map_err(|e| tool_error("bind", e.to_string()))?;
+    l.local_addr().map(|a| a.port()).map_err(|e| tool_error("bind", e.to_string()))
+}
+
+fn start_qemu_nbd(file: &Path) -> Result<(Proc, String), BenchError> {
+    let port = free_port()?;
+    let child = Command::new("qemu-nbd")
+        .args(["-f", "raw", "-t", "-b", "127.0.0.1", "-p", &port.to_string(), "--cache=writeback", "--aio=threads"])
+        .arg(file)
+        .stdout(Stdio::null())
+        .spawn()
+        .map_err(|e| tool_error("qemu-nbd", format!("cannot start (Debian package qemu-utils): {e}")))?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        if Instant::now() > deadline {
+            return Err(tool_error("qemu-nbd", "did not listen"));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Ok((Proc(child), format!("nbd://127.0.0.1:{port}")))
+}
+
+fn make_file(path: &Path, size: u64) -> Result<(), BenchError> {
+    let f = std::fs::File::create(path).map_err(|e| tool_error("create", format!("{}: {e}", path.display())))?;
+    f.set_len(size).map_err(|e| tool_error("truncate", e.to_string()))
+}
+
+fn run_jobs(label: &str, target: Target<'_>, size: u64, runtime: u64) -> Result<Vec<Measured>, BenchError> {
+    let mut out = Vec::new();
+    for job in &JOBS {
+        eprintln!("  {label}: {}", job.name);
+        out.push(fio::run(job, &target, size, runtime)?);
+    }
+    Ok(out)
+}
+
+fn fresh_dir(path: &Path) -> Result<PathBuf, BenchError> {
+    let _ = std::fs::remove_dir_all(path);
+    std::fs::create_dir_all(path).map_err(|e| tool_error("mkdir", format!("{}: {e}", path.display())))?;
+    Ok(path.to_path_buf())
+}
+
+fn cell(job: &fio::Job, m: &Measured) -> String {
+    if job.bs >= 1 << 20 {
+        format!("{:.0} MiB/s", m.mib_s)
+    } else if job.qd == 1 {
+        format!("{:.0} IOPS {:.0} µs", m.iops, m.lat_us)
+    } else {
+        format!("{:.1}k IOPS", m.iops / 1000.0)
+    }
+}
+
+fn ratio(a: &Measured, b: &Measured) -> String {
+    if b.iops > 0.0 {
+        format!("{:.2}×", a.iops / b.iops)
+    } else {
+        "-".into()
+    }
+}
+
+/// The whole `engine` benchmark.
+pub fn run_engine_bench(o: &Options) -> Result<(), BenchError> {
+    if !o.corral.is_file() {
+        return Err(tool_error("corral", format!("{} not found: run `cargo build --release -p corral` first (or pass --corral PATH)", o.corral.display())));
+    }
+    let size = o.size_gib << 30;
+    let root = fresh_dir(&o.dir)?;
+    eprintln!("fio jobs: {}s each (+1s ramp), volume/file size {} GiB, data under {}", o.runtime, o.size_gib, root.display());
+
+    let file = root.join("plain.raw");
+    make_file(&file, size)?;
+    let plain = run_jobs("file direct=1", Target::File(&file), size, o.runtime)?;
+    let _ = std::fs::remove_file(&file);
+
+    let qfile = root.join("qemu.raw");
+    make_file(&qfile, size)?;
+    let qemu = {
+        let (_q, uri) = start_qemu_nbd(&qfile)?;
+        run_jobs("qemu-nbd", Target::Nbd(&uri), size, o.runtime)?
+    };
+    let _ = std::fs::remove_file(&qfile);
+
+    let mut corral = Vec::new();
+    for replicas in [1usize, 3] {
+        let dir = fresh_dir(&root.join(format!("corral{replicas}")))?;
+        let c = start_corral(o, &dir, replicas, size)?;
+        corral.push(run_jobs(&format!("corral {replicas} replica(s)"), Target::Nbd(&c.nbd), size, o.runtime)?);
+        drop(c);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    println!();
+    println!("Engine benchmark: fio {}s per job, {} GiB, same disk; no job flushes (no fsync=).", o.runtime, o.size_gib);
+    println!("file: fio io_uring direct=1 on a plain file (the disk's limit). qemu-nbd: raw file, --cache=writeback, fio nbd engine.");
+    println!("corral: replicas on the same disk (buffered writes, flush = fdatasync on every replica), fio nbd engine.");
+    println!();
+    println!(
+        "| workload | file (direct=1) | qemu-nbd (1 copy) | corral 1 replica | corral 3 replicas | 1 replica / qemu-nbd | 3 replicas / qemu-nbd |"
+    );
+    println!("|---|---|---|---|---|---|---|");
+    for (i, job) in JOBS.iter().enumerate() {
+        println!(
+            "| {} | {} | {} | {} | {} | {} | {} |",
+            job.name,
+            cell(job, &plain[i]),
+            cell(job, &qemu[i]),
+            cell(job, &corral[0][i]),
+            cell(job, &corral[1][i]),
+            ratio(&corral[0][i], &qemu[i]),
+            ratio(&corral[1][i], &qemu[i]),
+        );
+    }
+    let qd1 = 1;
+    println!();
+    println!(
+        "QD1 4K write latency: corral 1 replica {:.0} µs vs qemu-nbd {:.0} µs (difference {:+.0} µs)",
+        corral[0][qd1].lat_us,
+        qemu[qd1].lat_us,
+        corral[0][qd1].lat_us - qemu[qd1].lat_us
+    );
+
+    rebuild_bench(o, &root)?;
+    let _ = std::fs::remove_dir_all(&root);
+    Ok(())
+}
+
+/// A volume with data in alternating 4 KiB blocks, then a fresh replica added and timed until RW.
+fn rebuild_bench(o: &Options, root: &Path) -> Result<(), BenchError> {
+    let size = o.rebuild_gib << 30;
+    let dir = fresh_dir(&root.join("rebuild"))?;
+    let c = start_corral(o, &dir, 1, size)?;
+    eprintln!("  rebuild: writing alternating 4 KiB blocks over {} GiB", o.rebuild_gib);
+    let fill = Command::new("fio")
+        .args(["--name=fill", "--ioengine=nbd", &format!("--uri={}", c.nbd), "--rw=write:4k", "--bs=4k", "--iodepth=32"])
+        .arg(format!("--size={size}"))
+        .stdout(Stdio::null())
+        .status()
+        .map_err(|e| tool_error("fio", e.to_string()))?;
+    if !fill.success() {
+        return Err(tool_error("fio", "filling the rebuild volume failed"));
+    }
+    let (_target, address) = start_replica(&o.corral, &dir.join("target"), size)?;
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| tool_error("tokio", e.to_string()))?;
+    let report = runtime.block_on(async {
+        let client = corral_engine::ControlClient::new(&c.control).map_err(|e| tool_error("control", e.to_string()))?;
+        let started = Instant::now();
+        client.add_replica(&address).await.map_err(|e| tool_error("replica add", e.to_string()))?;
+        loop {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            let list = client.replicas().await.map_err(|e| tool_error("replica ls", e.to_string()))?;
+            match list.iter().find(|r| r.address == address).map(|r| r.mode) {
+                Some(corral_engine::Mode::WriteOnly) => continue,
+                Some(corral_engine::Mode::ReadWrite) => break,
+                _ => return Err(tool_error("rebuild", format!("failed: {:?}", client.last_rebuild().await))),
+            }
+        }
+        let wall = started.elapsed().as_secs_f64();
+        let report = client.last_rebuild().await.map_err(|e| tool_error("rebuild", e.to_string()))?;
+        Ok::<_, BenchError>((wall, report))
+    })?;
+    let (wall, report) = report;
+    let data = report.as_ref().map(|r| r.total_bytes).unwrap_or(0) as f64 / (1 << 20) as f64;
+    let secs = report.as_ref().map(|r| r.seconds).unwrap_or(wall);
+    println!();
+    println!(
+        "Rebuild of a {} GiB volume with data in alternating 4 KiB blocks ({:.0} MiB of data), 1 source replica, same disk:",
+        o.rebuild_gib, data
+    );
+    println!(
+        "  {:.1} s (copy + verify; {:.1} s wall including prepare and polling): {:.1} MiB/s of data, {:.1} MiB/s of volume (Longhorn v1 ≈ 4.6 MiB/s)",
+        secs,
+        wall,
+        data / secs,
+        (size as f64 / (1 << 20) as f64) / secs
+    );
+    drop(c);
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
