@@ -430,11 +430,27 @@ async fn restore_locked(
             if plan.writes.is_empty() && plan.zeroes.is_empty() && old.pending.is_none() {
                 return Ok(report);
             }
+            let resuming = old.pending.is_some();
             old.pending =
                 Some(PendingRestore { backup: backup.to_string(), blocks: new_record.blocks.clone() });
             let replica = {
                 let (dir, record_path) = (dir.clone(), record_path.clone());
                 blocking(move || {
+                    let replica =
+                        Replica::open_read_only(&dir).map_err(|e| BackupError::replica("open", &dir, e))?;
+                    let head =
+                        replica.snapshots().map_err(|e| BackupError::replica("list snapshots", &dir, e))?;
+                    let head_bytes =
+                        head.iter().find(|s| s.name == corral_replica::HEAD_NAME).map_or(0, |h| h.size);
+                    drop(replica);
+                    // Our own interrupted restore may have written into the head; anything else is foreign.
+                    if head_bytes > 0 && !resuming {
+                        return Err(BackupError::InvalidArgument(format!(
+                            "{}: the head holds writes made after the last restore, so it is no longer a \
+                             disaster-recovery copy; restore into a new directory",
+                            dir.display()
+                        )));
+                    }
                     old.save(&record_path)?;
                     let replica = Replica::open(&dir).map_err(|e| BackupError::replica("open", &dir, e))?;
                     if replica.size() < size {

@@ -282,3 +282,65 @@ async fn deletion_lock_excludes_backups_and_in_progress_backups_block_gc() {
     assert!(report.gc.skipped.as_deref().unwrap_or("").contains("running"), "{report:?}");
     assert_eq!(files_with_suffix(store.path(), ".blk").len(), blocks_before);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn interrupted_incremental_restore_is_repaired_by_the_next_one() {
+    let store = tempfile::tempdir().unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let target = dir_target(store.path());
+    let replica = fixture_replica(work.path());
+    let snap2 = read_volume(&replica, Some("snap2"));
+    backup(&target, &replica, "snap2", "b1").await;
+    common::scenario::write_and_snapshot_snap3(&replica);
+    let snap3 = read_volume(&replica, Some("snap3"));
+    backup(&target, &replica, "snap3", "b2").await;
+
+    let img = work.path().join("dr.img");
+    restore_file(&target, "b1", &img).await;
+    // Damage b2's block at 50 MiB: the incremental restore to b2 fails part-way (other blocks may be written).
+    let victim = corral_backup::block::checksum(&snap3[(50 << 20)..(52 << 20)]);
+    let path = files_with_suffix(store.path(), &format!("{victim}.blk")).pop().unwrap();
+    let good = std::fs::read(&path).unwrap();
+    std::fs::write(&path, b"garbage").unwrap();
+    let err = corral_backup::restore_backup(
+        &target,
+        "vol1",
+        "b2",
+        RestoreDestination::File(img.clone()),
+        restore_opts(),
+        &NoProgress,
+    )
+    .await
+    .unwrap_err();
+    assert!(err.to_string().contains(&victim), "{err}");
+    // Going back to b1 must undo whatever part of b2 was written (the record marks b2 as pending).
+    let back = restore_file(&target, "b1", &img).await;
+    assert!(back.incremental);
+    assert_eq!(std::fs::read(&img).unwrap(), snap2);
+    // And once the block is repaired, b2 restores incrementally to the right image.
+    std::fs::write(&path, good).unwrap();
+    restore_file(&target, "b2", &img).await;
+    assert_eq!(std::fs::read(&img).unwrap(), snap3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dr_restore_refuses_a_replica_written_after_the_restore() {
+    let store = tempfile::tempdir().unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let target = dir_target(store.path());
+    let replica = fixture_replica(work.path());
+    backup(&target, &replica, "snap2", "b1").await;
+    common::scenario::write_and_snapshot_snap3(&replica);
+    backup(&target, &replica, "snap3", "b2").await;
+    let dr = work.path().join("dr");
+    let dest = || RestoreDestination::ReplicaDir(dr.clone());
+    corral_backup::restore_backup(&target, "vol1", "b1", dest(), restore_opts(), &NoProgress).await.unwrap();
+    let r = corral_replica::Replica::open(&dr).unwrap();
+    r.write_at(&[7u8; 4096], 0).unwrap();
+    r.close().unwrap();
+    let err = corral_backup::restore_backup(&target, "vol1", "b2", dest(), restore_opts(), &NoProgress)
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::InvalidArgument, "{err}");
+    assert!(err.to_string().contains("head holds writes"), "{err}");
+}

@@ -7,8 +7,8 @@ use tonic::{Request, Response, Status};
 use crate::error::{ErrorKind, ImError, Result};
 use crate::pb::instance_manager_server::{InstanceManager, InstanceManagerServer};
 use crate::pb::{
-    InfoRequest, InfoResponse, Instance, ListRequest, ListResponse, LogsRequest, LogsResponse, NameRequest, StartRequest,
-    WatchRequest,
+    InfoRequest, InfoResponse, Instance, ListRequest, ListResponse, LogsRequest, LogsResponse, NameRequest,
+    StartRequest, WatchRequest,
 };
 use crate::Supervisor;
 
@@ -48,9 +48,10 @@ impl InstanceManager for Service {
             let mut rx = rx?;
             match rx.recv().await {
                 Ok(instance) => Some((Ok(instance), Some(rx))),
-                Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
-                    Some((Err(Status::data_loss(format!("watcher fell {n} events behind; list again"))), None))
-                }
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => Some((
+                    Err(Status::data_loss(format!("watcher fell {n} events behind; list again"))),
+                    None,
+                )),
                 Err(tokio::sync::broadcast::error::RecvError::Closed) => None,
             }
         });

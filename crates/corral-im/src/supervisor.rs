@@ -90,8 +90,9 @@ impl Supervisor {
         if config.port_range.is_empty() {
             return Err(ImError::new(ErrorKind::InvalidArgument, "new", "", "empty port range"));
         }
-        let spawner = Spawner::start()
-            .map_err(|e| ImError::new(ErrorKind::Io, "new", "", "cannot start the spawner thread").with_source(e))?;
+        let spawner = Spawner::start().map_err(|e| {
+            ImError::new(ErrorKind::Io, "new", "", "cannot start the spawner thread").with_source(e)
+        })?;
         let (events, _) = broadcast::channel(4096);
         let state = State {
             ports: PortAllocator::new(config.port_range.clone()),
@@ -134,8 +135,10 @@ impl Supervisor {
     pub fn logs(&self, name: &str, lines: usize) -> Result<Vec<String>> {
         let logs = {
             let state = self.inner.state.lock();
-            let entry =
-                state.instances.get(name).ok_or_else(|| ImError::new(ErrorKind::NotFound, "logs", name, "no such instance"))?;
+            let entry = state
+                .instances
+                .get(name)
+                .ok_or_else(|| ImError::new(ErrorKind::NotFound, "logs", name, "no such instance"))?;
             entry.logs.clone()
         };
         let logs = logs.lock();
@@ -151,31 +154,63 @@ impl Supervisor {
         }
         let kind = InstanceKind::try_from(req.kind).unwrap_or(InstanceKind::Unspecified);
         if kind == InstanceKind::Unspecified {
-            return Err(ImError::new(ErrorKind::InvalidArgument, "start", &name, "instance kind must be engine or replica"));
+            return Err(ImError::new(
+                ErrorKind::InvalidArgument,
+                "start",
+                &name,
+                "instance kind must be engine or replica",
+            ));
         }
         if req.port_count > 16 || req.requested_ports.len() > 16 {
-            return Err(ImError::new(ErrorKind::InvalidArgument, "start", &name, "at most 16 ports per instance"));
+            return Err(ImError::new(
+                ErrorKind::InvalidArgument,
+                "start",
+                &name,
+                "at most 16 ports per instance",
+            ));
         }
-        let probe_host = if req.probe_host.is_empty() { "127.0.0.1".to_string() } else { req.probe_host.clone() };
+        let probe_host =
+            if req.probe_host.is_empty() { "127.0.0.1".to_string() } else { req.probe_host.clone() };
         // Reserve the name and the ports under the lock; spawn outside it.
         let (id, ports, stop, done_tx, logs) = {
             let mut state = self.inner.state.lock();
             if state.shutting_down {
-                return Err(ImError::new(ErrorKind::Unavailable, "start", &name, "instance manager is shutting down"));
+                return Err(ImError::new(
+                    ErrorKind::Unavailable,
+                    "start",
+                    &name,
+                    "instance manager is shutting down",
+                ));
             }
             if let Some(e) = state.instances.get(&name) {
                 if is_active(e.info.state) {
-                    return Err(ImError::new(ErrorKind::AlreadyExists, "start", &name, "instance is already running"));
+                    return Err(ImError::new(
+                        ErrorKind::AlreadyExists,
+                        "start",
+                        &name,
+                        "instance is already running",
+                    ));
                 }
             }
             let ports = if req.requested_ports.is_empty() {
                 state.ports.allocate(req.port_count as usize).ok_or_else(|| {
-                    ImError::new(ErrorKind::Exhausted, "start", &name, format!("no {} free ports in the range", req.port_count))
+                    ImError::new(
+                        ErrorKind::Exhausted,
+                        "start",
+                        &name,
+                        format!("no {} free ports in the range", req.port_count),
+                    )
                 })?
             } else {
-                let wanted: Vec<u16> = req.requested_ports.iter().filter_map(|p| u16::try_from(*p).ok()).collect();
+                let wanted: Vec<u16> =
+                    req.requested_ports.iter().filter_map(|p| u16::try_from(*p).ok()).collect();
                 state.ports.allocate_exact(&wanted).ok_or_else(|| {
-                    ImError::new(ErrorKind::Exhausted, "start", &name, format!("ports {wanted:?} are not all free"))
+                    ImError::new(
+                        ErrorKind::Exhausted,
+                        "start",
+                        &name,
+                        format!("ports {wanted:?} are not all free"),
+                    )
                 })?
             };
             state.next_id += 1;
@@ -191,7 +226,14 @@ impl Supervisor {
                 args: substitute_ports(&req.args, &ports),
                 ..Instance::default()
             };
-            let entry = Entry { id, info, logs: logs.clone(), stop_requested: false, stop: stop.clone(), done: done_rx };
+            let entry = Entry {
+                id,
+                info,
+                logs: logs.clone(),
+                stop_requested: false,
+                stop: stop.clone(),
+                done: done_rx,
+            };
             state.instances.insert(name.clone(), entry);
             (id, ports, stop, done_tx, logs)
         };
@@ -226,8 +268,10 @@ impl Supervisor {
     pub async fn stop(&self, name: &str) -> Result<Instance> {
         let mut done = {
             let mut state = self.inner.state.lock();
-            let entry =
-                state.instances.get_mut(name).ok_or_else(|| ImError::new(ErrorKind::NotFound, "stop", name, "no such instance"))?;
+            let entry = state
+                .instances
+                .get_mut(name)
+                .ok_or_else(|| ImError::new(ErrorKind::NotFound, "stop", name, "no such instance"))?;
             entry.stop_requested = true;
             entry.stop.notify_one();
             entry.done.clone()
@@ -250,7 +294,11 @@ impl Supervisor {
         let (engines, replicas): (Vec<_>, Vec<_>) = {
             let mut state = self.inner.state.lock();
             state.shutting_down = true;
-            state.instances.values().map(|e| (e.info.name.clone(), e.info.kind)).partition(|(_, k)| *k == InstanceKind::Engine as i32)
+            state
+                .instances
+                .values()
+                .map(|e| (e.info.name.clone(), e.info.kind))
+                .partition(|(_, k)| *k == InstanceKind::Engine as i32)
         };
         for group in [engines, replicas] {
             futures::future::join_all(group.iter().map(|(name, _)| self.stop(name))).await;
@@ -346,7 +394,11 @@ impl Supervisor {
                         info.message = format!("stopped: {how}");
                     } else {
                         info.state = InstanceState::Error as i32;
-                        info.message = if last_line.is_empty() { how } else { format!("{how}; last log line: {last_line}") };
+                        info.message = if last_line.is_empty() {
+                            how
+                        } else {
+                            format!("{how}; last log line: {last_line}")
+                        };
                     }
                 }
                 Err(e) => {

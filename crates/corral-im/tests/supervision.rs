@@ -75,7 +75,14 @@ fn free_range(n: u16) -> std::ops::RangeInclusive<u16> {
 fn listener_req(name: &str, extra: &[&str]) -> StartRequest {
     let mut args = vec!["-c".to_string(), LISTENER.to_string(), "{port0}".to_string()];
     args.extend(extra.iter().map(|s| s.to_string()));
-    StartRequest { name: name.into(), kind: InstanceKind::Replica as i32, args, port_count: 1, probe_host: String::new(), requested_ports: vec![] }
+    StartRequest {
+        name: name.into(),
+        kind: InstanceKind::Replica as i32,
+        args,
+        port_count: 1,
+        probe_host: String::new(),
+        requested_ports: vec![],
+    }
 }
 
 async fn wait_state(client: &ImClient, name: &str, state: InstanceState) -> Instance {
@@ -148,7 +155,8 @@ async fn a_killed_child_is_reported_with_its_signal() {
     let im = start_im(python(), free_range(20), Duration::from_secs(5)).await;
     let i = im.client.start(listener_req("victim", &[])).await.unwrap();
     wait_state(&im.client, "victim", InstanceState::Running).await;
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(i.pid as i32), nix::sys::signal::Signal::SIGKILL).unwrap();
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(i.pid as i32), nix::sys::signal::Signal::SIGKILL)
+        .unwrap();
     let dead = wait_state(&im.client, "victim", InstanceState::Error).await;
     assert_eq!(dead.signal, Some(9), "{dead:?}");
     assert_eq!(dead.exit_code, None);
@@ -174,7 +182,11 @@ async fn a_child_that_exits_is_reported_with_its_code_and_last_line() {
     assert_eq!(started.state, InstanceState::Running as i32, "no port to probe: running at once");
     let dead = wait_state(&im.client, "quitter", InstanceState::Error).await;
     assert_eq!(dead.exit_code, Some(3));
-    assert!(dead.message.contains("code 3") && dead.message.contains("cannot open replica"), "{}", dead.message);
+    assert!(
+        dead.message.contains("code 3") && dead.message.contains("cannot open replica"),
+        "{}",
+        dead.message
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -194,15 +206,31 @@ async fn stop_escalates_to_sigkill_after_the_grace_period() {
 async fn shutdown_stops_every_child_and_refuses_new_ones() {
     let im = start_im(PathBuf::from("/bin/sleep"), free_range(5), Duration::from_secs(5)).await;
     let mut pids = Vec::new();
-    for (name, kind) in [("e", InstanceKind::Engine), ("r1", InstanceKind::Replica), ("r2", InstanceKind::Replica)] {
-        let req = StartRequest { name: name.into(), kind: kind as i32, args: vec!["1000".into()], port_count: 0, probe_host: String::new(), requested_ports: vec![] };
+    for (name, kind) in
+        [("e", InstanceKind::Engine), ("r1", InstanceKind::Replica), ("r2", InstanceKind::Replica)]
+    {
+        let req = StartRequest {
+            name: name.into(),
+            kind: kind as i32,
+            args: vec!["1000".into()],
+            port_count: 0,
+            probe_host: String::new(),
+            requested_ports: vec![],
+        };
         pids.push(im.client.start(req).await.unwrap().pid);
     }
     assert!(pids.iter().all(|p| alive(*p)));
     im.supervisor.shutdown().await;
     assert!(pids.iter().all(|p| !alive(*p)), "children left after shutdown");
     assert!(im.client.list().await.unwrap().iter().all(|i| i.state == InstanceState::Stopped as i32));
-    let req = StartRequest { name: "late".into(), kind: 1, args: vec!["1".into()], port_count: 0, probe_host: String::new(), requested_ports: vec![] };
+    let req = StartRequest {
+        name: "late".into(),
+        kind: 1,
+        args: vec!["1".into()],
+        port_count: 0,
+        probe_host: String::new(),
+        requested_ports: vec![],
+    };
     assert_eq!(im.client.start(req).await.unwrap_err().kind(), ErrorKind::Unavailable);
 }
 
@@ -215,7 +243,10 @@ async fn bad_requests_are_refused_with_a_kind() {
     let mut bad = listener_req("three", &[]);
     bad.kind = 0;
     assert_eq!(im.client.start(bad).await.unwrap_err().kind(), ErrorKind::InvalidArgument);
-    assert_eq!(im.client.start(listener_req("a/b", &[])).await.unwrap_err().kind(), ErrorKind::InvalidArgument);
+    assert_eq!(
+        im.client.start(listener_req("a/b", &[])).await.unwrap_err().kind(),
+        ErrorKind::InvalidArgument
+    );
     assert_eq!(im.client.stop("nope").await.unwrap_err().kind(), ErrorKind::NotFound);
     assert_eq!(im.client.logs("nope", 1).await.unwrap_err().kind(), ErrorKind::NotFound);
     let info = im.client.info().await.unwrap();

@@ -28,24 +28,39 @@ impl ApiClient {
     }
 
     /// Any call; `body` is sent as JSON when given. Empty answers decode as `null`.
-    pub async fn call<T: DeserializeOwned>(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> Result<T> {
+    pub async fn call<T: DeserializeOwned>(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> Result<T> {
         let mut req = self.http.request(method, format!("{}{path}", self.base));
         if let Some(b) = body {
             req = req.json(&b);
         }
         let resp = req.send().await.map_err(|e| {
-            ManagerError::new(Code::Unavailable, format!("cannot reach the Corral manager at {}: {e} (is it running? see --url / CORRAL_URL)", self.base))
+            ManagerError::new(
+                Code::Unavailable,
+                format!(
+                    "cannot reach the Corral manager at {}: {e} (is it running? see --url / CORRAL_URL)",
+                    self.base
+                ),
+            )
         })?;
         let status = resp.status();
         let bytes = resp.bytes().await.map_err(|e| ManagerError::new(Code::Unavailable, e.to_string()))?;
         if !status.is_success() {
             return Err(match serde_json::from_slice::<ErrorBody>(&bytes) {
                 Ok(b) => ManagerError::new(b.code, b.message),
-                Err(_) => ManagerError::new(Code::Internal, format!("HTTP {status}: {}", String::from_utf8_lossy(&bytes))),
+                Err(_) => ManagerError::new(
+                    Code::Internal,
+                    format!("HTTP {status}: {}", String::from_utf8_lossy(&bytes)),
+                ),
             });
         }
         let bytes = if bytes.is_empty() { bytes::Bytes::from_static(b"null") } else { bytes };
-        serde_json::from_slice(&bytes).map_err(|e| ManagerError::new(Code::Internal, format!("unexpected answer from {path}: {e}")))
+        serde_json::from_slice(&bytes)
+            .map_err(|e| ManagerError::new(Code::Internal, format!("unexpected answer from {path}: {e}")))
     }
 
     async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T> {
@@ -70,7 +85,8 @@ impl ApiClient {
     }
 
     pub async fn attach(&self, name: &str, node: Option<&str>, maintenance: bool) -> Result<VolumeView> {
-        self.post(&format!("/v1/volumes/{name}/attach"), json!({"node": node, "maintenance": maintenance})).await
+        self.post(&format!("/v1/volumes/{name}/attach"), json!({"node": node, "maintenance": maintenance}))
+            .await
     }
 
     pub async fn detach(&self, name: &str) -> Result<VolumeView> {
@@ -95,11 +111,15 @@ impl ApiClient {
     }
 
     pub async fn snapshot_delete(&self, volume: &str, name: &str) -> Result<()> {
-        self.call::<Value>(reqwest::Method::DELETE, &format!("/v1/volumes/{volume}/snapshots/{name}"), None).await.map(drop)
+        self.call::<Value>(reqwest::Method::DELETE, &format!("/v1/volumes/{volume}/snapshots/{name}"), None)
+            .await
+            .map(drop)
     }
 
     pub async fn snapshot_revert(&self, volume: &str, name: &str) -> Result<()> {
-        self.post::<Value>(&format!("/v1/volumes/{volume}/snapshots/{name}/revert"), json!({})).await.map(drop)
+        self.post::<Value>(&format!("/v1/volumes/{volume}/snapshots/{name}/revert"), json!({}))
+            .await
+            .map(drop)
     }
 
     pub async fn nodes(&self) -> Result<Vec<NodeView>> {
@@ -135,7 +155,8 @@ impl ApiClient {
     }
 
     pub async fn job_create(&self, job: &RecurringJobView) -> Result<RecurringJobView> {
-        let mut body = serde_json::to_value(job).map_err(|e| ManagerError::new(Code::Internal, e.to_string()))?;
+        let mut body =
+            serde_json::to_value(job).map_err(|e| ManagerError::new(Code::Internal, e.to_string()))?;
         if let Some(o) = body.as_object_mut() {
             o.remove("lastRun");
         }
@@ -143,7 +164,9 @@ impl ApiClient {
     }
 
     pub async fn job_delete(&self, name: &str) -> Result<()> {
-        self.call::<Value>(reqwest::Method::DELETE, &format!("/v1/recurringjobs/{name}"), None).await.map(drop)
+        self.call::<Value>(reqwest::Method::DELETE, &format!("/v1/recurringjobs/{name}"), None)
+            .await
+            .map(drop)
     }
 
     /// Poll a volume until `done` holds, calling `progress` on every change; fails when the
@@ -163,7 +186,10 @@ impl ApiClient {
                 return Ok(v);
             }
             if let Some(c) = v.conditions.iter().find(|c| !c.status && c.reason == "SchedulingFailed") {
-                return Err(ManagerError::new(Code::FailedPrecondition, format!("volume {name}: {}", c.message)));
+                return Err(ManagerError::new(
+                    Code::FailedPrecondition,
+                    format!("volume {name}: {}", c.message),
+                ));
             }
             if tokio::time::Instant::now() > deadline {
                 return Err(ManagerError::new(

@@ -76,14 +76,22 @@ impl EngineClient {
 
     async fn send<T: DeserializeOwned>(&self, op: &str, req: reqwest::RequestBuilder) -> Result<T> {
         let resp = req.send().await.map_err(|e| {
-            ManagerError::new(Code::Unavailable, format!("engine at {} does not answer ({op}): {e}", self.base))
+            ManagerError::new(
+                Code::Unavailable,
+                format!("engine at {} does not answer ({op}): {e}", self.base),
+            )
         })?;
         let status = resp.status();
-        let bytes = resp.bytes().await.map_err(|e| ManagerError::new(Code::Unavailable, format!("engine {op}: {e}")))?;
+        let bytes = resp
+            .bytes()
+            .await
+            .map_err(|e| ManagerError::new(Code::Unavailable, format!("engine {op}: {e}")))?;
         if !status.is_success() {
             let body: Option<EngineErrorBody> = serde_json::from_slice(&bytes).ok();
-            let (kind, message) =
-                body.map_or((String::new(), String::from_utf8_lossy(&bytes).to_string()), |b| (b.kind, b.message));
+            let (kind, message) = body
+                .map_or((String::new(), String::from_utf8_lossy(&bytes).to_string()), |b| {
+                    (b.kind, b.message)
+                });
             let code = match (status.as_u16(), kind.as_str()) {
                 (404, _) | (_, "notFound") => Code::NotFound,
                 (400, _) | (_, "invalidArgument") => Code::InvalidArgument,
@@ -111,21 +119,36 @@ impl EngineClient {
 
     pub async fn add_replica(&self, address: &str) -> Result<()> {
         let body = serde_json::json!({ "address": address });
-        self.send::<serde_json::Value>("replica add", self.http.post(self.url("/v1/replicas/add")).json(&body)).await.map(drop)
+        self.send::<serde_json::Value>(
+            "replica add",
+            self.http.post(self.url("/v1/replicas/add")).json(&body),
+        )
+        .await
+        .map(drop)
     }
 
     pub async fn remove_replica(&self, address: &str) -> Result<()> {
         let body = serde_json::json!({ "address": address });
-        self.send::<serde_json::Value>("replica rm", self.http.post(self.url("/v1/replicas/remove")).json(&body)).await.map(drop)
+        self.send::<serde_json::Value>(
+            "replica rm",
+            self.http.post(self.url("/v1/replicas/remove")).json(&body),
+        )
+        .await
+        .map(drop)
     }
 
-    pub async fn snapshot_create(&self, name: Option<&str>, labels: &BTreeMap<String, String>) -> Result<String> {
+    pub async fn snapshot_create(
+        &self,
+        name: Option<&str>,
+        labels: &BTreeMap<String, String>,
+    ) -> Result<String> {
         #[derive(Deserialize)]
         struct Created {
             name: String,
         }
         let body = serde_json::json!({ "name": name, "labels": labels });
-        let c: Created = self.send("snapshot create", self.http.post(self.url("/v1/snapshots")).json(&body)).await?;
+        let c: Created =
+            self.send("snapshot create", self.http.post(self.url("/v1/snapshots")).json(&body)).await?;
         Ok(c.name)
     }
 
@@ -134,20 +157,31 @@ impl EngineClient {
     }
 
     pub async fn snapshot_remove(&self, name: &str) -> Result<()> {
-        self.send::<serde_json::Value>("snapshot rm", self.http.delete(self.url(&format!("/v1/snapshots/{name}")))).await.map(drop)
+        self.send::<serde_json::Value>(
+            "snapshot rm",
+            self.http.delete(self.url(&format!("/v1/snapshots/{name}"))),
+        )
+        .await
+        .map(drop)
     }
 
     pub async fn snapshot_purge(&self) -> Result<()> {
-        self.send::<serde_json::Value>("snapshot purge", self.http.post(self.url("/v1/snapshots/purge"))).await.map(drop)
+        self.send::<serde_json::Value>("snapshot purge", self.http.post(self.url("/v1/snapshots/purge")))
+            .await
+            .map(drop)
     }
 
     pub async fn revert(&self, name: &str) -> Result<()> {
         let body = serde_json::json!({ "name": name });
-        self.send::<serde_json::Value>("revert", self.http.post(self.url("/v1/revert")).json(&body)).await.map(drop)
+        self.send::<serde_json::Value>("revert", self.http.post(self.url("/v1/revert")).json(&body))
+            .await
+            .map(drop)
     }
 
     pub async fn expand(&self, size: u64) -> Result<()> {
         let body = serde_json::json!({ "size": size });
-        self.send::<serde_json::Value>("expand", self.http.post(self.url("/v1/expand")).json(&body)).await.map(drop)
+        self.send::<serde_json::Value>("expand", self.http.post(self.url("/v1/expand")).json(&body))
+            .await
+            .map(drop)
     }
 }

@@ -43,7 +43,14 @@ impl Default for EventLog {
 }
 
 impl EventLog {
-    pub fn record(&self, kind: EventType, resource: &str, name: &str, reason: &str, message: impl Into<String>) {
+    pub fn record(
+        &self,
+        kind: EventType,
+        resource: &str,
+        name: &str,
+        reason: &str,
+        message: impl Into<String>,
+    ) {
         let message = message.into();
         let mut events = self.events.lock();
         let repeat = events

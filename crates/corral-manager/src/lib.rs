@@ -100,7 +100,8 @@ impl Manager {
         if let Some(url) = &config.initial_backup_target {
             use corral_store::resources::{BackupTarget, BackupTargetSpec};
             if ds.try_get::<BackupTarget>("default").await?.is_none() {
-                let t = BackupTarget::new("default", BackupTargetSpec { url: url.clone(), poll_interval: 300 });
+                let t =
+                    BackupTarget::new("default", BackupTargetSpec { url: url.clone(), poll_interval: 300 });
                 match ds.create(&t).await {
                     Ok(_) => {}
                     Err(e) if e.kind() == corral_store::ErrorKind::AlreadyExists => {}
@@ -122,10 +123,11 @@ impl Manager {
         };
         // Register the node before serving, so the first API request can attach and schedule.
         rec.reconcile_node(config.default_disk.as_deref(), &config.instance_manager_url).await?;
-        let listener = tokio::net::TcpListener::bind(config.listen)
-            .await
-            .map_err(|e| ManagerError::new(Code::Unavailable, format!("cannot listen on {}: {e}", config.listen)))?;
-        let local_addr = listener.local_addr().map_err(|e| ManagerError::new(Code::Internal, e.to_string()))?;
+        let listener = tokio::net::TcpListener::bind(config.listen).await.map_err(|e| {
+            ManagerError::new(Code::Unavailable, format!("cannot listen on {}: {e}", config.listen))
+        })?;
+        let local_addr =
+            listener.local_addr().map_err(|e| ManagerError::new(Code::Internal, e.to_string()))?;
         let (stop, stop_rx) = tokio::sync::watch::channel(false);
         let state = api::AppState { ds: ds.clone(), events, node: config.node.clone(), wake };
         let mut api_stop = stop_rx.clone();
@@ -137,7 +139,13 @@ impl Manager {
                 tracing::error!(error = %e, "API server failed");
             }
         });
-        let reconciler = tokio::spawn(reconcile::run(rec, config.default_disk.clone(), config.instance_manager_url.clone(), config.resync, stop_rx));
+        let reconciler = tokio::spawn(reconcile::run(
+            rec,
+            config.default_disk.clone(),
+            config.instance_manager_url.clone(),
+            config.resync,
+            stop_rx,
+        ));
         Ok(Manager { local_addr, stop, api, reconciler, ds })
     }
 

@@ -93,7 +93,10 @@ pub fn schedule_replica(
         *scheduled.entry((r.node.as_str(), r.disk.as_str())).or_default() += r.size;
     }
     let mine = |node: &str, disk: Option<&str>| {
-        existing.iter().filter(|r| r.volume == req.volume && r.node == node && disk.is_none_or(|d| r.disk == d)).count()
+        existing
+            .iter()
+            .filter(|r| r.volume == req.volume && r.node == node && disk.is_none_or(|d| r.disk == d))
+            .count()
     };
     let mut rejected: Vec<String> = Vec::new();
     let mut candidates: Vec<Candidate<'_>> = Vec::new();
@@ -143,7 +146,8 @@ pub fn schedule_replica(
                 continue;
             }
             let usable = max.saturating_sub(disk.storage_reserved);
-            let limit = u64::try_from(u128::from(usable) * u128::from(s.over_provisioning_percentage) / 100).unwrap_or(u64::MAX);
+            let limit = u64::try_from(u128::from(usable) * u128::from(s.over_provisioning_percentage) / 100)
+                .unwrap_or(u64::MAX);
             let already = scheduled.get(&(n, d.as_str())).copied().unwrap_or(0);
             if already.saturating_add(req.size) > limit {
                 rejected.push(format!(
@@ -162,7 +166,12 @@ pub fn schedule_replica(
     if candidates.is_empty() {
         rejected.truncate(4);
         return Err(SchedulingFailure {
-            reason: format!("no disk can take a {} replica of {}: {}", mib(req.size), req.volume, rejected.join("; ")),
+            reason: format!(
+                "no disk can take a {} replica of {}: {}",
+                mib(req.size),
+                req.volume,
+                rejected.join("; ")
+            ),
         });
     }
     let fresh: Vec<&Candidate<'_>> = candidates.iter().filter(|c| mine(c.node, None) == 0).collect();
@@ -183,20 +192,29 @@ pub fn schedule_replica(
         });
     };
     let local: Vec<&Candidate<'_>> = match (req.data_locality, req.attach_node) {
-        (DataLocality::BestEffort, Some(an)) if mine(an, None) == 0 => pool.iter().copied().filter(|c| c.node == an).collect(),
+        (DataLocality::BestEffort, Some(an)) if mine(an, None) == 0 => {
+            pool.iter().copied().filter(|c| c.node == an).collect()
+        }
         _ => Vec::new(),
     };
     let pool = if local.is_empty() { pool } else { local };
     let best = pool
         .into_iter()
         .min_by(|a, b| {
-            (mine(a.node, Some(a.disk)), mine(a.node, None), std::cmp::Reverse(a.provisionable_left), a.node, a.disk).cmp(&(
-                mine(b.node, Some(b.disk)),
-                mine(b.node, None),
-                std::cmp::Reverse(b.provisionable_left),
-                b.node,
-                b.disk,
-            ))
+            (
+                mine(a.node, Some(a.disk)),
+                mine(a.node, None),
+                std::cmp::Reverse(a.provisionable_left),
+                a.node,
+                a.disk,
+            )
+                .cmp(&(
+                    mine(b.node, Some(b.disk)),
+                    mine(b.node, None),
+                    std::cmp::Reverse(b.provisionable_left),
+                    b.node,
+                    b.disk,
+                ))
         })
         .ok_or_else(|| SchedulingFailure { reason: "no candidate".into() })?;
     Ok(Placement { node: best.node.to_string(), disk: best.disk.to_string() })
@@ -216,7 +234,12 @@ pub fn schedule_replicas(
         let p = schedule_replica(req, nodes, &existing, s).map_err(|f| SchedulingFailure {
             reason: format!("replica {} of {count}: {}", i + 1, f.reason),
         })?;
-        existing.push(PlacedReplica { volume: req.volume.to_string(), node: p.node.clone(), disk: p.disk.clone(), size: req.size });
+        existing.push(PlacedReplica {
+            volume: req.volume.to_string(),
+            node: p.node.clone(),
+            disk: p.disk.clone(),
+            size: req.size,
+        });
         out.push(p);
     }
     Ok(out)

@@ -18,8 +18,14 @@ fn node(name: &str, disks: &[(&str, u64, u64)]) -> Node {
     };
     let mut status = NodeStatus::default();
     for (d, max, avail) in disks {
-        spec.disks.insert(d.to_string(), DiskSpec { path: format!("/d/{d}"), allow_scheduling: true, storage_reserved: 0, tags: vec![] });
-        status.disks.insert(d.to_string(), DiskStatus { storage_maximum: *max, storage_available: *avail, ..DiskStatus::default() });
+        spec.disks.insert(
+            d.to_string(),
+            DiskSpec { path: format!("/d/{d}"), allow_scheduling: true, storage_reserved: 0, tags: vec![] },
+        );
+        status.disks.insert(
+            d.to_string(),
+            DiskStatus { storage_maximum: *max, storage_available: *avail, ..DiskStatus::default() },
+        );
     }
     let mut n = Node::new(name, spec);
     n.status = status;
@@ -27,16 +33,31 @@ fn node(name: &str, disks: &[(&str, u64, u64)]) -> Node {
 }
 
 fn settings(soft: bool) -> SchedulerSettings {
-    SchedulerSettings { soft_anti_affinity: soft, over_provisioning_percentage: 100, minimal_available_percentage: 10 }
+    SchedulerSettings {
+        soft_anti_affinity: soft,
+        over_provisioning_percentage: 100,
+        minimal_available_percentage: 10,
+    }
 }
 
 fn req(size: u64) -> VolumeRequest<'static> {
-    VolumeRequest { volume: "v", size, node_selector: &[], disk_selector: &[], data_locality: DataLocality::Disabled, attach_node: None }
+    VolumeRequest {
+        volume: "v",
+        size,
+        node_selector: &[],
+        disk_selector: &[],
+        data_locality: DataLocality::Disabled,
+        attach_node: None,
+    }
 }
 
 #[test]
 fn replicas_go_to_different_nodes() {
-    let nodes = [node("a", &[("d", 10 * GIB, 10 * GIB)]), node("b", &[("d", 10 * GIB, 10 * GIB)]), node("c", &[("d", 10 * GIB, 10 * GIB)])];
+    let nodes = [
+        node("a", &[("d", 10 * GIB, 10 * GIB)]),
+        node("b", &[("d", 10 * GIB, 10 * GIB)]),
+        node("c", &[("d", 10 * GIB, 10 * GIB)]),
+    ];
     let p = schedule_replicas(&req(GIB), 3, &nodes, &[], settings(false)).unwrap();
     let mut ns: Vec<_> = p.iter().map(|p| p.node.as_str()).collect();
     ns.sort_unstable();
@@ -47,7 +68,10 @@ fn replicas_go_to_different_nodes() {
 fn hard_anti_affinity_refuses_a_second_replica_on_one_node() {
     let nodes = [node("a", &[("d1", 10 * GIB, 10 * GIB), ("d2", 10 * GIB, 10 * GIB)])];
     let err = schedule_replicas(&req(GIB), 2, &nodes, &[], settings(false)).unwrap_err();
-    assert!(err.to_string().starts_with("scheduling failed: replica 2 of 2: every schedulable node (a)"), "{err}");
+    assert!(
+        err.to_string().starts_with("scheduling failed: replica 2 of 2: every schedulable node (a)"),
+        "{err}"
+    );
     assert!(err.to_string().contains("replica-soft-anti-affinity is off"), "{err}");
 }
 
@@ -85,16 +109,25 @@ fn a_nearly_full_disk_takes_nothing() {
 
 #[test]
 fn tags_and_disabled_scheduling_are_respected() {
-    let mut nodes = [node("a", &[("d", 10 * GIB, 10 * GIB)]), node("b", &[("fast", 10 * GIB, 10 * GIB), ("slow", 10 * GIB, 10 * GIB)])];
+    let mut nodes = [
+        node("a", &[("d", 10 * GIB, 10 * GIB)]),
+        node("b", &[("fast", 10 * GIB, 10 * GIB), ("slow", 10 * GIB, 10 * GIB)]),
+    ];
     nodes[1].spec.tags = vec!["zone1".into()];
     nodes[1].spec.disks.get_mut("fast").unwrap().tags = vec!["ssd".into()];
     let node_sel = vec!["zone1".to_string()];
     let disk_sel = vec!["ssd".to_string()];
     let r = VolumeRequest { node_selector: &node_sel, disk_selector: &disk_sel, ..req(GIB) };
-    assert_eq!(schedule_replica(&r, &nodes, &[], settings(false)).unwrap(), Placement { node: "b".into(), disk: "fast".into() });
+    assert_eq!(
+        schedule_replica(&r, &nodes, &[], settings(false)).unwrap(),
+        Placement { node: "b".into(), disk: "fast".into() }
+    );
     nodes[1].spec.disks.get_mut("fast").unwrap().allow_scheduling = false;
     let err = schedule_replica(&r, &nodes, &[], settings(false)).unwrap_err();
-    assert!(err.reason.contains("disk b/fast: scheduling disabled") && err.reason.contains("node a: no tag"), "{err}");
+    assert!(
+        err.reason.contains("disk b/fast: scheduling disabled") && err.reason.contains("node a: no tag"),
+        "{err}"
+    );
     nodes[1].spec.allow_scheduling = false;
     let err = schedule_replica(&req(GIB), &nodes[1..], &[], settings(false)).unwrap_err();
     assert!(err.reason.contains("node b: scheduling disabled"), "{err}");
@@ -113,7 +146,10 @@ fn best_effort_data_locality_prefers_the_attach_node() {
 
 #[test]
 fn no_nodes_is_a_clear_failure() {
-    assert_eq!(schedule_replica(&req(GIB), &[], &[], settings(true)).unwrap_err().to_string(), "scheduling failed: no node is registered");
+    assert_eq!(
+        schedule_replica(&req(GIB), &[], &[], settings(true)).unwrap_err().to_string(),
+        "scheduling failed: no node is registered"
+    );
 }
 
 fn arb_cluster() -> impl Strategy<Value = Vec<Node>> {
@@ -130,8 +166,11 @@ fn arb_cluster() -> impl Strategy<Value = Vec<Node>> {
             .into_iter()
             .enumerate()
             .map(|(i, (sched, disks, tagged))| {
-                let ds: Vec<(String, u64, u64)> =
-                    disks.iter().enumerate().map(|(j, (g, pct, _, _, _))| (format!("d{j}"), g * GIB, g * GIB * pct / 100)).collect();
+                let ds: Vec<(String, u64, u64)> = disks
+                    .iter()
+                    .enumerate()
+                    .map(|(j, (g, pct, _, _, _))| (format!("d{j}"), g * GIB, g * GIB * pct / 100))
+                    .collect();
                 let refs: Vec<(&str, u64, u64)> = ds.iter().map(|(n, m, a)| (n.as_str(), *m, *a)).collect();
                 let mut n = node(&format!("n{i}"), &refs);
                 n.spec.allow_scheduling = sched;
@@ -153,15 +192,24 @@ fn arb_cluster() -> impl Strategy<Value = Vec<Node>> {
 }
 
 /// Every rule, checked independently of the scheduler's code, for one disk.
-fn eligible(n: &Node, d: &str, size: u64, scheduled: u64, r: &VolumeRequest<'_>, s: SchedulerSettings) -> bool {
+fn eligible(
+    n: &Node,
+    d: &str,
+    size: u64,
+    scheduled: u64,
+    r: &VolumeRequest<'_>,
+    s: SchedulerSettings,
+) -> bool {
     let disk = &n.spec.disks[d];
     let st = &n.status.disks[d];
     n.spec.allow_scheduling
         && disk.allow_scheduling
         && r.node_selector.iter().all(|t| n.spec.tags.contains(t))
         && r.disk_selector.iter().all(|t| disk.tags.contains(t))
-        && st.storage_available.saturating_sub(disk.storage_reserved) * 100 >= st.storage_maximum * s.minimal_available_percentage
-        && (scheduled + size) * 100 <= st.storage_maximum.saturating_sub(disk.storage_reserved) * s.over_provisioning_percentage
+        && st.storage_available.saturating_sub(disk.storage_reserved) * 100
+            >= st.storage_maximum * s.minimal_available_percentage
+        && (scheduled + size) * 100
+            <= st.storage_maximum.saturating_sub(disk.storage_reserved) * s.over_provisioning_percentage
 }
 
 proptest! {

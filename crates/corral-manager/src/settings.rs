@@ -65,7 +65,10 @@ pub const SETTINGS: &[SettingDef] = &[
 pub fn definition(name: &str) -> Result<&'static SettingDef> {
     SETTINGS.iter().find(|d| d.name == name).ok_or_else(|| {
         let known: Vec<_> = SETTINGS.iter().map(|d| d.name).collect();
-        ManagerError::new(crate::error::Code::NotFound, format!("unknown setting {name:?}; known: {}", known.join(", ")))
+        ManagerError::new(
+            crate::error::Code::NotFound,
+            format!("unknown setting {name:?}; known: {}", known.join(", ")),
+        )
     })
 }
 
@@ -74,11 +77,16 @@ pub fn validate(def: &SettingDef, value: &str) -> Result<String> {
     match def.kind {
         SettingType::Bool => match value {
             "true" | "false" => Ok(value.to_string()),
-            _ => Err(ManagerError::invalid(format!("setting {} takes true or false, not {value:?}", def.name))),
+            _ => {
+                Err(ManagerError::invalid(format!("setting {} takes true or false, not {value:?}", def.name)))
+            }
         },
         SettingType::Int(lo, hi) => match value.parse::<u64>() {
             Ok(n) if (lo..=hi).contains(&n) => Ok(n.to_string()),
-            _ => Err(ManagerError::invalid(format!("setting {} takes an integer from {lo} to {hi}, not {value:?}", def.name))),
+            _ => Err(ManagerError::invalid(format!(
+                "setting {} takes an integer from {lo} to {hi}, not {value:?}",
+                def.name
+            ))),
         },
     }
 }

@@ -36,7 +36,8 @@ pub fn check_size(size: u64) -> Result<()> {
 /// Label keys and values: printable, bounded.
 pub fn check_labels(labels: &std::collections::BTreeMap<String, String>) -> Result<()> {
     for (k, v) in labels {
-        if k.is_empty() || k.len() > 253 || v.len() > 253 || k.chars().chain(v.chars()).any(char::is_control) {
+        if k.is_empty() || k.len() > 253 || v.len() > 253 || k.chars().chain(v.chars()).any(char::is_control)
+        {
             return Err(ManagerError::invalid(format!("invalid label {k:?}={v:?}")));
         }
     }

@@ -25,32 +25,75 @@ async fn health_and_nodes_and_disks() {
     // Disks: bad paths, duplicates and bad tags are refused.
     let extra = c.dir.path().join("extra");
     std::fs::create_dir(&extra).unwrap();
-    assert_error(&c.post("/v1/nodes/node-1/disks", json!({"path": "relative/dir"})).await, 400, "invalid_argument");
-    assert_error(&c.post("/v1/nodes/node-1/disks", json!({"path": "/a/../etc"})).await, 400, "invalid_argument");
-    assert_error(&c.post("/v1/nodes/node-1/disks", json!({"path": "/nonexistent/corral-disk"})).await, 400, "invalid_argument");
-    assert_error(&c.post("/v1/nodes/node-1/disks", json!({"path": extra, "tags": ["Not A Tag"]})).await, 400, "invalid_argument");
-    assert_error(&c.post("/v1/nodes/node-1/disks", json!({"path": extra, "size": 1})).await, 400, "invalid_argument");
+    assert_error(
+        &c.post("/v1/nodes/node-1/disks", json!({"path": "relative/dir"})).await,
+        400,
+        "invalid_argument",
+    );
+    assert_error(
+        &c.post("/v1/nodes/node-1/disks", json!({"path": "/a/../etc"})).await,
+        400,
+        "invalid_argument",
+    );
+    assert_error(
+        &c.post("/v1/nodes/node-1/disks", json!({"path": "/nonexistent/corral-disk"})).await,
+        400,
+        "invalid_argument",
+    );
+    assert_error(
+        &c.post("/v1/nodes/node-1/disks", json!({"path": extra, "tags": ["Not A Tag"]})).await,
+        400,
+        "invalid_argument",
+    );
+    assert_error(
+        &c.post("/v1/nodes/node-1/disks", json!({"path": extra, "size": 1})).await,
+        400,
+        "invalid_argument",
+    );
     assert_error(&c.post("/v1/nodes/nope/disks", json!({"path": extra})).await, 404, "not_found");
-    assert_eq!(c.get("/v1/nodes/node-1").await.1["disks"].as_array().unwrap().len(), 1, "refusals changed nothing");
+    assert_eq!(
+        c.get("/v1/nodes/node-1").await.1["disks"].as_array().unwrap().len(),
+        1,
+        "refusals changed nothing"
+    );
     let (code, n) = c.post("/v1/nodes/node-1/disks", json!({"path": extra, "tags": ["ssd"]})).await;
     assert_eq!(code, 201, "{n}");
     assert_eq!(n["disks"].as_array().unwrap().len(), 2);
     assert_error(&c.post("/v1/nodes/node-1/disks", json!({"path": extra})).await, 409, "already_exists");
-    assert_error(&c.post("/v1/nodes/node-1/disks", json!({"path": "/", "name": "extra"})).await, 409, "already_exists");
+    assert_error(
+        &c.post("/v1/nodes/node-1/disks", json!({"path": "/", "name": "extra"})).await,
+        409,
+        "already_exists",
+    );
 
     // Node tags and scheduling; the scheduler honours them.
     assert_error(&c.patch("/v1/nodes/node-1", json!({"tags": ["UPPER"]})).await, 400, "invalid_argument");
-    assert_error(&c.patch("/v1/nodes/node-1", json!({"allowScheduling": "no"})).await, 400, "invalid_argument");
+    assert_error(
+        &c.patch("/v1/nodes/node-1", json!({"allowScheduling": "no"})).await,
+        400,
+        "invalid_argument",
+    );
     let (code, n) = c.patch("/v1/nodes/node-1", json!({"allowScheduling": false})).await;
     assert_eq!((code, n["allowScheduling"].clone()), (200, json!(false)));
-    let msg = assert_error(&c.post("/v1/volumes", json!({"name": "v", "size": 2 << 20, "numberOfReplicas": 1})).await, 400, "invalid_argument");
+    let msg = assert_error(
+        &c.post("/v1/volumes", json!({"name": "v", "size": 2 << 20, "numberOfReplicas": 1})).await,
+        400,
+        "invalid_argument",
+    );
     assert!(msg.contains("scheduling failed") && msg.contains("scheduling disabled"), "{msg}");
     let stale = n["resourceVersion"].as_str().unwrap().to_string();
     assert_eq!(c.patch("/v1/nodes/node-1", json!({"allowScheduling": true})).await.0, 200);
-    assert_error(&c.patch("/v1/nodes/node-1", json!({"tags": ["a"], "resourceVersion": stale})).await, 409, "conflict");
+    assert_error(
+        &c.patch("/v1/nodes/node-1", json!({"tags": ["a"], "resourceVersion": stale})).await,
+        409,
+        "conflict",
+    );
     // A disk selector picks the tagged disk.
     let (code, v) = c
-        .post("/v1/volumes", json!({"name": "v", "size": 2 << 20, "numberOfReplicas": 1, "diskSelector": ["ssd"]}))
+        .post(
+            "/v1/volumes",
+            json!({"name": "v", "size": 2 << 20, "numberOfReplicas": 1, "diskSelector": ["ssd"]}),
+        )
         .await;
     assert_eq!(code, 201, "{v}");
     let v = c.wait_volume("v", "placed", |v| v["replicas"].as_array().is_some_and(|r| !r.is_empty())).await;
@@ -58,8 +101,15 @@ async fn health_and_nodes_and_disks() {
     // A disk holding a replica cannot be removed; an empty one can.
     assert_error(&c.delete("/v1/nodes/node-1/disks/extra").await, 409, "failed_precondition");
     assert_error(&c.delete("/v1/nodes/node-1/disks/nope").await, 404, "not_found");
-    assert_eq!(c.patch("/v1/nodes/node-1/disks/default", json!({"allowScheduling": false, "tags": ["hdd"]})).await.0, 200);
-    assert_error(&c.patch("/v1/nodes/node-1/disks/default", json!({"bogus": 1})).await, 400, "invalid_argument");
+    assert_eq!(
+        c.patch("/v1/nodes/node-1/disks/default", json!({"allowScheduling": false, "tags": ["hdd"]})).await.0,
+        200
+    );
+    assert_error(
+        &c.patch("/v1/nodes/node-1/disks/default", json!({"bogus": 1})).await,
+        400,
+        "invalid_argument",
+    );
     let (code, n) = c.delete("/v1/nodes/node-1/disks/default").await;
     assert_eq!(code, 200, "{n}");
     assert_eq!(n["disks"].as_array().unwrap().len(), 1);
@@ -70,19 +120,43 @@ async fn health_and_nodes_and_disks() {
 async fn settings_validate_and_use_the_version_check() {
     let c = Cluster::start(false).await;
     let (_, all) = c.get("/v1/settings").await;
-    assert!(all.as_array().unwrap().iter().any(|s| s["name"] == "replica-soft-anti-affinity" && s["value"] == "false"));
+    assert!(all
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|s| s["name"] == "replica-soft-anti-affinity" && s["value"] == "false"));
     assert_error(&c.get("/v1/settings/nope").await, 404, "not_found");
     assert_error(&c.put("/v1/settings/nope", json!({"value": "1"})).await, 404, "not_found");
-    assert_error(&c.put("/v1/settings/replica-soft-anti-affinity", json!({"value": "yes"})).await, 400, "invalid_argument");
-    assert_error(&c.put("/v1/settings/storage-over-provisioning-percentage", json!({"value": "50"})).await, 400, "invalid_argument");
-    assert_error(&c.put("/v1/settings/default-replica-count", json!({"value": "3", "x": 1})).await, 400, "invalid_argument");
-    assert_eq!(c.get("/v1/settings/replica-soft-anti-affinity").await.1["value"], "false", "refusals changed nothing");
+    assert_error(
+        &c.put("/v1/settings/replica-soft-anti-affinity", json!({"value": "yes"})).await,
+        400,
+        "invalid_argument",
+    );
+    assert_error(
+        &c.put("/v1/settings/storage-over-provisioning-percentage", json!({"value": "50"})).await,
+        400,
+        "invalid_argument",
+    );
+    assert_error(
+        &c.put("/v1/settings/default-replica-count", json!({"value": "3", "x": 1})).await,
+        400,
+        "invalid_argument",
+    );
+    assert_eq!(
+        c.get("/v1/settings/replica-soft-anti-affinity").await.1["value"],
+        "false",
+        "refusals changed nothing"
+    );
     let (code, s) = c.put("/v1/settings/replica-soft-anti-affinity", json!({"value": "true"})).await;
     assert_eq!((code, s["value"].clone()), (200, json!("true")));
     // Two writers with the same version: exactly one wins, the other gets a conflict.
     let version = s["resourceVersion"].as_str().unwrap().to_string();
-    let a = c.put("/v1/settings/replica-soft-anti-affinity", json!({"value": "false", "resourceVersion": version}));
-    let b = c.put("/v1/settings/replica-soft-anti-affinity", json!({"value": "true", "resourceVersion": version}));
+    let a = c.put(
+        "/v1/settings/replica-soft-anti-affinity",
+        json!({"value": "false", "resourceVersion": version}),
+    );
+    let b = c
+        .put("/v1/settings/replica-soft-anti-affinity", json!({"value": "true", "resourceVersion": version}));
     let (ra, rb) = tokio::join!(a, b);
     let mut codes = [ra.0, rb.0];
     codes.sort_unstable();
@@ -97,7 +171,8 @@ async fn settings_validate_and_use_the_version_check() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn recurring_jobs_backup_target_and_events() {
     let c = Cluster::start(false).await;
-    let good = json!({"name": "hourly", "task": "snapshot", "cron": "0 * * * *", "retain": 2, "volumes": ["v"]});
+    let good =
+        json!({"name": "hourly", "task": "snapshot", "cron": "0 * * * *", "retain": 2, "volumes": ["v"]});
     for (patch, needle) in [
         (json!({"name": "Hourly"}), "name"),
         (json!({"task": "copy"}), "task"),
@@ -126,7 +201,11 @@ async fn recurring_jobs_backup_target_and_events() {
 
     assert_eq!(c.get("/v1/backuptarget").await.1["url"], "");
     assert_error(&c.put("/v1/backuptarget", json!({"url": "ftp://x"})).await, 400, "invalid_argument");
-    assert_error(&c.put("/v1/backuptarget", json!({"url": "file:///b", "creds": 1})).await, 400, "invalid_argument");
+    assert_error(
+        &c.put("/v1/backuptarget", json!({"url": "file:///b", "creds": 1})).await,
+        400,
+        "invalid_argument",
+    );
     let (code, t) = c.put("/v1/backuptarget", json!({"url": "file:///var/backups"})).await;
     assert_eq!((code, t["url"].clone()), (200, json!("file:///var/backups")));
 

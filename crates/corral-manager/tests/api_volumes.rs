@@ -28,17 +28,62 @@ async fn create_validates_every_field_and_changes_nothing_on_refusal() {
         (json!({"name": "v1", "size": 64 * MIB + 4096}), 400, "invalid_argument", "multiple of 2 MiB"),
         (json!({"name": "v1", "size": -1}), 400, "invalid_argument", "invalid request body"),
         (json!({"name": "v1", "size": "64Mi"}), 400, "invalid_argument", "invalid request body"),
-        (json!({"name": "v1", "size": 64 * MIB, "numberOfReplicas": 0}), 400, "invalid_argument", "numberOfReplicas"),
-        (json!({"name": "v1", "size": 64 * MIB, "numberOfReplicas": 21}), 400, "invalid_argument", "numberOfReplicas"),
+        (
+            json!({"name": "v1", "size": 64 * MIB, "numberOfReplicas": 0}),
+            400,
+            "invalid_argument",
+            "numberOfReplicas",
+        ),
+        (
+            json!({"name": "v1", "size": 64 * MIB, "numberOfReplicas": 21}),
+            400,
+            "invalid_argument",
+            "numberOfReplicas",
+        ),
         // One node, hard anti-affinity: two replicas cannot be placed.
-        (json!({"name": "v1", "size": 64 * MIB, "numberOfReplicas": 2}), 400, "invalid_argument", "scheduling failed"),
+        (
+            json!({"name": "v1", "size": 64 * MIB, "numberOfReplicas": 2}),
+            400,
+            "invalid_argument",
+            "scheduling failed",
+        ),
         // More than the disk can hold.
-        (json!({"name": "v1", "size": 1u64 << 50, "numberOfReplicas": 1}), 400, "invalid_argument", "scheduling failed"),
-        (json!({"name": "v1", "size": 64 * MIB, "numberOfReplicas": 1, "replicaCount": 3}), 400, "invalid_argument", "unknown field"),
-        (json!({"name": "v1", "size": 64 * MIB, "dataLocality": "strict"}), 400, "invalid_argument", "dataLocality"),
-        (json!({"name": "v1", "size": 64 * MIB, "numberOfReplicas": 1, "fromBackup": "/etc/passwd"}), 400, "invalid_argument", "backup URL"),
-        (json!({"name": "v1", "size": 64 * MIB, "numberOfReplicas": 1, "staleReplicaTimeout": 0}), 400, "invalid_argument", "staleReplicaTimeout"),
-        (json!({"name": "v1", "size": 64 * MIB, "numberOfReplicas": 1, "nodeSelector": ["Bad Tag"]}), 400, "invalid_argument", "tag"),
+        (
+            json!({"name": "v1", "size": 1u64 << 50, "numberOfReplicas": 1}),
+            400,
+            "invalid_argument",
+            "scheduling failed",
+        ),
+        (
+            json!({"name": "v1", "size": 64 * MIB, "numberOfReplicas": 1, "replicaCount": 3}),
+            400,
+            "invalid_argument",
+            "unknown field",
+        ),
+        (
+            json!({"name": "v1", "size": 64 * MIB, "dataLocality": "strict"}),
+            400,
+            "invalid_argument",
+            "dataLocality",
+        ),
+        (
+            json!({"name": "v1", "size": 64 * MIB, "numberOfReplicas": 1, "fromBackup": "/etc/passwd"}),
+            400,
+            "invalid_argument",
+            "backup URL",
+        ),
+        (
+            json!({"name": "v1", "size": 64 * MIB, "numberOfReplicas": 1, "staleReplicaTimeout": 0}),
+            400,
+            "invalid_argument",
+            "staleReplicaTimeout",
+        ),
+        (
+            json!({"name": "v1", "size": 64 * MIB, "numberOfReplicas": 1, "nodeSelector": ["Bad Tag"]}),
+            400,
+            "invalid_argument",
+            "tag",
+        ),
         (json!({"size": 64 * MIB}), 400, "invalid_argument", "name"),
     ];
     for (body, status, code, needle) in cases {
@@ -48,7 +93,14 @@ async fn create_validates_every_field_and_changes_nothing_on_refusal() {
         assert!(volume_names(&c).await.is_empty(), "{body} was refused but created something");
     }
     // Not JSON at all.
-    let resp = c.http.post(format!("{}/v1/volumes", c.url)).header("content-type", "application/json").body("{").send().await.unwrap();
+    let resp = c
+        .http
+        .post(format!("{}/v1/volumes", c.url))
+        .header("content-type", "application/json")
+        .body("{")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.status().as_u16(), 400);
     let body: Value = resp.json().await.unwrap();
     assert_eq!(body["code"], "invalid_argument");
@@ -66,17 +118,26 @@ async fn create_validates_every_field_and_changes_nothing_on_refusal() {
 async fn volume_lifecycle_and_refused_actions() {
     let c = Cluster::start(true).await;
     let (code, v) = c
-        .post("/v1/volumes", json!({"name": "data", "size": 64 * MIB, "numberOfReplicas": 3, "labels": {"app": "db"}}))
+        .post(
+            "/v1/volumes",
+            json!({"name": "data", "size": 64 * MIB, "numberOfReplicas": 3, "labels": {"app": "db"}}),
+        )
         .await;
     assert_eq!(code, 201, "{v}");
     // The fields the issue lists, with these exact names.
-    for key in ["name", "size", "numberOfReplicas", "state", "robustness", "endpoint", "replicas", "conditions"] {
+    for key in
+        ["name", "size", "numberOfReplicas", "state", "robustness", "endpoint", "replicas", "conditions"]
+    {
         assert!(v.get(key).is_some(), "volume JSON lacks {key}: {v:#}");
     }
     assert_eq!(v["size"], 64 * MIB);
     assert_eq!(v["labels"]["app"], "db");
 
-    let v = c.wait_volume("data", "detached and healthy", |v| v["state"] == "detached" && v["robustness"] == "healthy").await;
+    let v = c
+        .wait_volume("data", "detached and healthy", |v| {
+            v["state"] == "detached" && v["robustness"] == "healthy"
+        })
+        .await;
     let replicas = v["replicas"].as_array().unwrap();
     assert_eq!(replicas.len(), 3, "{v:#}");
     for r in replicas {
@@ -93,7 +154,11 @@ async fn volume_lifecycle_and_refused_actions() {
 
     let (code, _) = c.post("/v1/volumes/data/attach", json!({})).await;
     assert_eq!(code, 200);
-    let v = c.wait_volume("data", "attached and healthy", |v| v["state"] == "attached" && v["robustness"] == "healthy").await;
+    let v = c
+        .wait_volume("data", "attached and healthy", |v| {
+            v["state"] == "attached" && v["robustness"] == "healthy"
+        })
+        .await;
     let endpoint = v["endpoint"].as_str().unwrap();
     assert!(endpoint.starts_with("nbd://127.0.0.1:"), "{endpoint}");
     assert!(v["replicas"].as_array().unwrap().iter().all(|r| r["mode"] == "RW"), "{v:#}");
@@ -106,9 +171,17 @@ async fn volume_lifecycle_and_refused_actions() {
         n2.spec.disks.clear();
         ds.create(&n2).await.unwrap();
     }
-    let msg = assert_error(&c.post("/v1/volumes/data/attach", json!({"node": "node-2"})).await, 409, "failed_precondition");
+    let msg = assert_error(
+        &c.post("/v1/volumes/data/attach", json!({"node": "node-2"})).await,
+        409,
+        "failed_precondition",
+    );
     assert!(msg.contains("detach it before"), "{msg}");
-    assert_error(&c.post("/v1/volumes/data/attach", json!({"node": "node-9"})).await, 400, "invalid_argument");
+    assert_error(
+        &c.post("/v1/volumes/data/attach", json!({"node": "node-9"})).await,
+        400,
+        "invalid_argument",
+    );
     let msg = assert_error(&c.delete("/v1/volumes/data").await, 409, "failed_precondition");
     assert!(msg.contains("attached"), "{msg}");
     let (_, after) = c.get("/v1/volumes/data").await;
@@ -119,10 +192,18 @@ async fn volume_lifecycle_and_refused_actions() {
     // Snapshots go through the engine.
     let (code, s) = c.post("/v1/volumes/data/snapshots", json!({"name": "s1", "labels": {"k": "v"}})).await;
     assert_eq!((code, s["name"].clone()), (201, json!("s1")));
-    assert_error(&c.post("/v1/volumes/data/snapshots", json!({"name": "S 1"})).await, 400, "invalid_argument");
+    assert_error(
+        &c.post("/v1/volumes/data/snapshots", json!({"name": "S 1"})).await,
+        400,
+        "invalid_argument",
+    );
     let (_, list) = c.get("/v1/volumes/data/snapshots").await;
     assert_eq!(list.as_array().unwrap().iter().map(|s| s["name"].clone()).collect::<Vec<_>>(), [json!("s1")]);
-    let msg = assert_error(&c.post("/v1/volumes/data/snapshots/s1/revert", json!({})).await, 409, "failed_precondition");
+    let msg = assert_error(
+        &c.post("/v1/volumes/data/snapshots/s1/revert", json!({})).await,
+        409,
+        "failed_precondition",
+    );
     assert!(msg.contains("maintenance"), "{msg}");
     assert_eq!(c.post("/v1/volumes/data/maintenance", json!({"enabled": true})).await.0, 200);
     let (code, body) = c.post("/v1/volumes/data/snapshots/s1/revert", json!({})).await;
@@ -134,13 +215,26 @@ async fn volume_lifecycle_and_refused_actions() {
 
     // Expand: refused when shrinking or unaligned, then done online through the engine.
     let before = c.get("/v1/volumes/data").await.1;
-    assert!(assert_error(&c.post("/v1/volumes/data/expand", json!({"size": 32 * MIB})).await, 400, "invalid_argument").contains("shrink"));
-    assert_error(&c.post("/v1/volumes/data/expand", json!({"size": 100 * MIB + 1})).await, 400, "invalid_argument");
+    assert!(assert_error(
+        &c.post("/v1/volumes/data/expand", json!({"size": 32 * MIB})).await,
+        400,
+        "invalid_argument"
+    )
+    .contains("shrink"));
+    assert_error(
+        &c.post("/v1/volumes/data/expand", json!({"size": 100 * MIB + 1})).await,
+        400,
+        "invalid_argument",
+    );
     assert_eq!(c.get("/v1/volumes/data").await.1["size"], before["size"]);
     // A stale resourceVersion is a conflict, never last-writer-wins.
     let stale = before["resourceVersion"].as_str().unwrap().to_string();
     assert_eq!(c.post("/v1/volumes/data/maintenance", json!({"enabled": false})).await.0, 200);
-    assert_error(&c.post("/v1/volumes/data/expand", json!({"size": 128 * MIB, "resourceVersion": stale})).await, 409, "conflict");
+    assert_error(
+        &c.post("/v1/volumes/data/expand", json!({"size": 128 * MIB, "resourceVersion": stale})).await,
+        409,
+        "conflict",
+    );
     assert_eq!(c.get("/v1/volumes/data").await.1["size"], 64 * MIB);
     assert_eq!(c.post("/v1/volumes/data/expand", json!({"size": 128 * MIB})).await.0, 200);
     c.wait_volume("data", "expanded", |v| v["size"] == 128 * MIB && v["state"] == "attached").await;
@@ -148,7 +242,10 @@ async fn volume_lifecycle_and_refused_actions() {
     // Detach, then delete: the processes and replica directories go away.
     assert_eq!(c.post("/v1/volumes/data/detach", json!({})).await.0, 200);
     c.wait_volume("data", "detached", |v| v["state"] == "detached" && v["endpoint"].is_null()).await;
-    assert!(c.supervisor.list().iter().all(|i| !i.name.starts_with("e-") || i.state != 2), "engine still running");
+    assert!(
+        c.supervisor.list().iter().all(|i| !i.name.starts_with("e-") || i.state != 2),
+        "engine still running"
+    );
     let (code, v) = c.delete("/v1/volumes/data").await;
     assert_eq!((code, v["state"].clone()), (202, json!("deleting")));
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(20);
@@ -160,7 +257,8 @@ async fn volume_lifecycle_and_refused_actions() {
     let left: Vec<_> = std::fs::read_dir(c.dir.path().join("disk/replicas")).unwrap().collect();
     assert!(left.is_empty(), "replica directories left: {left:?}");
     let (_, events) = c.get("/v1/events?resource=volume&name=data").await;
-    let reasons: Vec<_> = events.as_array().unwrap().iter().map(|e| e["reason"].as_str().unwrap().to_string()).collect();
+    let reasons: Vec<_> =
+        events.as_array().unwrap().iter().map(|e| e["reason"].as_str().unwrap().to_string()).collect();
     for r in ["Created", "Scheduled", "Attach", "Detach", "Deleted"] {
         assert!(reasons.iter().any(|x| x == r), "no {r} event in {reasons:?}");
     }
@@ -170,12 +268,20 @@ async fn volume_lifecycle_and_refused_actions() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_replica_process_is_restarted_and_readded() {
     let c = Cluster::start(true).await;
-    assert_eq!(c.post("/v1/volumes", json!({"name": "v", "size": 16 * MIB, "numberOfReplicas": 2})).await.0, 201);
+    assert_eq!(
+        c.post("/v1/volumes", json!({"name": "v", "size": 16 * MIB, "numberOfReplicas": 2})).await.0,
+        201
+    );
     c.post("/v1/volumes/v/attach", json!({})).await;
-    let v = c.wait_volume("v", "attached and healthy", |v| v["state"] == "attached" && v["robustness"] == "healthy").await;
+    let v = c
+        .wait_volume("v", "attached and healthy", |v| {
+            v["state"] == "attached" && v["robustness"] == "healthy"
+        })
+        .await;
     let victim = v["replicas"][0]["name"].as_str().unwrap().to_string();
     let inst = c.supervisor.get(&format!("r-{victim}")).unwrap();
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(inst.pid as i32), nix::sys::signal::Signal::SIGKILL).unwrap();
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(inst.pid as i32), nix::sys::signal::Signal::SIGKILL)
+        .unwrap();
     // The instance manager reports it, the manager restarts it and adds it back to the engine.
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(20);
     loop {
@@ -186,19 +292,28 @@ async fn a_killed_replica_process_is_restarted_and_readded() {
         assert!(tokio::time::Instant::now() < deadline, "replica never restarted: {now:?}");
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
-    let v = c.wait_volume("v", "healthy again", |v| v["robustness"] == "healthy" && v["state"] == "attached").await;
+    let v = c
+        .wait_volume("v", "healthy again", |v| v["robustness"] == "healthy" && v["state"] == "attached")
+        .await;
     assert_eq!(v["replicas"].as_array().unwrap().len(), 2, "no duplicate replica: {v:#}");
     let (_, events) = c.get("/v1/events?resource=replica").await;
-    assert!(events.as_array().unwrap().iter().any(|e| e["reason"] == "Failed" && e["name"] == victim.as_str()), "{events:#}");
+    assert!(
+        events.as_array().unwrap().iter().any(|e| e["reason"] == "Failed" && e["name"] == victim.as_str()),
+        "{events:#}"
+    );
     c.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restarted_manager_converges_without_duplicates() {
     let c = Cluster::start(true).await;
-    assert_eq!(c.post("/v1/volumes", json!({"name": "v", "size": 16 * MIB, "numberOfReplicas": 3})).await.0, 201);
+    assert_eq!(
+        c.post("/v1/volumes", json!({"name": "v", "size": 16 * MIB, "numberOfReplicas": 3})).await.0,
+        201
+    );
     c.post("/v1/volumes/v/attach", json!({})).await;
-    let v = c.wait_volume("v", "attached", |v| v["state"] == "attached" && v["robustness"] == "healthy").await;
+    let v =
+        c.wait_volume("v", "attached", |v| v["state"] == "attached" && v["robustness"] == "healthy").await;
     let endpoint = v["endpoint"].clone();
     let before: Vec<_> = c.supervisor.list().into_iter().map(|i| (i.name, i.pid)).collect();
     // Restart only the manager (processes keep running under the instance manager).
@@ -230,10 +345,45 @@ async fn a_restarted_manager_converges_without_duplicates() {
     c.url = format!("http://{}", m.local_addr());
     c.manager = Some(m);
     tokio::time::sleep(std::time::Duration::from_secs(2)).await;
-    let v = c.wait_volume("v", "attached", |v| v["state"] == "attached" && v["robustness"] == "healthy").await;
+    let v =
+        c.wait_volume("v", "attached", |v| v["state"] == "attached" && v["robustness"] == "healthy").await;
     assert_eq!(v["endpoint"], endpoint);
     assert_eq!(v["replicas"].as_array().unwrap().len(), 3);
     let after: Vec<_> = c.supervisor.list().into_iter().map(|i| (i.name, i.pid)).collect();
     assert_eq!(before, after, "processes were restarted or duplicated");
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_recurring_snapshot_job_keeps_only_retain_snapshots() {
+    let c = Cluster::start(true).await;
+    assert_eq!(c.post("/v1/volumes", json!({"name": "v", "size": 16 * MIB, "numberOfReplicas": 1, "labels": {"recurring-job-group.corral.io/gold": ""}})).await.0, 201);
+    c.post("/v1/volumes/v/attach", json!({})).await;
+    c.wait_volume("v", "attached", |v| v["state"] == "attached" && v["robustness"] == "healthy").await;
+    // Every second (6-field cron), by group, keeping 2.
+    let (code, j) = c.post("/v1/recurringjobs", json!({"name": "often", "task": "snapshot", "cron": "* * * * * *", "retain": 2, "groups": ["gold"]})).await;
+    assert_eq!(code, 201, "{j}");
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let (_, j) = c.get("/v1/recurringjobs/often").await;
+        let (_, snaps) = c.get("/v1/volumes/v/snapshots").await;
+        let ours: Vec<_> = snaps
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|s| s["labels"]["recurring-job.corral.io"] == "often")
+            .collect();
+        assert!(ours.len() <= 2, "more than retain=2 snapshots kept: {snaps:#}");
+        if j["lastRun"].is_string() && ours.len() == 2 {
+            // Wait for at least three runs in all.
+            let ds = c.manager.as_ref().unwrap().datastore();
+            let job: corral_store::resources::RecurringJob = ds.get("often").await.unwrap();
+            if job.status.runs >= 3 {
+                break;
+            }
+        }
+        assert!(tokio::time::Instant::now() < deadline, "job did not run 3 times: {j:#} {snaps:#}");
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
     c.shutdown().await;
 }

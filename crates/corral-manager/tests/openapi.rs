@@ -19,7 +19,10 @@ fn every_route_is_documented() {
     // And nothing is documented that is not served.
     for (path, item) in paths {
         for method in item.as_object().unwrap().keys() {
-            assert!(routes.iter().any(|(m, p)| m == method && p == path), "documented but not served: {method} {path}");
+            assert!(
+                routes.iter().any(|(m, p)| m == method && p == path),
+                "documented but not served: {method} {path}"
+            );
         }
     }
 }

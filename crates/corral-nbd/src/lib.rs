@@ -56,6 +56,7 @@
 mod backend;
 mod error;
 mod handshake;
+mod listen;
 mod memory_backend;
 pub mod protocol;
 mod server;
@@ -63,6 +64,7 @@ mod transmission;
 
 pub use backend::{out_of_range, NbdBackend};
 pub use error::{ErrorKind, NbdError, Result};
+pub use listen::{ListenAddress, NbdListener};
 pub use memory_backend::MemoryBackend;
 pub use server::{
     NbdServer, NbdServerBuilder, NewClientsBlocked, DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_MAX_BLOCK_SIZE,

@@ -154,3 +154,38 @@ fn shutdown_closes_clients_and_stops_accepting() {
         assert_eq!(n, 0, "a client was greeted after shutdown");
     }
 }
+
+#[test]
+fn listen_addresses_from_the_command_line_work() {
+    use corral_nbd::{ListenAddress, NbdListener};
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("vol.sock");
+    std::fs::write(&socket, b"stale").unwrap(); // a stale file is replaced
+    let server = NbdServer::new("vol", Arc::new(MemoryBackend::new(1 << 20)));
+    let (tcp_addr, unix_addr) = rt.block_on(async {
+        let tcp = NbdListener::bind(&"127.0.0.1:0".parse::<ListenAddress>().unwrap()).await.unwrap();
+        let unix = NbdListener::bind(&format!("unix:{}", socket.display()).parse::<ListenAddress>().unwrap())
+            .await
+            .unwrap();
+        let (tcp_addr, unix_addr) = (tcp.local_address(), unix.local_address());
+        let s = server.clone();
+        tokio::spawn(async move { s.serve(tcp).await });
+        let s = server.clone();
+        tokio::spawn(async move { s.serve(unix).await });
+        (tcp_addr, unix_addr)
+    });
+    let ListenAddress::Tcp(tcp) = tcp_addr else { panic!("expected a TCP address") };
+    assert_ne!(tcp, "127.0.0.1:0", "the real port is reported");
+    let (c, size, _) = RawClient::handshake(tcp.parse().unwrap(), "vol", false);
+    assert_eq!(size, 1 << 20);
+    c.disconnect();
+    assert_eq!(unix_addr, ListenAddress::Unix(socket.clone()));
+    let mut unix = std::os::unix::net::UnixStream::connect(&socket).unwrap();
+    unix.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut greeting = [0u8; GREETING_LEN];
+    std::io::Read::read_exact(&mut unix, &mut greeting).unwrap();
+    assert_eq!(decode_greeting(&greeting), Ok(FLAG_FIXED_NEWSTYLE | FLAG_NO_ZEROES));
+    server.shutdown();
+    rt.shutdown_timeout(Duration::from_secs(5));
+}

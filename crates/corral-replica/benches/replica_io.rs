@@ -136,34 +136,40 @@ fn io_rows(dir: &Path) -> Vec<Row> {
     let rand_read = |t: &dyn Target, rng: &mut Rng, buf: &mut [u8]| {
         t.read(&mut buf[..4096], (rng.next() % blocks) * 4096)
     };
+    // Each workload runs in ROUNDS alternating rounds (plain, replica, plain, …) and reports the median
+    // rate of each side, so that load from other processes on the machine hits both alike.
+    const ROUNDS: u64 = 5;
+    let per_round = RANDOM_OPS / ROUNDS;
+    let median = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
     for threads in [1u64, 2] {
-        // Warm-up pass (allocates the blocks in both files), then the measured pass.
+        // Warm-up pass (allocates blocks in both files), then the measured rounds.
         for t in [&plain as &dyn Target, &replica] {
             run(t, threads, RANDOM_OPS, &rand_write);
             t.sync();
         }
-        let mut iops = [0.0; 2];
-        for (i, t) in [&plain as &dyn Target, &replica].into_iter().enumerate() {
-            let d = run(t, threads, RANDOM_OPS, &rand_write);
-            t.sync();
-            iops[i] = RANDOM_OPS as f64 / d.as_secs_f64();
+        for (name, op, sync) in [("write", &rand_write as &Request, true), ("read", &rand_read, false)] {
+            let mut rates = [Vec::new(), Vec::new()];
+            for _ in 0..ROUNDS {
+                for (i, t) in [&plain as &dyn Target, &replica].into_iter().enumerate() {
+                    let start = Instant::now();
+                    run(t, threads, per_round, op);
+                    if sync {
+                        t.sync();
+                    }
+                    rates[i].push(per_round as f64 / start.elapsed().as_secs_f64());
+                }
+            }
+            let [p, r] = rates;
+            rows.push(Row {
+                name: format!("4 KiB random {name}, {threads} thread(s)"),
+                plain: median(p),
+                replica: median(r),
+                unit: "IOPS",
+            });
         }
-        rows.push(Row {
-            name: format!("4 KiB random write, {threads} thread(s)"),
-            plain: iops[0],
-            replica: iops[1],
-            unit: "IOPS",
-        });
-        for (i, t) in [&plain as &dyn Target, &replica].into_iter().enumerate() {
-            let d = run(t, threads, RANDOM_OPS, &rand_read);
-            iops[i] = RANDOM_OPS as f64 / d.as_secs_f64();
-        }
-        rows.push(Row {
-            name: format!("4 KiB random read, {threads} thread(s)"),
-            plain: iops[0],
-            replica: iops[1],
-            unit: "IOPS",
-        });
     }
     let seq_ops = SEQ_BYTES >> 20;
     let mut mibs = [0.0; 2];

@@ -78,7 +78,15 @@ impl<V: Copy + Eq> RangeMap<V> {
         if start >= end {
             return;
         }
-        self.clear(start, end);
+        // Fast path for the common write pattern: the range lies in a gap, so nothing needs clearing.
+        let left = self.map.range(..=start).next_back().map(|(&s, &(e, v))| (s, e, v));
+        let in_gap = match left {
+            Some((_, le, _)) if le > start => false,
+            _ => self.map.range(start..end).next().is_none(),
+        };
+        if !in_gap {
+            self.clear(start, end);
+        }
         let mut s = start;
         let mut e = end;
         if let Some((&ls, &(le, lv))) = self.map.range(..start).next_back() {

@@ -308,6 +308,18 @@ impl Replica {
         let first = scan::scan(dir)?;
         // Validate before touching anything: bad input changes nothing on disk.
         scan::tree(&first)?;
+        if !first.volume.backing_file_path.is_empty() {
+            // Reads would silently miss the backing image's data: refuse rather than serve wrong bytes.
+            return Err(ReplicaError::new(
+                ErrorKind::InvalidArgument,
+                "open",
+                format!(
+                    "backing images are not supported (BackingFilePath {:?})",
+                    first.volume.backing_file_path
+                ),
+            )
+            .with_path(&dir.join(volume_meta::FILE_NAME)));
+        }
         let scan = if !read_only && scan::repair(&first)? { scan::scan(dir)? } else { first };
         let tree = scan::tree(&scan)?;
         let (chain, maps) = build_layers(dir, &tree, read_only, false)?;

@@ -64,6 +64,37 @@ fn corrupt_or_truncated_volume_meta() {
 }
 
 #[test]
+fn backing_images_are_refused_not_ignored() {
+    expect_open_refused(
+        |d| {
+            let m = std::fs::read_to_string(d.join("volume.meta")).unwrap();
+            write(
+                d,
+                "volume.meta",
+                m.replace("\"BackingFilePath\":\"\"", "\"BackingFilePath\":\"/img\"").as_bytes(),
+            );
+        },
+        "volume.meta",
+        ErrorKind::InvalidArgument,
+    );
+}
+
+/// Like `expect_rejected` for a directory that is consistent but not supported.
+fn expect_open_refused(damage: impl Fn(&Path), file: &str, kind: ErrorKind) {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("r");
+    sample(&dir);
+    damage(&dir);
+    let before = contents(&dir);
+    for read_only in [false, true] {
+        let err = if read_only { Replica::open_read_only(&dir) } else { Replica::open(&dir) }.unwrap_err();
+        assert_eq!(err.kind(), kind, "{err}");
+        assert!(err.to_string().contains(file), "{err}");
+    }
+    assert_eq!(contents(&dir), before);
+}
+
+#[test]
 fn corrupt_disk_meta() {
     for bytes in [&b""[..], b"{\"Parent\":\"volume-snap-s1.img\",\"Removed\":", b"{\"Removed\":1}"] {
         expect_rejected(

@@ -16,7 +16,10 @@ use crate::store::{Kind, Store, WatchEvent};
 pub async fn crud(store: &dyn Store) {
     let a = store.create(Kind::Volume, "a", json!({"n": 1})).await.unwrap();
     assert_eq!(a.value, json!({"n": 1}));
-    assert_eq!(store.create(Kind::Volume, "a", json!({})).await.unwrap_err().kind(), ErrorKind::AlreadyExists);
+    assert_eq!(
+        store.create(Kind::Volume, "a", json!({})).await.unwrap_err().kind(),
+        ErrorKind::AlreadyExists
+    );
     // Same name, other kind: independent.
     store.create(Kind::Replica, "a", json!({"r": true})).await.unwrap();
     store.create(Kind::Volume, "b", json!({"n": 2})).await.unwrap();
@@ -31,13 +34,20 @@ pub async fn crud(store: &dyn Store) {
     assert_eq!(store.get(Kind::Volume, "a").await.unwrap().value, json!({"n": 10}));
     let stale = store.update(Kind::Volume, "a", &a.version, json!({"n": 11})).await.unwrap_err();
     assert_eq!(stale.kind(), ErrorKind::Conflict);
-    assert_eq!(store.get(Kind::Volume, "a").await.unwrap().value, json!({"n": 10}), "a conflict changes nothing");
+    assert_eq!(
+        store.get(Kind::Volume, "a").await.unwrap().value,
+        json!({"n": 10}),
+        "a conflict changes nothing"
+    );
     assert_eq!(
         store.update(Kind::Volume, "zz", &a.version, json!({})).await.unwrap_err().kind(),
         ErrorKind::NotFound
     );
 
-    assert_eq!(store.delete(Kind::Volume, "a", Some(&a.version)).await.unwrap_err().kind(), ErrorKind::Conflict);
+    assert_eq!(
+        store.delete(Kind::Volume, "a", Some(&a.version)).await.unwrap_err().kind(),
+        ErrorKind::Conflict
+    );
     store.delete(Kind::Volume, "a", Some(&a2.version)).await.unwrap();
     assert_eq!(store.get(Kind::Volume, "a").await.unwrap_err().kind(), ErrorKind::NotFound);
     assert_eq!(store.delete(Kind::Volume, "a", None).await.unwrap_err().kind(), ErrorKind::NotFound);
@@ -48,8 +58,14 @@ pub async fn crud(store: &dyn Store) {
     assert_eq!(store.get(Kind::Replica, "a").await.unwrap().value, json!({"r": true}));
     store.delete(Kind::Volume, "b", None).await.unwrap();
 
-    assert_eq!(store.create(Kind::Volume, "", json!({})).await.unwrap_err().kind(), ErrorKind::InvalidArgument);
-    assert_eq!(store.create(Kind::Volume, "x/y", json!({})).await.unwrap_err().kind(), ErrorKind::InvalidArgument);
+    assert_eq!(
+        store.create(Kind::Volume, "", json!({})).await.unwrap_err().kind(),
+        ErrorKind::InvalidArgument
+    );
+    assert_eq!(
+        store.create(Kind::Volume, "x/y", json!({})).await.unwrap_err().kind(),
+        ErrorKind::InvalidArgument
+    );
 }
 
 /// `threads` threads each add 1 to a counter `rounds` times by read-modify-write with the version
@@ -115,12 +131,20 @@ pub async fn watch_in_order(store: &dyn Store) {
     }
     let tag = |ev: &WatchEvent| if matches!(ev, WatchEvent::Put(_)) { "put" } else { "del" };
     for want in expected_volumes {
-        let ev = tokio::time::timeout(std::time::Duration::from_secs(5), volumes.next()).await.unwrap().unwrap().unwrap();
+        let ev = tokio::time::timeout(std::time::Duration::from_secs(5), volumes.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
         let r = ev.record();
         assert_eq!((tag(&ev), r.name.clone(), r.value.clone()), want);
     }
     for want in expected_all {
-        let ev = tokio::time::timeout(std::time::Duration::from_secs(5), all.next()).await.unwrap().unwrap().unwrap();
+        let ev = tokio::time::timeout(std::time::Duration::from_secs(5), all.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
         let r = ev.record();
         assert_eq!((tag(&ev), r.kind, r.name.clone(), r.value.clone()), want);
     }

@@ -42,7 +42,13 @@ pub struct StoreError {
 
 impl StoreError {
     /// A new error without a source.
-    pub fn new(error_kind: ErrorKind, op: &'static str, kind: Option<Kind>, name: &str, message: impl Into<String>) -> Self {
+    pub fn new(
+        error_kind: ErrorKind,
+        op: &'static str,
+        kind: Option<Kind>,
+        name: &str,
+        message: impl Into<String>,
+    ) -> Self {
         StoreError {
             error_kind,
             op,

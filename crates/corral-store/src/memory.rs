@@ -61,7 +61,13 @@ impl Store for MemoryStore {
             let mut state = self.state.lock();
             let key = (kind, name.to_string());
             if state.objects.contains_key(&key) {
-                return Err(StoreError::new(ErrorKind::AlreadyExists, "create", Some(kind), name, "already exists"));
+                return Err(StoreError::new(
+                    ErrorKind::AlreadyExists,
+                    "create",
+                    Some(kind),
+                    name,
+                    "already exists",
+                ));
             }
             state.revision += 1;
             let rev = state.revision;
@@ -103,7 +109,12 @@ impl Store for MemoryStore {
         futures::future::ready(result).boxed()
     }
 
-    fn delete(&self, kind: Kind, name: &str, expected: Option<&ResourceVersion>) -> BoxFuture<'_, Result<()>> {
+    fn delete(
+        &self,
+        kind: Kind,
+        name: &str,
+        expected: Option<&ResourceVersion>,
+    ) -> BoxFuture<'_, Result<()>> {
         let mut state = self.state.lock();
         let key = (kind, name.to_string());
         let result = match state.objects.get(&key) {

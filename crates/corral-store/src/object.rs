@@ -82,7 +82,8 @@ pub(crate) use resource;
 
 fn decode<R: Resource>(record: Record) -> Result<R> {
     let mut obj: R = serde_json::from_value(record.value).map_err(|e| {
-        StoreError::new(ErrorKind::Corrupt, "decode", Some(R::KIND), &record.name, e.to_string()).with_source(e)
+        StoreError::new(ErrorKind::Corrupt, "decode", Some(R::KIND), &record.name, e.to_string())
+            .with_source(e)
     })?;
     obj.metadata_mut().name = record.name;
     obj.metadata_mut().resource_version = Some(record.version);
@@ -91,7 +92,8 @@ fn decode<R: Resource>(record: Record) -> Result<R> {
 
 fn encode<R: Resource>(op: &'static str, obj: &R) -> Result<serde_json::Value> {
     serde_json::to_value(obj).map_err(|e| {
-        StoreError::new(ErrorKind::InvalidArgument, op, Some(R::KIND), obj.name(), e.to_string()).with_source(e)
+        StoreError::new(ErrorKind::InvalidArgument, op, Some(R::KIND), obj.name(), e.to_string())
+            .with_source(e)
     })
 }
 
@@ -145,7 +147,13 @@ impl Datastore {
     /// Write `obj` if its `metadata.resourceVersion` is still current (else `Conflict`).
     pub async fn update<R: Resource>(&self, obj: &R) -> Result<R> {
         let version = obj.metadata().resource_version.clone().ok_or_else(|| {
-            StoreError::new(ErrorKind::InvalidArgument, "update", Some(R::KIND), obj.name(), "no resource version")
+            StoreError::new(
+                ErrorKind::InvalidArgument,
+                "update",
+                Some(R::KIND),
+                obj.name(),
+                "no resource version",
+            )
         })?;
         let value = encode("update", obj)?;
         decode(self.store.update(R::KIND, obj.name(), &version, value).await?)
@@ -153,7 +161,11 @@ impl Datastore {
 
     /// Read-modify-write with retry on conflict: `f` is applied to the current object until the
     /// write wins. `f` returning an error aborts.
-    pub async fn modify<R: Resource>(&self, name: &str, mut f: impl FnMut(&mut R) -> Result<()>) -> Result<R> {
+    pub async fn modify<R: Resource>(
+        &self,
+        name: &str,
+        mut f: impl FnMut(&mut R) -> Result<()>,
+    ) -> Result<R> {
         loop {
             let mut obj: R = self.get(name).await?;
             f(&mut obj)?;

@@ -70,7 +70,8 @@ fn encode(rev: u64, value: &serde_json::Value) -> Vec<u8> {
 
 fn decode(kind: Kind, name: &str, bytes: &[u8]) -> Result<Record> {
     let corrupt = |msg: String| StoreError::new(ErrorKind::Corrupt, "decode", Some(kind), name, msg);
-    let (rev, json) = bytes.split_at_checked(8).ok_or_else(|| corrupt(format!("value of {} bytes", bytes.len())))?;
+    let (rev, json) =
+        bytes.split_at_checked(8).ok_or_else(|| corrupt(format!("value of {} bytes", bytes.len())))?;
     let mut rev_bytes = [0u8; 8];
     rev_bytes.copy_from_slice(rev);
     let value = serde_json::from_slice(json).map_err(|e| corrupt(e.to_string()))?;
@@ -100,7 +101,9 @@ impl RedbStore {
             txn.open_table(META).map_err(io_err("open", None, &name))?;
         }
         txn.commit().map_err(io_err("open", None, &name))?;
-        Ok(RedbStore { inner: Arc::new(Inner { db, path: path.to_path_buf(), hub: Mutex::new(WatchHub::default()) }) })
+        Ok(RedbStore {
+            inner: Arc::new(Inner { db, path: path.to_path_buf(), hub: Mutex::new(WatchHub::default()) }),
+        })
     }
 
     /// The database file.
@@ -115,9 +118,9 @@ impl RedbStore {
     ) -> BoxFuture<'static, Result<T>> {
         let inner = self.inner.clone();
         async move {
-            tokio::task::spawn_blocking(move || f(&inner))
-                .await
-                .map_err(|e| StoreError::new(ErrorKind::Unavailable, op, None, "", format!("store task failed: {e}")))?
+            tokio::task::spawn_blocking(move || f(&inner)).await.map_err(|e| {
+                StoreError::new(ErrorKind::Unavailable, op, None, "", format!("store task failed: {e}"))
+            })?
         }
         .boxed()
     }
@@ -152,13 +155,22 @@ impl Inner {
                 .map(|v| decode(kind, name, v.value()))
                 .transpose()?;
             let next = f(current.as_ref())?;
-            let rev = meta.get(REVISION_KEY).map_err(io_err(op, Some(kind), name))?.map_or(0, |v| v.value()) + 1;
+            let rev =
+                meta.get(REVISION_KEY).map_err(io_err(op, Some(kind), name))?.map_or(0, |v| v.value()) + 1;
             meta.insert(REVISION_KEY, rev).map_err(io_err(op, Some(kind), name))?;
             match next {
                 Some(value) => {
-                    objects.insert(k.as_str(), encode(rev, &value).as_slice()).map_err(io_err(op, Some(kind), name))?;
-                    let rec =
-                        Record { kind, name: name.to_string(), version: ResourceVersion(rev.to_string()), value };
+                    objects.insert(k.as_str(), encode(rev, &value).as_slice()).map_err(io_err(
+                        op,
+                        Some(kind),
+                        name,
+                    ))?;
+                    let rec = Record {
+                        kind,
+                        name: name.to_string(),
+                        version: ResourceVersion(rev.to_string()),
+                        value,
+                    };
                     (WatchEvent::Put(rec.clone()), Some(rec))
                 }
                 None => {
@@ -180,8 +192,20 @@ fn missing(op: &'static str, kind: Kind, name: &str) -> StoreError {
     StoreError::new(ErrorKind::NotFound, op, Some(kind), name, "not found")
 }
 
-fn stale(op: &'static str, kind: Kind, name: &str, expected: &ResourceVersion, current: &ResourceVersion) -> StoreError {
-    StoreError::new(ErrorKind::Conflict, op, Some(kind), name, format!("version {expected} is stale (current {current})"))
+fn stale(
+    op: &'static str,
+    kind: Kind,
+    name: &str,
+    expected: &ResourceVersion,
+    current: &ResourceVersion,
+) -> StoreError {
+    StoreError::new(
+        ErrorKind::Conflict,
+        op,
+        Some(kind),
+        name,
+        format!("version {expected} is stale (current {current})"),
+    )
 }
 
 impl Store for RedbStore {
@@ -212,7 +236,13 @@ impl Store for RedbStore {
         self.run("create", move |inner| {
             check_name("create", kind, &name)?;
             let rec = inner.write("create", kind, &name, |current| match current {
-                Some(_) => Err(StoreError::new(ErrorKind::AlreadyExists, "create", Some(kind), &name, "already exists")),
+                Some(_) => Err(StoreError::new(
+                    ErrorKind::AlreadyExists,
+                    "create",
+                    Some(kind),
+                    &name,
+                    "already exists",
+                )),
                 None => Ok(Some(value)),
             })?;
             rec.ok_or_else(|| missing("create", kind, &name))
@@ -231,20 +261,29 @@ impl Store for RedbStore {
         self.run("update", move |inner| {
             let rec = inner.write("update", kind, &name, |current| match current {
                 None => Err(missing("update", kind, &name)),
-                Some(cur) if cur.version != expected => Err(stale("update", kind, &name, &expected, &cur.version)),
+                Some(cur) if cur.version != expected => {
+                    Err(stale("update", kind, &name, &expected, &cur.version))
+                }
                 Some(_) => Ok(Some(value)),
             })?;
             rec.ok_or_else(|| missing("update", kind, &name))
         })
     }
 
-    fn delete(&self, kind: Kind, name: &str, expected: Option<&ResourceVersion>) -> BoxFuture<'_, Result<()>> {
+    fn delete(
+        &self,
+        kind: Kind,
+        name: &str,
+        expected: Option<&ResourceVersion>,
+    ) -> BoxFuture<'_, Result<()>> {
         let name = name.to_string();
         let expected = expected.cloned();
         self.run("delete", move |inner| {
             inner.write("delete", kind, &name, |current| match (current, &expected) {
                 (None, _) => Err(missing("delete", kind, &name)),
-                (Some(cur), Some(exp)) if &cur.version != exp => Err(stale("delete", kind, &name, exp, &cur.version)),
+                (Some(cur), Some(exp)) if &cur.version != exp => {
+                    Err(stale("delete", kind, &name, exp, &cur.version))
+                }
                 (Some(_), _) => Ok(None),
             })?;
             Ok(())

@@ -78,7 +78,13 @@ pub struct Condition {
 
 /// Set or replace the condition of `kind` in `conditions`, keeping the transition time when the
 /// status does not change. Returns whether anything changed.
-pub fn set_condition(conditions: &mut Vec<Condition>, kind: ConditionType, status: bool, reason: &str, message: &str) -> bool {
+pub fn set_condition(
+    conditions: &mut Vec<Condition>,
+    kind: ConditionType,
+    status: bool,
+    reason: &str,
+    message: &str,
+) -> bool {
     if let Some(c) = conditions.iter_mut().find(|c| c.kind == kind) {
         if c.status == status && c.reason == reason && c.message == message {
             return false;

@@ -139,7 +139,8 @@ pub trait Store: Send + Sync + 'static {
         value: serde_json::Value,
     ) -> BoxFuture<'_, Result<Record>>;
     /// Delete the record; with `Some(expected)` only if that is its current version.
-    fn delete(&self, kind: Kind, name: &str, expected: Option<&ResourceVersion>) -> BoxFuture<'_, Result<()>>;
+    fn delete(&self, kind: Kind, name: &str, expected: Option<&ResourceVersion>)
+        -> BoxFuture<'_, Result<()>>;
     /// Changes from now on, of one kind or (`None`) of all kinds.
     fn watch(&self, kind: Option<Kind>) -> BoxFuture<'_, Result<WatchStream>>;
 }

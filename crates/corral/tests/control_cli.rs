@@ -11,7 +11,10 @@ use control_support::*;
 const MIB: u64 = 1 << 20;
 
 fn nbd_size(ep: &str) -> u64 {
-    let out = std::process::Command::new("nbdinfo").args(["--size", ep]).output().expect("nbdinfo is required (Debian libnbd-bin)");
+    let out = std::process::Command::new("nbdinfo")
+        .args(["--size", ep])
+        .output()
+        .expect("nbdinfo is required (Debian libnbd-bin)");
     assert!(out.status.success(), "nbdinfo: {}", String::from_utf8_lossy(&out.stderr));
     String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
 }
@@ -25,9 +28,17 @@ fn snapshot_revert_and_expand_through_the_cli() {
     // Bad input: non-zero exit, a clear message, nothing created.
     let out = q.corral_output(&["volume", "create", "Bad_Name", "--size", "64MiB"]);
     assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("invalid volume name"), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("invalid volume name"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let out = q.corral_output(&["volume", "create", "v", "--size", "3MiB", "--replicas", "1"]);
-    assert!(String::from_utf8_lossy(&out.stderr).contains("multiple of 2 MiB"), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("multiple of 2 MiB"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_eq!(q.corral(&["volume", "ls", "--json"]).trim(), "[]");
 
     q.corral(&["volume", "create", "v", "--size", "64MiB", "--replicas", "2", "--wait"]);
@@ -35,14 +46,19 @@ fn snapshot_revert_and_expand_through_the_cli() {
     write_pattern(&ep, 0x11, 0, 2 * MIB);
     assert_eq!(q.corral(&["snapshot", "create", "v", "s1"]).trim(), "s1");
     write_pattern(&ep, 0x22, 0, 2 * MIB);
-    let list: serde_json::Value = serde_json::from_str(&q.corral(&["snapshot", "ls", "v", "--json"])).unwrap();
+    let list: serde_json::Value =
+        serde_json::from_str(&q.corral(&["snapshot", "ls", "v", "--json"])).unwrap();
     assert!(list.as_array().unwrap().iter().any(|s| s["name"] == "s1"), "{list:#}");
     assert!(q.corral(&["snapshot", "ls", "v"]).contains("s1"));
 
     // Revert is refused outside maintenance mode, and changes nothing.
     let out = q.corral_output(&["snapshot", "revert", "v", "s1"]);
     assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("maintenance"), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("maintenance"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     read_pattern(&ep, 0x22, 0, 2 * MIB);
 
     q.corral(&["volume", "detach", "v", "--wait"]);
@@ -52,7 +68,11 @@ fn snapshot_revert_and_expand_through_the_cli() {
 
     // Expand: refused when shrinking; online otherwise, visible to a new client.
     let out = q.corral_output(&["volume", "expand", "v", "--size", "32MiB"]);
-    assert!(String::from_utf8_lossy(&out.stderr).contains("shrink"), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("shrink"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     q.corral(&["volume", "expand", "v", "--size", "128MiB"]);
     q.wait_volume("v", "expanded", Duration::from_secs(30), |v| v["size"] == 128 * MIB);
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
@@ -65,7 +85,8 @@ fn snapshot_revert_and_expand_through_the_cli() {
     read_pattern(&ep, 0x11, 0, 2 * MIB);
 
     q.corral(&["snapshot", "rm", "v", "s1"]);
-    let list: serde_json::Value = serde_json::from_str(&q.corral(&["snapshot", "ls", "v", "--json"])).unwrap();
+    let list: serde_json::Value =
+        serde_json::from_str(&q.corral(&["snapshot", "ls", "v", "--json"])).unwrap();
     assert!(!list.as_array().unwrap().iter().any(|s| s["name"] == "s1" && s["removed"] == false), "{list:#}");
     read_pattern(&ep, 0x11, 0, 2 * MIB);
 
@@ -80,7 +101,19 @@ fn snapshot_revert_and_expand_through_the_cli() {
     assert!(q.corral(&["setting", "get", "replica-soft-anti-affinity"]).contains("true"));
     q.corral(&["setting", "set", "default-replica-count", "2"]);
     assert!(q.corral(&["setting", "get", "default-replica-count", "--json"]).contains("\"value\": \"2\""));
-    q.corral(&["job", "create", "snap5", "--task", "snapshot", "--cron", "*/5 * * * *", "--retain", "2", "--volume", "v"]);
+    q.corral(&[
+        "job",
+        "create",
+        "snap5",
+        "--task",
+        "snapshot",
+        "--cron",
+        "*/5 * * * *",
+        "--retain",
+        "2",
+        "--volume",
+        "v",
+    ]);
     assert!(q.corral(&["job", "ls"]).contains("snap5"));
     q.corral(&["job", "rm", "snap5"]);
 

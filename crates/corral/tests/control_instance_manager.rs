@@ -26,7 +26,15 @@ impl Drop for Im {
 async fn start_im() -> Im {
     let port = free_port();
     let child = Command::new(CORRAL)
-        .args(["instance-manager", "--node", "n1", "--listen", &format!("127.0.0.1:{port}"), "--port-range", &free_range(50)])
+        .args([
+            "instance-manager",
+            "--node",
+            "n1",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--port-range",
+            &free_range(50),
+        ])
         .stdout(Stdio::null())
         .spawn()
         .unwrap();
@@ -43,7 +51,16 @@ async fn start_replica(im: &Im, name: &str, dir: &std::path::Path) -> corral_im:
     let req = StartRequest {
         name: name.into(),
         kind: InstanceKind::Replica as i32,
-        args: vec!["replica".into(), "serve".into(), "--dir".into(), dir.display().to_string(), "--size".into(), "16MiB".into(), "--listen".into(), "127.0.0.1:{port0}".into()],
+        args: vec![
+            "replica".into(),
+            "serve".into(),
+            "--dir".into(),
+            dir.display().to_string(),
+            "--size".into(),
+            "16MiB".into(),
+            "--listen".into(),
+            "127.0.0.1:{port0}".into(),
+        ],
         port_count: 1,
         probe_host: String::new(),
         requested_ports: vec![],
@@ -55,7 +72,11 @@ async fn start_replica(im: &Im, name: &str, dir: &std::path::Path) -> corral_im:
         if i.state == InstanceState::Running as i32 {
             return i;
         }
-        assert!(Instant::now() < deadline, "replica never running: {i:?} {:?}", im.client.logs(name, 20).await);
+        assert!(
+            Instant::now() < deadline,
+            "replica never running: {i:?} {:?}",
+            im.client.logs(name, 20).await
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -65,12 +86,17 @@ async fn replicas_are_supervised_and_die_with_a_killed_instance_manager() {
     let tmp = tempfile::tempdir().unwrap();
     let im = start_im().await;
     let r = start_replica(&im, "r1", &tmp.path().join("r1")).await;
-    std::net::TcpStream::connect(("127.0.0.1", r.ports[0] as u16)).expect("replica listens on its allocated port");
+    std::net::TcpStream::connect(("127.0.0.1", r.ports[0] as u16))
+        .expect("replica listens on its allocated port");
     let logs = im.client.logs("r1", 0).await.unwrap();
-    assert!(logs.iter().any(|l| l.contains(&format!("listening on tcp://127.0.0.1:{}", r.ports[0]))), "{logs:?}");
+    assert!(
+        logs.iter().any(|l| l.contains(&format!("listening on tcp://127.0.0.1:{}", r.ports[0]))),
+        "{logs:?}"
+    );
     // A killed replica is reported with its signal.
     let r2 = start_replica(&im, "r2", &tmp.path().join("r2")).await;
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(r2.pid as i32), nix::sys::signal::Signal::SIGKILL).unwrap();
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(r2.pid as i32), nix::sys::signal::Signal::SIGKILL)
+        .unwrap();
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let i = im.client.get("r2").await.unwrap();
@@ -93,12 +119,21 @@ async fn sigterm_stops_the_children_cleanly() {
     let tmp = tempfile::tempdir().unwrap();
     let mut im = start_im().await;
     start_replica(&im, "r1", &tmp.path().join("r1")).await;
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(im.child.id() as i32), nix::sys::signal::Signal::SIGTERM).unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(im.child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
     let status = im.child.wait().unwrap();
     assert!(status.success(), "{status}");
     assert_no_processes(&tmp.path().display().to_string());
     // Stopped with SIGTERM, the replica closed cleanly: the directory opens read-only as not dirty.
-    let out = Command::new(CORRAL).args(["replica", "info", "--dir"]).arg(tmp.path().join("r1")).arg("--json").output().unwrap();
+    let out = Command::new(CORRAL)
+        .args(["replica", "info", "--dir"])
+        .arg(tmp.path().join("r1"))
+        .arg("--json")
+        .output()
+        .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let info: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(info["dirty"], false, "{info:#}");

@@ -37,7 +37,8 @@ fn replica_killed_under_io_is_rebuilt_and_quickstart_restarts_with_the_data() {
     let victim = v["replicas"][1]["name"].as_str().unwrap().to_string();
     let procs = processes_mentioning(&format!("replicas/{victim} "));
     assert_eq!(procs.len(), 1, "one process serves {victim}: {procs:?}");
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(procs[0].0 as i32), nix::sys::signal::Signal::SIGKILL).unwrap();
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(procs[0].0 as i32), nix::sys::signal::Signal::SIGKILL)
+        .unwrap();
     write_pattern(&ep, 0xc3, 100 * MIB, 8 * MIB);
     q.wait_volume("vol1", "degraded", Duration::from_secs(20), |v| v["robustness"] == "degraded");
     // It heals by itself: the replica is restarted, rebuilt, and RW again.
@@ -74,7 +75,9 @@ fn manager_killed_during_volume_creation_converges_without_duplicates() {
     std::thread::sleep(Duration::from_millis(150));
     let q2 = q.kill_and_restart();
     // The children died with it (parent-death signal), nothing leaked.
-    let v = q2.wait_volume("v", "detached and healthy", Duration::from_secs(60), |v| v["state"] == "detached" && v["robustness"] == "healthy");
+    let v = q2.wait_volume("v", "detached and healthy", Duration::from_secs(60), |v| {
+        v["state"] == "detached" && v["robustness"] == "healthy"
+    });
     assert_eq!(v["replicas"].as_array().unwrap().len(), 3, "{v:#}");
     assert_eq!(replica_dirs(&data), 3, "one directory per replica");
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -98,10 +101,15 @@ fn manager_killed_during_a_rebuild_converges_and_keeps_the_data() {
     write_pattern(&ep, 0x5a, 0, 64 * MIB);
     let victim = v["replicas"][0]["name"].as_str().unwrap().to_string();
     let procs = processes_mentioning(&format!("replicas/{victim} "));
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(procs[0].0 as i32), nix::sys::signal::Signal::SIGKILL).unwrap();
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(procs[0].0 as i32), nix::sys::signal::Signal::SIGKILL)
+        .unwrap();
     // Wait for the rebuild to begin (the replica restarted and was added back), then crash.
     q.wait_volume("v", "rebuilding", Duration::from_secs(20), |v| {
-        v["replicas"].as_array().unwrap().iter().any(|r| r["name"] == victim.as_str() && r["state"] == "running")
+        v["replicas"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["name"] == victim.as_str() && r["state"] == "running")
     });
     let q2 = q.kill_and_restart();
     let v = q2.wait_volume("v", "healthy after the restart", Duration::from_secs(90), |v| {

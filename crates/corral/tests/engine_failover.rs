@@ -91,11 +91,14 @@ fn kill_a_replica_under_load_rebuild_a_fresh_one_then_lose_the_originals() {
     let writers: Vec<_> = (0..2u64)
         .map(|i| writer(host.clone(), port, i * half, half, i + 1, stop.clone(), ops.clone()))
         .collect();
+    let t0 = Instant::now();
     wait_ops(&ops, 300);
+    eprintln!("phase: 300 ops in {:?}", t0.elapsed());
     let victim = rs[1].address.clone();
     rs[1].kill9();
     wait_ops(&ops, 300);
     engine.wait_mode(&victim, "ERR", 10);
+    eprintln!("phase: victim ERR at {:?}", t0.elapsed());
 
     let fresh = Replica::start(&dir.path().join("fresh"), "64MiB", "127.0.0.1:0");
     engine.cli_ok(&["replica", "add", &fresh.address]);
@@ -112,9 +115,11 @@ fn kill_a_replica_under_load_rebuild_a_fresh_one_then_lose_the_originals() {
         std::thread::sleep(Duration::from_millis(50));
     }
     assert!(saw_wo, "the fresh replica was never seen in WO mode");
+    eprintln!("phase: rebuilt at {:?}", t0.elapsed());
     wait_ops(&ops, 300);
     stop.store(true, Ordering::SeqCst);
     let models: Vec<Vec<u8>> = writers.into_iter().map(|w| w.join().expect("a writer failed")).collect();
+    eprintln!("phase: writers done at {:?}", t0.elapsed());
 
     rs[0].kill9();
     rs[2].kill9();

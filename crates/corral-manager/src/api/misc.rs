@@ -26,7 +26,10 @@ pub struct Health {
 #[utoipa::path(get, path = "/healthz", tag = "health",
     responses((status = 200, body = Health), (status = 503, body = ErrorBody)))]
 pub async fn healthz(State(st): State<AppState>) -> Result<Json<Health>> {
-    st.ds.list::<Setting>().await.map_err(|e| ManagerError::new(Code::Unavailable, format!("datastore: {e}")))?;
+    st.ds
+        .list::<Setting>()
+        .await
+        .map_err(|e| ManagerError::new(Code::Unavailable, format!("datastore: {e}")))?;
     Ok(Json(Health { status: "ok".into(), node: st.node.clone() }))
 }
 
@@ -86,7 +89,11 @@ pub async fn setting_get(State(st): State<AppState>, Path(name): Path<String>) -
 
 #[utoipa::path(put, path = "/v1/settings/{name}", tag = "settings", params(("name" = String, Path)), request_body = SetSetting,
     responses((status = 200, body = SettingView), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
-pub async fn setting_set(State(st): State<AppState>, Path(name): Path<String>, ApiJson(req): ApiJson<SetSetting>) -> Result<Json<SettingView>> {
+pub async fn setting_set(
+    State(st): State<AppState>,
+    Path(name): Path<String>,
+    ApiJson(req): ApiJson<SetSetting>,
+) -> Result<Json<SettingView>> {
     let def = settings::definition(&name)?;
     let value = settings::validate(def, &req.value)?;
     let stored: Option<Setting> = st.ds.try_get(&name).await?;
@@ -94,14 +101,20 @@ pub async fn setting_set(State(st): State<AppState>, Path(name): Path<String>, A
         (Some(mut s), expected) => {
             if let Some(exp) = expected {
                 if s.metadata.resource_version.as_ref().is_none_or(|c| c.0 != exp) {
-                    return Err(ManagerError::new(Code::Conflict, format!("setting {name} changed since version {exp}")));
+                    return Err(ManagerError::new(
+                        Code::Conflict,
+                        format!("setting {name} changed since version {exp}"),
+                    ));
                 }
             }
             s.spec.value = value;
             st.ds.update(&s).await?;
         }
         (None, Some(exp)) if !exp.is_empty() => {
-            return Err(ManagerError::new(Code::Conflict, format!("setting {name} changed since version {exp}")));
+            return Err(ManagerError::new(
+                Code::Conflict,
+                format!("setting {name} changed since version {exp}"),
+            ));
         }
         (None, _) => {
             st.ds.create(&Setting::new(name.clone(), SettingSpec { value })).await?;
@@ -151,14 +164,18 @@ const TARGET: &str = "default";
 #[utoipa::path(get, path = "/v1/backuptarget", tag = "backups", responses((status = 200, body = BackupTargetView)))]
 pub async fn backup_target_get(State(st): State<AppState>) -> Result<Json<BackupTargetView>> {
     let t: Option<BackupTarget> = st.ds.try_get(TARGET).await?;
-    Ok(Json(t.map_or(BackupTargetView { url: String::new(), available: false, message: "no backup target set".into() }, |t| {
-        BackupTargetView { url: t.spec.url, available: t.status.available, message: t.status.message }
-    })))
+    Ok(Json(t.map_or(
+        BackupTargetView { url: String::new(), available: false, message: "no backup target set".into() },
+        |t| BackupTargetView { url: t.spec.url, available: t.status.available, message: t.status.message },
+    )))
 }
 
 #[utoipa::path(put, path = "/v1/backuptarget", tag = "backups", request_body = SetBackupTarget,
     responses((status = 200, body = BackupTargetView), (status = 400, body = ErrorBody)))]
-pub async fn backup_target_set(State(st): State<AppState>, ApiJson(req): ApiJson<SetBackupTarget>) -> Result<Json<BackupTargetView>> {
+pub async fn backup_target_set(
+    State(st): State<AppState>,
+    ApiJson(req): ApiJson<SetBackupTarget>,
+) -> Result<Json<BackupTargetView>> {
     check_backup_url(&req.url)?;
     loop {
         let r = match st.ds.try_get::<BackupTarget>(TARGET).await? {
@@ -166,7 +183,14 @@ pub async fn backup_target_set(State(st): State<AppState>, ApiJson(req): ApiJson
                 t.spec.url = req.url.clone();
                 st.ds.update(&t).await
             }
-            None => st.ds.create(&BackupTarget::new(TARGET, BackupTargetSpec { url: req.url.clone(), poll_interval: 300 })).await,
+            None => {
+                st.ds
+                    .create(&BackupTarget::new(
+                        TARGET,
+                        BackupTargetSpec { url: req.url.clone(), poll_interval: 300 },
+                    ))
+                    .await
+            }
         };
         match r {
             Ok(_) => break,
@@ -240,12 +264,17 @@ pub async fn jobs_list(State(st): State<AppState>) -> Result<Json<Vec<RecurringJ
 
 #[utoipa::path(post, path = "/v1/recurringjobs", tag = "recurringjobs", request_body = RecurringJobView,
     responses((status = 201, body = RecurringJobView), (status = 400, body = ErrorBody), (status = 409, body = ErrorBody)))]
-pub async fn job_create(State(st): State<AppState>, ApiJson(req): ApiJson<RecurringJobView>) -> Result<(StatusCode, Json<RecurringJobView>)> {
+pub async fn job_create(
+    State(st): State<AppState>,
+    ApiJson(req): ApiJson<RecurringJobView>,
+) -> Result<(StatusCode, Json<RecurringJobView>)> {
     check_name("recurring job", &req.name)?;
     let task = match req.task.as_str() {
         "snapshot" => JobTask::Snapshot,
         "backup" => JobTask::Backup,
-        other => return Err(ManagerError::invalid(format!("task must be snapshot or backup, not {other:?}"))),
+        other => {
+            return Err(ManagerError::invalid(format!("task must be snapshot or backup, not {other:?}")))
+        }
     };
     parse_cron(&req.cron)?;
     if req.retain == 0 || req.retain > 100 {
@@ -281,17 +310,25 @@ pub async fn job_create(State(st): State<AppState>, ApiJson(req): ApiJson<Recurr
 #[utoipa::path(get, path = "/v1/recurringjobs/{name}", tag = "recurringjobs", params(("name" = String, Path)),
     responses((status = 200, body = RecurringJobView), (status = 404, body = ErrorBody)))]
 pub async fn job_get(State(st): State<AppState>, Path(name): Path<String>) -> Result<Json<RecurringJobView>> {
-    let j: RecurringJob =
-        st.ds.get(&name).await.map_err(|e| if e.is_not_found() { ManagerError::not_found("recurring job", &name) } else { e.into() })?;
+    let j: RecurringJob = st.ds.get(&name).await.map_err(|e| {
+        if e.is_not_found() {
+            ManagerError::not_found("recurring job", &name)
+        } else {
+            e.into()
+        }
+    })?;
     Ok(Json(job_view(&j)))
 }
 
 #[utoipa::path(delete, path = "/v1/recurringjobs/{name}", tag = "recurringjobs", params(("name" = String, Path)),
     responses((status = 204, description = "Deleted"), (status = 404, body = ErrorBody)))]
 pub async fn job_delete(State(st): State<AppState>, Path(name): Path<String>) -> Result<StatusCode> {
-    st.ds
-        .delete::<RecurringJob>(&name, None)
-        .await
-        .map_err(|e| if e.is_not_found() { ManagerError::not_found("recurring job", &name) } else { e.into() })?;
+    st.ds.delete::<RecurringJob>(&name, None).await.map_err(|e| {
+        if e.is_not_found() {
+            ManagerError::not_found("recurring job", &name)
+        } else {
+            e.into()
+        }
+    })?;
     Ok(StatusCode::NO_CONTENT)
 }

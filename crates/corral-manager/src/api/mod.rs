@@ -18,10 +18,10 @@ mod misc;
 mod nodes;
 mod volumes;
 
-pub use misc::{BackupTargetView, RecurringJobView, SettingView};
+pub use misc::{parse_cron, BackupTargetView, RecurringJobView, SettingView};
 pub use nodes::{DiskView, NodeView};
-pub use volumes::{is_settled, ReplicaView, VolumeView};
 pub(crate) use volumes::placed as placed_replicas;
+pub use volumes::{is_settled, ReplicaView, VolumeView};
 
 /// What handlers share.
 #[derive(Clone)]
@@ -44,7 +44,9 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
     async fn from_request(req: Request, state: &S) -> Result<Self> {
         match axum::Json::<T>::from_request(req, state).await {
             Ok(axum::Json(v)) => Ok(ApiJson(v)),
-            Err(JsonRejection::JsonDataError(e)) => Err(ManagerError::invalid(format!("invalid request body: {}", e.body_text()))),
+            Err(JsonRejection::JsonDataError(e)) => {
+                Err(ManagerError::invalid(format!("invalid request body: {}", e.body_text())))
+            }
             Err(e) => Err(ManagerError::invalid(format!("invalid request body: {}", e.body_text()))),
         }
     }
@@ -100,13 +102,21 @@ fn routes() -> Routes {
         .add(&["post"], "/v1/volumes/{name}/detach", post(volumes::detach))
         .add(&["post"], "/v1/volumes/{name}/expand", post(volumes::expand))
         .add(&["post"], "/v1/volumes/{name}/maintenance", post(volumes::maintenance))
-        .add(&["get", "post"], "/v1/volumes/{name}/snapshots", get(volumes::snapshot_list).post(volumes::snapshot_create))
+        .add(
+            &["get", "post"],
+            "/v1/volumes/{name}/snapshots",
+            get(volumes::snapshot_list).post(volumes::snapshot_create),
+        )
         .add(&["delete"], "/v1/volumes/{name}/snapshots/{snapshot}", delete(volumes::snapshot_delete))
         .add(&["post"], "/v1/volumes/{name}/snapshots/{snapshot}/revert", post(volumes::snapshot_revert))
         .add(&["get"], "/v1/nodes", get(nodes::list))
         .add(&["get", "patch"], "/v1/nodes/{name}", get(nodes::get).patch(nodes::update))
         .add(&["post"], "/v1/nodes/{name}/disks", post(nodes::disk_add))
-        .add(&["patch", "delete"], "/v1/nodes/{name}/disks/{disk}", patch(nodes::disk_update).delete(nodes::disk_remove))
+        .add(
+            &["patch", "delete"],
+            "/v1/nodes/{name}/disks/{disk}",
+            patch(nodes::disk_update).delete(nodes::disk_remove),
+        )
         .add(&["get"], "/v1/settings", get(misc::settings_list))
         .add(&["get", "put"], "/v1/settings/{name}", get(misc::setting_get).put(misc::setting_set))
         .add(&["get"], "/v1/events", get(misc::events))
@@ -130,18 +140,48 @@ pub fn registered_routes() -> Vec<(String, String)> {
 
 #[derive(OpenApi)]
 #[openapi(
-    info(title = "Corral manager API", description = "Volumes, nodes and disks, settings, backups and recurring jobs of a Corral cluster. Errors are `{\"code\", \"message\"}` with a stable code."),
-    paths(
-        misc::healthz, misc::openapi_doc,
-        volumes::list, volumes::create, volumes::get, volumes::delete, volumes::attach, volumes::detach,
-        volumes::expand, volumes::maintenance, volumes::snapshot_list, volumes::snapshot_create,
-        volumes::snapshot_delete, volumes::snapshot_revert,
-        nodes::list, nodes::get, nodes::update, nodes::disk_add, nodes::disk_update, nodes::disk_remove,
-        misc::settings_list, misc::setting_get, misc::setting_set, misc::events,
-        misc::backup_target_get, misc::backup_target_set,
-        misc::jobs_list, misc::job_create, misc::job_get, misc::job_delete,
+    info(
+        title = "Corral manager API",
+        description = "Volumes, nodes and disks, settings, backups and recurring jobs of a Corral cluster. Errors are `{\"code\", \"message\"}` with a stable code."
     ),
-    components(schemas(crate::error::ErrorBody, crate::error::Code, crate::events::Event, crate::events::EventType))
+    paths(
+        misc::healthz,
+        misc::openapi_doc,
+        volumes::list,
+        volumes::create,
+        volumes::get,
+        volumes::delete,
+        volumes::attach,
+        volumes::detach,
+        volumes::expand,
+        volumes::maintenance,
+        volumes::snapshot_list,
+        volumes::snapshot_create,
+        volumes::snapshot_delete,
+        volumes::snapshot_revert,
+        nodes::list,
+        nodes::get,
+        nodes::update,
+        nodes::disk_add,
+        nodes::disk_update,
+        nodes::disk_remove,
+        misc::settings_list,
+        misc::setting_get,
+        misc::setting_set,
+        misc::events,
+        misc::backup_target_get,
+        misc::backup_target_set,
+        misc::jobs_list,
+        misc::job_create,
+        misc::job_get,
+        misc::job_delete,
+    ),
+    components(schemas(
+        crate::error::ErrorBody,
+        crate::error::Code,
+        crate::events::Event,
+        crate::events::EventType
+    ))
 )]
 struct ApiDoc;
 

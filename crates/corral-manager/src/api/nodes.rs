@@ -45,7 +45,8 @@ pub(crate) fn view(n: &Node, replicas: &[Replica]) -> NodeView {
         .iter()
         .map(|(name, d)| {
             let st = n.status.disks.get(name).cloned().unwrap_or_default();
-            let mine: Vec<&Replica> = replicas.iter().filter(|r| r.spec.node == n.metadata.name && &r.spec.disk == name).collect();
+            let mine: Vec<&Replica> =
+                replicas.iter().filter(|r| r.spec.node == n.metadata.name && &r.spec.disk == name).collect();
             DiskView {
                 name: name.clone(),
                 path: d.path.clone(),
@@ -115,12 +116,26 @@ pub struct UpdateDisk {
     pub storage_reserved: Option<u64>,
 }
 
-async fn mutate_node(st: &AppState, name: &str, expected: Option<&str>, mut f: impl FnMut(&mut Node) -> Result<()>) -> Result<Node> {
+async fn mutate_node(
+    st: &AppState,
+    name: &str,
+    expected: Option<&str>,
+    mut f: impl FnMut(&mut Node) -> Result<()>,
+) -> Result<Node> {
     for _ in 0..20 {
-        let mut n: Node = st.ds.get(name).await.map_err(|e| if e.is_not_found() { ManagerError::not_found("node", name) } else { e.into() })?;
+        let mut n: Node = st.ds.get(name).await.map_err(|e| {
+            if e.is_not_found() {
+                ManagerError::not_found("node", name)
+            } else {
+                e.into()
+            }
+        })?;
         if let Some(exp) = expected {
             if n.metadata.resource_version.as_ref().is_none_or(|c| c.0 != exp) {
-                return Err(ManagerError::new(Code::Conflict, format!("node {name:?} changed since version {exp}; read it again")));
+                return Err(ManagerError::new(
+                    Code::Conflict,
+                    format!("node {name:?} changed since version {exp}; read it again"),
+                ));
             }
         }
         f(&mut n)?;
@@ -155,13 +170,23 @@ pub async fn list(State(st): State<AppState>) -> Result<Json<Vec<NodeView>>> {
 #[utoipa::path(get, path = "/v1/nodes/{name}", tag = "nodes", params(("name" = String, Path)),
     responses((status = 200, body = NodeView), (status = 404, body = ErrorBody)))]
 pub async fn get(State(st): State<AppState>, Path(name): Path<String>) -> Result<Json<NodeView>> {
-    let n: Node = st.ds.get(&name).await.map_err(|e| if e.is_not_found() { ManagerError::not_found("node", &name) } else { e.into() })?;
+    let n: Node = st.ds.get(&name).await.map_err(|e| {
+        if e.is_not_found() {
+            ManagerError::not_found("node", &name)
+        } else {
+            e.into()
+        }
+    })?;
     Ok(Json(node_view(&st, &n).await?))
 }
 
 #[utoipa::path(patch, path = "/v1/nodes/{name}", tag = "nodes", params(("name" = String, Path)), request_body = UpdateNode,
     responses((status = 200, body = NodeView), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
-pub async fn update(State(st): State<AppState>, Path(name): Path<String>, ApiJson(req): ApiJson<UpdateNode>) -> Result<Json<NodeView>> {
+pub async fn update(
+    State(st): State<AppState>,
+    Path(name): Path<String>,
+    ApiJson(req): ApiJson<UpdateNode>,
+) -> Result<Json<NodeView>> {
     if let Some(tags) = &req.tags {
         check_tags(tags)?;
     }
@@ -187,16 +212,31 @@ fn disk_name_from_path(path: &str) -> String {
         .map(|c| if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') { c } else { '-' })
         .collect();
     let cleaned = cleaned.trim_start_matches(['-', '.', '_']).to_string();
-    if cleaned.is_empty() { "disk".into() } else { cleaned.chars().take(63).collect() }
+    if cleaned.is_empty() {
+        "disk".into()
+    } else {
+        cleaned.chars().take(63).collect()
+    }
 }
 
 #[utoipa::path(post, path = "/v1/nodes/{name}/disks", tag = "nodes", params(("name" = String, Path)), request_body = AddDisk,
     responses((status = 201, body = NodeView), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
-pub async fn disk_add(State(st): State<AppState>, Path(name): Path<String>, ApiJson(req): ApiJson<AddDisk>) -> Result<(StatusCode, Json<NodeView>)> {
+pub async fn disk_add(
+    State(st): State<AppState>,
+    Path(name): Path<String>,
+    ApiJson(req): ApiJson<AddDisk>,
+) -> Result<(StatusCode, Json<NodeView>)> {
     let trimmed = req.path.trim_end_matches('/');
-    let path = if trimmed.is_empty() && req.path.starts_with('/') { "/".to_string() } else { trimmed.to_string() };
-    if !path.starts_with('/') || path.split('/').any(|c| c == ".." || c == ".") || path.chars().any(char::is_control) {
-        return Err(ManagerError::invalid(format!("disk path {:?} must be an absolute path without . or ..", req.path)));
+    let path =
+        if trimmed.is_empty() && req.path.starts_with('/') { "/".to_string() } else { trimmed.to_string() };
+    if !path.starts_with('/')
+        || path.split('/').any(|c| c == ".." || c == ".")
+        || path.chars().any(char::is_control)
+    {
+        return Err(ManagerError::invalid(format!(
+            "disk path {:?} must be an absolute path without . or ..",
+            req.path
+        )));
     }
     let disk = req.name.clone().unwrap_or_else(|| disk_name_from_path(&path));
     check_name("disk", &disk)?;
@@ -205,19 +245,34 @@ pub async fn disk_add(State(st): State<AppState>, Path(name): Path<String>, ApiJ
         // The directory must exist on this node; other nodes' managers check their own.
         match std::fs::metadata(&path) {
             Ok(m) if m.is_dir() => {}
-            _ => return Err(ManagerError::invalid(format!("disk path {path:?} is not an existing directory on node {name}"))),
+            _ => {
+                return Err(ManagerError::invalid(format!(
+                    "disk path {path:?} is not an existing directory on node {name}"
+                )))
+            }
         }
     }
     let n = mutate_node(&st, &name, None, |n| {
         if n.spec.disks.contains_key(&disk) {
-            return Err(ManagerError::new(Code::AlreadyExists, format!("node {name} already has a disk named {disk:?}")));
+            return Err(ManagerError::new(
+                Code::AlreadyExists,
+                format!("node {name} already has a disk named {disk:?}"),
+            ));
         }
         if let Some((other, _)) = n.spec.disks.iter().find(|(_, d)| d.path == path) {
-            return Err(ManagerError::new(Code::AlreadyExists, format!("path {path:?} is already disk {other:?} of node {name}")));
+            return Err(ManagerError::new(
+                Code::AlreadyExists,
+                format!("path {path:?} is already disk {other:?} of node {name}"),
+            ));
         }
         n.spec.disks.insert(
             disk.clone(),
-            DiskSpec { path: path.clone(), allow_scheduling: req.allow_scheduling, storage_reserved: req.storage_reserved, tags: req.tags.clone() },
+            DiskSpec {
+                path: path.clone(),
+                allow_scheduling: req.allow_scheduling,
+                storage_reserved: req.storage_reserved,
+                tags: req.tags.clone(),
+            },
         );
         if name == st.node {
             n.status.disks.insert(disk.clone(), crate::reconcile::disk_status(&path));
@@ -259,10 +314,16 @@ pub async fn disk_update(
 
 #[utoipa::path(delete, path = "/v1/nodes/{name}/disks/{disk}", tag = "nodes", params(("name" = String, Path), ("disk" = String, Path)),
     responses((status = 200, body = NodeView), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
-pub async fn disk_remove(State(st): State<AppState>, Path((name, disk)): Path<(String, String)>) -> Result<Json<NodeView>> {
+pub async fn disk_remove(
+    State(st): State<AppState>,
+    Path((name, disk)): Path<(String, String)>,
+) -> Result<Json<NodeView>> {
     let replicas: Vec<Replica> = st.ds.list().await?;
-    let on_disk: Vec<&str> =
-        replicas.iter().filter(|r| r.spec.node == name && r.spec.disk == disk).map(|r| r.metadata.name.as_str()).collect();
+    let on_disk: Vec<&str> = replicas
+        .iter()
+        .filter(|r| r.spec.node == name && r.spec.disk == disk)
+        .map(|r| r.metadata.name.as_str())
+        .collect();
     if !on_disk.is_empty() {
         return Err(ManagerError::precondition(format!(
             "disk {disk:?} of node {name} still holds replicas ({}); move or delete their volumes first",

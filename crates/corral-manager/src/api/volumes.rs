@@ -5,7 +5,9 @@ use std::collections::BTreeMap;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::Json;
-use corral_store::resources::{Condition, DataLocality, Node, Replica, ReplicaMode, Volume, VolumeSpec, VolumeState};
+use corral_store::resources::{
+    Condition, DataLocality, Node, Replica, ReplicaMode, Volume, VolumeSpec, VolumeState,
+};
 use corral_store::{Datastore, Resource};
 
 use serde::{Deserialize, Serialize};
@@ -82,7 +84,10 @@ pub(crate) fn view(v: &Volume, replicas: &[Replica]) -> VolumeView {
             disk: r.spec.disk.clone(),
             mode: r.status.mode,
             rebuild_progress: r.status.rebuild_progress,
-            state: serde_json::to_value(r.status.state).ok().and_then(|s| s.as_str().map(String::from)).unwrap_or_default(),
+            state: serde_json::to_value(r.status.state)
+                .ok()
+                .and_then(|s| s.as_str().map(String::from))
+                .unwrap_or_default(),
             failed_at: r.spec.failed_at.clone(),
         })
         .collect();
@@ -199,19 +204,32 @@ fn parse_locality(s: Option<&str>) -> Result<DataLocality> {
     match s {
         None | Some("disabled") => Ok(DataLocality::Disabled),
         Some("best-effort") => Ok(DataLocality::BestEffort),
-        Some(other) => Err(ManagerError::invalid(format!("dataLocality must be disabled or best-effort, not {other:?}"))),
+        Some(other) => {
+            Err(ManagerError::invalid(format!("dataLocality must be disabled or best-effort, not {other:?}")))
+        }
     }
 }
 
 pub(crate) fn placed(replicas: &[Replica]) -> Vec<PlacedReplica> {
     replicas
         .iter()
-        .map(|r| PlacedReplica { volume: r.spec.volume.clone(), node: r.spec.node.clone(), disk: r.spec.disk.clone(), size: r.spec.size })
+        .map(|r| PlacedReplica {
+            volume: r.spec.volume.clone(),
+            node: r.spec.node.clone(),
+            disk: r.spec.disk.clone(),
+            size: r.spec.size,
+        })
         .collect()
 }
 
 async fn load(ds: &Datastore, name: &str) -> Result<Volume> {
-    ds.get::<Volume>(name).await.map_err(|e| if e.is_not_found() { ManagerError::not_found("volume", name) } else { e.into() })
+    ds.get::<Volume>(name).await.map_err(|e| {
+        if e.is_not_found() {
+            ManagerError::not_found("volume", name)
+        } else {
+            e.into()
+        }
+    })
 }
 
 /// Read-modify-write of a volume: `f` validates against the current state and changes the spec.
@@ -261,13 +279,18 @@ pub async fn list(State(st): State<AppState>) -> Result<Json<Vec<VolumeView>>> {
 
 #[utoipa::path(post, path = "/v1/volumes", tag = "volumes", request_body = CreateVolume,
     responses((status = 201, body = VolumeView), (status = 400, body = ErrorBody), (status = 409, body = ErrorBody)))]
-pub async fn create(State(st): State<AppState>, ApiJson(req): ApiJson<CreateVolume>) -> Result<(StatusCode, Json<VolumeView>)> {
+pub async fn create(
+    State(st): State<AppState>,
+    ApiJson(req): ApiJson<CreateVolume>,
+) -> Result<(StatusCode, Json<VolumeView>)> {
     check_name("volume", &req.name)?;
     check_size(req.size)?;
     let settings = Settings::load(&st.ds).await?;
     let replicas = req.number_of_replicas.unwrap_or(settings.int(settings::DEFAULT_REPLICA_COUNT) as u32);
     if replicas == 0 || replicas > MAX_REPLICAS {
-        return Err(ManagerError::invalid(format!("numberOfReplicas must be from 1 to {MAX_REPLICAS}, not {replicas}")));
+        return Err(ManagerError::invalid(format!(
+            "numberOfReplicas must be from 1 to {MAX_REPLICAS}, not {replicas}"
+        )));
     }
     let stale = req.stale_replica_timeout.unwrap_or(settings.int(settings::DEFAULT_STALE_REPLICA_TIMEOUT));
     if stale == 0 {
@@ -322,10 +345,15 @@ pub async fn get(State(st): State<AppState>, Path(name): Path<String>) -> Result
 
 #[utoipa::path(delete, path = "/v1/volumes/{name}", tag = "volumes", params(("name" = String, Path)),
     responses((status = 202, description = "Deletion started", body = VolumeView), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
-pub async fn delete(State(st): State<AppState>, Path(name): Path<String>) -> Result<(StatusCode, Json<VolumeView>)> {
+pub async fn delete(
+    State(st): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<(StatusCode, Json<VolumeView>)> {
     let v = mutate(&st, &name, None, |v| {
         if let Some(node) = &v.spec.node_id {
-            return Err(ManagerError::precondition(format!("volume {name:?} is attached to {node}; detach it first")));
+            return Err(ManagerError::precondition(format!(
+                "volume {name:?} is attached to {node}; detach it first"
+            )));
         }
         if v.metadata.deletion_requested.is_none() {
             v.metadata.deletion_requested = Some(chrono::Utc::now().to_rfc3339());
@@ -346,7 +374,11 @@ fn not_deleting(v: &Volume) -> Result<()> {
 
 #[utoipa::path(post, path = "/v1/volumes/{name}/attach", tag = "volumes", params(("name" = String, Path)), request_body = AttachVolume,
     responses((status = 200, body = VolumeView), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
-pub async fn attach(State(st): State<AppState>, Path(name): Path<String>, OptionalJson(req): OptionalJson<AttachVolume>) -> Result<Json<VolumeView>> {
+pub async fn attach(
+    State(st): State<AppState>,
+    Path(name): Path<String>,
+    OptionalJson(req): OptionalJson<AttachVolume>,
+) -> Result<Json<VolumeView>> {
     let node = req.node.clone().unwrap_or_else(|| st.node.clone());
     if st.ds.try_get::<Node>(&node).await?.is_none() {
         return Err(ManagerError::invalid(format!("no node {node:?} to attach to")));
@@ -365,13 +397,22 @@ pub async fn attach(State(st): State<AppState>, Path(name): Path<String>, Option
         }
     })
     .await?;
-    st.events.normal("volume", &name, "Attach", format!("to {node}{}", if req.maintenance { " (maintenance)" } else { "" }));
+    st.events.normal(
+        "volume",
+        &name,
+        "Attach",
+        format!("to {node}{}", if req.maintenance { " (maintenance)" } else { "" }),
+    );
     Ok(Json(view_of(&st, &v).await?))
 }
 
 #[utoipa::path(post, path = "/v1/volumes/{name}/detach", tag = "volumes", params(("name" = String, Path)), request_body = DetachVolume,
     responses((status = 200, body = VolumeView), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
-pub async fn detach(State(st): State<AppState>, Path(name): Path<String>, OptionalJson(req): OptionalJson<DetachVolume>) -> Result<Json<VolumeView>> {
+pub async fn detach(
+    State(st): State<AppState>,
+    Path(name): Path<String>,
+    OptionalJson(req): OptionalJson<DetachVolume>,
+) -> Result<Json<VolumeView>> {
     let v = mutate(&st, &name, req.resource_version.as_deref(), |v| {
         v.spec.node_id = None;
         v.spec.maintenance = false;
@@ -384,7 +425,11 @@ pub async fn detach(State(st): State<AppState>, Path(name): Path<String>, Option
 
 #[utoipa::path(post, path = "/v1/volumes/{name}/expand", tag = "volumes", params(("name" = String, Path)), request_body = ExpandVolume,
     responses((status = 200, body = VolumeView), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
-pub async fn expand(State(st): State<AppState>, Path(name): Path<String>, ApiJson(req): ApiJson<ExpandVolume>) -> Result<Json<VolumeView>> {
+pub async fn expand(
+    State(st): State<AppState>,
+    Path(name): Path<String>,
+    ApiJson(req): ApiJson<ExpandVolume>,
+) -> Result<Json<VolumeView>> {
     check_size(req.size)?;
     let v = mutate(&st, &name, req.resource_version.as_deref(), |v| {
         not_deleting(v)?;
@@ -426,13 +471,19 @@ async fn engine_of(st: &AppState, name: &str, action: &str) -> Result<(Volume, E
             let c = EngineClient::new(url);
             Ok((v, c))
         }
-        _ => Err(ManagerError::precondition(format!("volume {name:?} must be attached to {action} (it is {:?})", v.status.state))),
+        _ => Err(ManagerError::precondition(format!(
+            "volume {name:?} must be attached to {action} (it is {:?})",
+            v.status.state
+        ))),
     }
 }
 
 #[utoipa::path(get, path = "/v1/volumes/{name}/snapshots", tag = "snapshots", params(("name" = String, Path)),
     responses((status = 200, body = [EngineSnapshot]), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
-pub async fn snapshot_list(State(st): State<AppState>, Path(name): Path<String>) -> Result<Json<Vec<EngineSnapshot>>> {
+pub async fn snapshot_list(
+    State(st): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<Json<Vec<EngineSnapshot>>> {
     let (_, engine) = engine_of(&st, &name, "list snapshots").await?;
     Ok(Json(engine.snapshots().await?.into_iter().filter(|s| s.name != "volume-head").collect()))
 }
@@ -457,7 +508,10 @@ pub async fn snapshot_create(
 #[utoipa::path(delete, path = "/v1/volumes/{name}/snapshots/{snapshot}", tag = "snapshots",
     params(("name" = String, Path), ("snapshot" = String, Path)),
     responses((status = 204, description = "Removed and purged"), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
-pub async fn snapshot_delete(State(st): State<AppState>, Path((name, snapshot)): Path<(String, String)>) -> Result<StatusCode> {
+pub async fn snapshot_delete(
+    State(st): State<AppState>,
+    Path((name, snapshot)): Path<(String, String)>,
+) -> Result<StatusCode> {
     check_name("snapshot", &snapshot)?;
     let (_, engine) = engine_of(&st, &name, "delete a snapshot").await?;
     engine.snapshot_remove(&snapshot).await?;
@@ -469,7 +523,10 @@ pub async fn snapshot_delete(State(st): State<AppState>, Path((name, snapshot)):
 #[utoipa::path(post, path = "/v1/volumes/{name}/snapshots/{snapshot}/revert", tag = "snapshots",
     params(("name" = String, Path), ("snapshot" = String, Path)),
     responses((status = 204, description = "Reverted"), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
-pub async fn snapshot_revert(State(st): State<AppState>, Path((name, snapshot)): Path<(String, String)>) -> Result<StatusCode> {
+pub async fn snapshot_revert(
+    State(st): State<AppState>,
+    Path((name, snapshot)): Path<(String, String)>,
+) -> Result<StatusCode> {
     check_name("snapshot", &snapshot)?;
     let v = load(&st.ds, &name).await?;
     if !v.spec.maintenance {

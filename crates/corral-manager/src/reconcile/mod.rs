@@ -16,7 +16,10 @@ use futures::StreamExt;
 use crate::error::Result;
 use crate::events::EventLog;
 
+mod jobs;
 mod volume;
+
+pub use jobs::JOB_LABEL;
 
 pub use volume::{engine_instance_name, replica_instance_name};
 
@@ -36,18 +39,30 @@ pub struct Reconciler {
 impl Reconciler {
     /// Register this node (with `default_disk` on first registration) and keep its disks' capacity
     /// and its readiness up to date.
-    pub(crate) async fn reconcile_node(&self, default_disk: Option<&std::path::Path>, im_url: &str) -> Result<()> {
+    pub(crate) async fn reconcile_node(
+        &self,
+        default_disk: Option<&std::path::Path>,
+        im_url: &str,
+    ) -> Result<()> {
         let node = match self.ds.try_get::<Node>(&self.node).await? {
             Some(n) => n,
             None => {
                 let mut disks = std::collections::BTreeMap::new();
                 if let Some(d) = default_disk {
                     std::fs::create_dir_all(d).map_err(|e| {
-                        crate::error::ManagerError::new(crate::error::Code::Internal, format!("cannot create default disk {}: {e}", d.display()))
+                        crate::error::ManagerError::new(
+                            crate::error::Code::Internal,
+                            format!("cannot create default disk {}: {e}", d.display()),
+                        )
                     })?;
                     disks.insert(
                         "default".to_string(),
-                        DiskSpec { path: d.display().to_string(), allow_scheduling: true, storage_reserved: 0, tags: vec![] },
+                        DiskSpec {
+                            path: d.display().to_string(),
+                            allow_scheduling: true,
+                            storage_reserved: 0,
+                            tags: vec![],
+                        },
                     );
                 }
                 let spec = NodeSpec {
@@ -59,10 +74,17 @@ impl Reconciler {
                 };
                 match self.ds.create(&Node::new(self.node.clone(), spec)).await {
                     Ok(n) => {
-                        self.events.normal("node", &self.node, "Registered", format!("instance manager {im_url}"));
+                        self.events.normal(
+                            "node",
+                            &self.node,
+                            "Registered",
+                            format!("instance manager {im_url}"),
+                        );
                         n
                     }
-                    Err(e) if e.kind() == corral_store::ErrorKind::AlreadyExists => self.ds.get(&self.node).await?,
+                    Err(e) if e.kind() == corral_store::ErrorKind::AlreadyExists => {
+                        self.ds.get(&self.node).await?
+                    }
                     Err(e) => return Err(e.into()),
                 }
             }
@@ -102,9 +124,11 @@ impl Reconciler {
         Ok(())
     }
 
-    /// One pass over every volume.
+    /// One pass over every volume, then the recurring jobs that are due.
     pub(crate) async fn pass(&self) -> Result<()> {
-        volume::pass(self).await
+        volume::pass(self).await?;
+        let volumes: Vec<corral_store::resources::Volume> = self.ds.list().await?;
+        jobs::run_due_jobs(self, &volumes).await
     }
 }
 

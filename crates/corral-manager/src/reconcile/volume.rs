@@ -6,8 +6,8 @@ use std::time::{Duration, Instant};
 
 use corral_im::pb::{Instance, InstanceKind, InstanceState as ImState, StartRequest};
 use corral_store::resources::{
-    set_condition, ConditionType, Engine, EngineSpec, InstanceState, Node, Replica, ReplicaMode, ReplicaSpec, Robustness,
-    Volume, VolumeState,
+    set_condition, ConditionType, Engine, EngineSpec, InstanceState, Node, Replica, ReplicaMode, ReplicaSpec,
+    Robustness, Volume, VolumeState,
 };
 use corral_store::Resource;
 
@@ -106,11 +106,21 @@ async fn reconcile(rec: &Reconciler, v: &Volume, w: &mut World) -> Result<()> {
     // 1. Enough replicas, placed by the scheduler. The record comes first; its process follows.
     let stale_after = Duration::from_secs(v.spec.stale_replica_timeout.saturating_mul(60));
     for r in &replicas {
-        let expired = r.spec.failed_at.as_deref().and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok()).is_some_and(|t| {
-            chrono::Utc::now().signed_duration_since(t).to_std().unwrap_or_default() > stale_after
-        });
+        let expired = r
+            .spec
+            .failed_at
+            .as_deref()
+            .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+            .is_some_and(|t| {
+                chrono::Utc::now().signed_duration_since(t).to_std().unwrap_or_default() > stale_after
+            });
         if expired && r.spec.node == rec.node {
-            rec.events.warning("replica", r.name(), "Stale", "failed longer than staleReplicaTimeout; deleting it");
+            rec.events.warning(
+                "replica",
+                r.name(),
+                "Stale",
+                "failed longer than staleReplicaTimeout; deleting it",
+            );
             remove_replica(rec, r, engine.as_ref(), w).await?;
             rec.wake.notify_one();
             return Ok(());
@@ -129,7 +139,8 @@ async fn reconcile(rec: &Reconciler, v: &Volume, w: &mut World) -> Result<()> {
         match schedule_replica(&req, &w.nodes, &placed, SchedulerSettings::from(&w.settings)) {
             Ok(p) => {
                 let node = w.nodes.iter().find(|n| n.metadata.name == p.node);
-                let disk_path = node.and_then(|n| n.spec.disks.get(&p.disk)).map(|d| d.path.clone()).unwrap_or_default();
+                let disk_path =
+                    node.and_then(|n| n.spec.disks.get(&p.disk)).map(|d| d.path.clone()).unwrap_or_default();
                 let rname = format!("{name}-r-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
                 let spec = ReplicaSpec {
                     volume: name.clone(),
@@ -141,13 +152,24 @@ async fn reconcile(rec: &Reconciler, v: &Volume, w: &mut World) -> Result<()> {
                     failed_at: None,
                 };
                 let r = rec.ds.create(&Replica::new(rname.clone(), spec)).await?;
-                rec.events.normal("volume", &name, "Scheduled", format!("replica {rname} on {}/{}", p.node, p.disk));
+                rec.events.normal(
+                    "volume",
+                    &name,
+                    "Scheduled",
+                    format!("replica {rname} on {}/{}", p.node, p.disk),
+                );
                 w.replicas.push(r.clone());
                 replicas.push(r);
                 set_condition(&mut status.conditions, ConditionType::Scheduled, true, "", "");
             }
             Err(f) => {
-                set_condition(&mut status.conditions, ConditionType::Scheduled, false, "SchedulingFailed", &f.to_string());
+                set_condition(
+                    &mut status.conditions,
+                    ConditionType::Scheduled,
+                    false,
+                    "SchedulingFailed",
+                    &f.to_string(),
+                );
                 rec.events.warning("volume", &name, "SchedulingFailed", f.to_string());
             }
         }
@@ -189,14 +211,20 @@ async fn reconcile(rec: &Reconciler, v: &Volume, w: &mut World) -> Result<()> {
                     // It failed before any engine used it (a crash while the replica was being
                     // created leaves a partial directory): start over from an empty directory.
                     match std::fs::remove_dir_all(&r.spec.data_dir) {
-                        Ok(()) => rec.events.normal("replica", r.name(), "Reset", "never served; recreating its directory"),
+                        Ok(()) => rec.events.normal(
+                            "replica",
+                            r.name(),
+                            "Reset",
+                            "never served; recreating its directory",
+                        ),
                         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
                         Err(e) => rec.events.warning("replica", r.name(), "ResetFailed", e.to_string()),
                     }
                     rec.restarts.lock().remove(&iname);
                 }
                 if rec.may_start(&iname) {
-                    let mut args = vec!["replica".to_string(), "serve".into(), "--dir".into(), r.spec.data_dir.clone()];
+                    let mut args =
+                        vec!["replica".to_string(), "serve".into(), "--dir".into(), r.spec.data_dir.clone()];
                     if !r.status.initialized {
                         args.extend(["--size".to_string(), r.spec.size.to_string()]);
                     }
@@ -234,7 +262,10 @@ async fn reconcile(rec: &Reconciler, v: &Volume, w: &mut World) -> Result<()> {
     let einst = w.instances.get(&einst_name).cloned();
     let mut engine_replicas: Option<Vec<EngineReplica>> = None;
     if want_engine {
-        let ready: Vec<&Replica> = replicas.iter().filter(|r| r.status.state == InstanceState::Running && r.status.address.is_some()).collect();
+        let ready: Vec<&Replica> = replicas
+            .iter()
+            .filter(|r| r.status.state == InstanceState::Running && r.status.address.is_some())
+            .collect();
         if !active(einst.as_ref()) {
             status.endpoint = None;
             status.engine_control_url = None;
@@ -256,8 +287,15 @@ async fn reconcile(rec: &Reconciler, v: &Volume, w: &mut World) -> Result<()> {
                             status.current_size = info.size;
                             if info.size < v.spec.size {
                                 match client.expand(v.spec.size).await {
-                                    Ok(()) => rec.events.normal("volume", &name, "Expanded", format!("to {} bytes", v.spec.size)),
-                                    Err(e) => rec.events.warning("volume", &name, "ExpandFailed", e.to_string()),
+                                    Ok(()) => rec.events.normal(
+                                        "volume",
+                                        &name,
+                                        "Expanded",
+                                        format!("to {} bytes", v.spec.size),
+                                    ),
+                                    Err(e) => {
+                                        rec.events.warning("volume", &name, "ExpandFailed", e.to_string())
+                                    }
                                 }
                             }
                         }
@@ -282,7 +320,9 @@ async fn reconcile(rec: &Reconciler, v: &Volume, w: &mut World) -> Result<()> {
     // 4. Replica modes as the engine sees them.
     for r in replicas.iter_mut() {
         let mut next = r.clone();
-        let seen = engine_replicas.as_ref().and_then(|l| l.iter().find(|e| Some(&e.address) == r.status.address.as_ref()));
+        let seen = engine_replicas
+            .as_ref()
+            .and_then(|l| l.iter().find(|e| Some(&e.address) == r.status.address.as_ref()));
         next.status.mode = seen.map(|e| match e.mode.as_str() {
             "RW" => ReplicaMode::RW,
             "WO" => ReplicaMode::WO,
@@ -301,7 +341,13 @@ async fn reconcile(rec: &Reconciler, v: &Volume, w: &mut World) -> Result<()> {
         match &engine_replicas {
             Some(list) => {
                 let rw = list.iter().filter(|e| e.mode == "RW").count();
-                let robustness = if rw >= n { Robustness::Healthy } else if rw > 0 { Robustness::Degraded } else { Robustness::Faulted };
+                let robustness = if rw >= n {
+                    Robustness::Healthy
+                } else if rw > 0 {
+                    Robustness::Degraded
+                } else {
+                    Robustness::Faulted
+                };
                 (VolumeState::Attached, robustness)
             }
             None => (VolumeState::Attaching, Robustness::Unknown),
@@ -324,7 +370,12 @@ async fn reconcile(rec: &Reconciler, v: &Volume, w: &mut World) -> Result<()> {
     if status != v.status {
         let mut next = v.clone();
         if next.status.robustness != status.robustness {
-            rec.events.normal("volume", &name, "Robustness", format!("{:?}", status.robustness).to_lowercase());
+            rec.events.normal(
+                "volume",
+                &name,
+                "Robustness",
+                format!("{:?}", status.robustness).to_lowercase(),
+            );
         }
         next.status = status;
         rec.ds.update(&next).await?;
@@ -334,13 +385,25 @@ async fn reconcile(rec: &Reconciler, v: &Volume, w: &mut World) -> Result<()> {
 
 /// Add running replicas the engine does not have (it rebuilds them: reusing their data when they
 /// were members before), and drop the ones it marked ERR so they can be added again.
-async fn sync_engine_replicas(rec: &Reconciler, client: &EngineClient, list: &[EngineReplica], replicas: &[Replica]) {
+async fn sync_engine_replicas(
+    rec: &Reconciler,
+    client: &EngineClient,
+    list: &[EngineReplica],
+    replicas: &[Replica],
+) {
     for e in list.iter().filter(|e| e.mode == "ERR") {
-        let still_ours = replicas.iter().any(|r| r.status.address.as_ref() == Some(&e.address) && r.status.state == InstanceState::Running);
+        let still_ours = replicas.iter().any(|r| {
+            r.status.address.as_ref() == Some(&e.address) && r.status.state == InstanceState::Running
+        });
         if let Err(err) = client.remove_replica(&e.address).await {
             rec.events.warning("engine", &e.address, "RemoveFailed", err.to_string());
         } else if still_ours {
-            rec.events.normal("engine", &e.address, "Readding", "replica was ERR but its process runs; rebuilding it");
+            rec.events.normal(
+                "engine",
+                &e.address,
+                "Readding",
+                "replica was ERR but its process runs; rebuilding it",
+            );
         }
     }
     for r in replicas {
@@ -351,28 +414,53 @@ async fn sync_engine_replicas(rec: &Reconciler, client: &EngineClient, list: &[E
         let known = list.iter().any(|e| &e.address == addr && e.mode != "ERR");
         if !known {
             match client.add_replica(addr).await {
-                Ok(()) => rec.events.normal("replica", r.name(), "Rebuilding", format!("added to the engine at {addr}")),
+                Ok(()) => rec.events.normal(
+                    "replica",
+                    r.name(),
+                    "Rebuilding",
+                    format!("added to the engine at {addr}"),
+                ),
                 Err(e) => rec.events.warning("replica", r.name(), "AddFailed", e.to_string()),
             }
         }
     }
 }
 
-async fn start_engine(rec: &Reconciler, v: &Volume, ready: &[&Replica], engine: Option<&Engine>, w: &mut World) -> Result<()> {
+async fn start_engine(
+    rec: &Reconciler,
+    v: &Volume,
+    ready: &[&Replica],
+    engine: Option<&Engine>,
+    w: &mut World,
+) -> Result<()> {
     let name = v.name();
     let iname = engine_instance_name(name);
     let size = v.status.current_size.max(ready.iter().map(|r| r.spec.size).min().unwrap_or(v.spec.size));
-    let mut args = vec!["engine".to_string(), "serve".into(), "--volume".into(), name.to_string(), "--size".into(), size.to_string()];
+    let mut args = vec![
+        "engine".to_string(),
+        "serve".into(),
+        "--volume".into(),
+        name.to_string(),
+        "--size".into(),
+        size.to_string(),
+    ];
     for r in ready {
         if let Some(a) = &r.status.address {
             args.extend(["--replica".to_string(), a.clone()]);
         }
     }
-    args.extend(["--nbd".to_string(), "127.0.0.1:{port0}".into(), "--listen".into(), "127.0.0.1:{port1}".into()]);
+    args.extend([
+        "--nbd".to_string(),
+        "127.0.0.1:{port0}".into(),
+        "--listen".into(),
+        "127.0.0.1:{port1}".into(),
+    ]);
     // Same ports as last time when possible: clients reconnect to the endpoint they knew.
     let previous: Vec<u32> = engine
         .and_then(|e| e.status.endpoint.as_ref().zip(e.status.control_url.as_ref()))
-        .and_then(|(ep, cu)| Some(vec![ep.rsplit(':').next()?.parse().ok()?, cu.rsplit(':').next()?.parse().ok()?]))
+        .and_then(|(ep, cu)| {
+            Some(vec![ep.rsplit(':').next()?.parse().ok()?, cu.rsplit(':').next()?.parse().ok()?])
+        })
         .unwrap_or_default();
     let mut req = StartRequest {
         name: iname.clone(),
@@ -399,7 +487,10 @@ async fn start_engine(rec: &Reconciler, v: &Volume, ready: &[&Replica], engine: 
         volume: name.to_string(),
         node: rec.node.clone(),
         size,
-        replicas: ready.iter().filter_map(|r| Some((r.name().to_string(), r.status.address.clone()?))).collect(),
+        replicas: ready
+            .iter()
+            .filter_map(|r| Some((r.name().to_string(), r.status.address.clone()?)))
+            .collect(),
         desired_state: Default::default(),
     };
     let mut record = match engine {
@@ -445,7 +536,10 @@ async fn remove_replica(rec: &Reconciler, r: &Replica, engine: Option<&Engine>, 
     if r.spec.node == rec.node && !r.spec.data_dir.is_empty() {
         if let Err(e) = std::fs::remove_dir_all(&r.spec.data_dir) {
             if e.kind() != std::io::ErrorKind::NotFound {
-                return Err(ManagerError::new(Code::Internal, format!("cannot remove replica directory {}: {e}", r.spec.data_dir)));
+                return Err(ManagerError::new(
+                    Code::Internal,
+                    format!("cannot remove replica directory {}: {e}", r.spec.data_dir),
+                ));
             }
         }
     }
@@ -454,7 +548,13 @@ async fn remove_replica(rec: &Reconciler, r: &Replica, engine: Option<&Engine>, 
     Ok(())
 }
 
-async fn delete_volume(rec: &Reconciler, v: &Volume, replicas: &[Replica], engine: Option<&Engine>, w: &mut World) -> Result<()> {
+async fn delete_volume(
+    rec: &Reconciler,
+    v: &Volume,
+    replicas: &[Replica],
+    engine: Option<&Engine>,
+    w: &mut World,
+) -> Result<()> {
     let name = v.name();
     if v.status.state != VolumeState::Deleting {
         let mut next = v.clone();

@@ -21,7 +21,10 @@ pub struct Cluster {
 
 pub fn fake_corral() -> PathBuf {
     let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/support/fake_corral.py");
-    assert!(std::path::Path::new("/usr/bin/python3").exists(), "python3 is required to run the fake corral binary");
+    assert!(
+        std::path::Path::new("/usr/bin/python3").exists(),
+        "python3 is required to run the fake corral binary"
+    );
     p
 }
 
@@ -49,7 +52,14 @@ impl Cluster {
         }
         let manager = Manager::start(mc, store).await.unwrap();
         let url = format!("http://{}", manager.local_addr());
-        Cluster { url, http: reqwest::Client::new(), manager: Some(manager), supervisor, dir, im_stop: Some(tx) }
+        Cluster {
+            url,
+            http: reqwest::Client::new(),
+            manager: Some(manager),
+            supervisor,
+            dir,
+            im_stop: Some(tx),
+        }
     }
 
     pub async fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> (u16, Value) {
@@ -60,7 +70,11 @@ impl Cluster {
         let resp = req.send().await.unwrap();
         let status = resp.status().as_u16();
         let text = resp.text().await.unwrap();
-        let value = if text.is_empty() { Value::Null } else { serde_json::from_str(&text).unwrap_or(Value::String(text)) };
+        let value = if text.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_str(&text).unwrap_or(Value::String(text))
+        };
         (status, value)
     }
 
@@ -88,7 +102,10 @@ impl Cluster {
             if code == 200 && pred(&v) {
                 return v;
             }
-            assert!(tokio::time::Instant::now() < deadline, "volume {name} never became {what}: {code} {v:#}");
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "volume {name} never became {what}: {code} {v:#}"
+            );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }

@@ -10,7 +10,9 @@ use anyhow::{bail, Context};
 
 mod api_commands;
 
-pub use api_commands::{DiskCommand, JobCommand, NodeCommand, SettingCommand, SnapshotCommand, VolumeCommand};
+pub use api_commands::{
+    DiskCommand, JobCommand, NodeCommand, SettingCommand, SnapshotCommand, VolumeCommand,
+};
 
 #[derive(clap::Subcommand)]
 pub enum ControlCommand {
@@ -109,7 +111,10 @@ fn parse_port_range(s: &str) -> Result<std::ops::RangeInclusive<u16>, String> {
 }
 
 pub fn run(command: ControlCommand) -> anyhow::Result<ExitCode> {
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("cannot start the runtime")?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the runtime")?;
     rt.block_on(async move {
         match command {
             ControlCommand::Manager(a) => manager(a).await,
@@ -125,24 +130,27 @@ pub fn run(command: ControlCommand) -> anyhow::Result<ExitCode> {
     })
 }
 
-/// Resolves on the first SIGINT or SIGTERM.
-async fn stop_signal() {
+/// Installs SIGINT/SIGTERM handlers now (before the ready message is printed, so an early signal
+/// is not lost to the default action) and returns a future that resolves on the first of them.
+fn stop_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
     use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut int), Ok(mut term)) = (signal(SignalKind::interrupt()), signal(SignalKind::terminate())) else {
-        // Without signal handlers the process can only be killed; wait forever.
-        std::future::pending::<()>().await;
-        return;
-    };
-    tokio::select! {
-        _ = int.recv() => {}
-        _ = term.recv() => {}
-    }
+    let mut int = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
+    let mut term = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
+    Ok(async move {
+        tokio::select! {
+            _ = int.recv() => {}
+            _ = term.recv() => {}
+        }
+    })
 }
 
 fn open_store(data_dir: &Path) -> anyhow::Result<Arc<corral_store::RedbStore>> {
     std::fs::create_dir_all(data_dir).with_context(|| format!("cannot create {}", data_dir.display()))?;
     let path = data_dir.join("corral.redb");
-    Ok(Arc::new(corral_store::RedbStore::open(&path).with_context(|| format!("cannot open the datastore {}", path.display()))?))
+    Ok(Arc::new(
+        corral_store::RedbStore::open(&path)
+            .with_context(|| format!("cannot open the datastore {}", path.display()))?,
+    ))
 }
 
 async fn manager(a: ManagerArgs) -> anyhow::Result<ExitCode> {
@@ -151,9 +159,10 @@ async fn manager(a: ManagerArgs) -> anyhow::Result<ExitCode> {
     config.listen = a.listen;
     config.node_address = a.node_address;
     config.default_disk = Some(a.default_disk.unwrap_or_else(|| a.data_dir.join("disks/default")));
+    let stopped = stop_signal()?;
     let m = corral_manager::Manager::start(config, store).await.context("cannot start the manager")?;
     println!("corral manager of node {} serving http://{}", a.node, m.local_addr());
-    stop_signal().await;
+    stopped.await;
     m.shutdown().await;
     Ok(ExitCode::SUCCESS)
 }
@@ -164,7 +173,12 @@ async fn start_instance_manager(
     port_range: std::ops::RangeInclusive<u16>,
     binary: Option<PathBuf>,
     stop_grace: u64,
-) -> anyhow::Result<(corral_im::Supervisor, String, tokio::sync::oneshot::Sender<()>, tokio::task::JoinHandle<()>)> {
+) -> anyhow::Result<(
+    corral_im::Supervisor,
+    String,
+    tokio::sync::oneshot::Sender<()>,
+    tokio::task::JoinHandle<()>,
+)> {
     let mut cfg = corral_im::SupervisorConfig::new(node);
     cfg.port_range = port_range;
     cfg.stop_grace = std::time::Duration::from_secs(stop_grace);
@@ -172,7 +186,8 @@ async fn start_instance_manager(
         cfg.binary = b;
     }
     let supervisor = corral_im::Supervisor::new(cfg)?;
-    let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("cannot listen on {listen}"))?;
+    let listener =
+        tokio::net::TcpListener::bind(listen).await.with_context(|| format!("cannot listen on {listen}"))?;
     let url = format!("http://{}", listener.local_addr()?);
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     let sup = supervisor.clone();
@@ -189,9 +204,11 @@ async fn start_instance_manager(
 }
 
 async fn instance_manager(a: InstanceManagerArgs) -> anyhow::Result<ExitCode> {
-    let (supervisor, url, stop, server) = start_instance_manager(&a.node, a.listen, a.port_range, a.binary, a.stop_grace).await?;
+    let stopped = stop_signal()?;
+    let (supervisor, url, stop, server) =
+        start_instance_manager(&a.node, a.listen, a.port_range, a.binary, a.stop_grace).await?;
     println!("corral instance manager of node {} serving {url}", a.node);
-    stop_signal().await;
+    stopped.await;
     // Children first (engines, then replicas), then the API.
     supervisor.shutdown().await;
     let _ = stop.send(());
@@ -215,12 +232,15 @@ async fn quickstart(a: QuickstartArgs) -> anyhow::Result<ExitCode> {
         None => default_data_dir()?,
     };
     std::fs::create_dir_all(&data_dir).with_context(|| format!("cannot create {}", data_dir.display()))?;
-    let data_dir = data_dir.canonicalize().with_context(|| format!("cannot resolve {}", data_dir.display()))?;
+    let data_dir =
+        data_dir.canonicalize().with_context(|| format!("cannot resolve {}", data_dir.display()))?;
+    let stopped = stop_signal()?;
     let store = open_store(&data_dir)?;
     let backups = data_dir.join("backups");
     std::fs::create_dir_all(&backups).with_context(|| format!("cannot create {}", backups.display()))?;
     let im_listen: SocketAddr = SocketAddr::new(a.listen.ip(), 0);
-    let (supervisor, im_url, im_stop, im_server) = start_instance_manager(&a.node, im_listen, a.port_range, None, 10).await?;
+    let (supervisor, im_url, im_stop, im_server) =
+        start_instance_manager(&a.node, im_listen, a.port_range, None, 10).await?;
     let mut config = corral_manager::ManagerConfig::new(a.node.clone(), im_url.clone());
     config.listen = a.listen;
     config.node_address = a.listen.ip().to_string();
@@ -249,7 +269,7 @@ async fn quickstart(a: QuickstartArgs) -> anyhow::Result<ExitCode> {
     println!("  corral volume ls{flag}");
     println!();
     println!("Press Ctrl-C to stop (volumes come back when you start it again on the same --data-dir).");
-    stop_signal().await;
+    stopped.await;
     println!("Stopping: manager, then engines and replicas...");
     m.shutdown().await;
     supervisor.shutdown().await;

@@ -127,6 +127,7 @@ fn serve(dir: &Path, size: Option<u64>, listen: &str, workers: Option<usize>) ->
         .build()
         .context("starting the async runtime")?;
     let result = runtime.block_on(async {
+        let signalled = shutdown_signal()?;
         let listener = corral_wire::Listener::bind(&address).await?;
         let bound = listener.local_address()?;
         let mut stdout = std::io::stdout().lock();
@@ -140,7 +141,7 @@ fn serve(dir: &Path, size: Option<u64>, listen: &str, workers: Option<usize>) ->
         }
         let on_signal = served.clone();
         let shutdown = async move {
-            let signal = shutdown_signal().await;
+            let signal = signalled.await;
             tracing::info!("{signal}: shutting down");
             on_signal.cancel_purge();
         };
@@ -160,18 +161,18 @@ fn serve(dir: &Path, size: Option<u64>, listen: &str, workers: Option<usize>) ->
     Ok(ExitCode::SUCCESS)
 }
 
-async fn shutdown_signal() -> &'static str {
+/// Waits for SIGTERM or SIGINT. The handlers are installed when this is called (before the ready line
+/// is printed), so a signal sent right after the ready line is never lost to the default action.
+fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = &'static str>> {
     use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt()))
-    else {
-        // Without signal handlers the process can still be killed; serve until then.
-        std::future::pending::<()>().await;
-        return "never";
-    };
-    tokio::select! {
-        _ = term.recv() => "SIGTERM",
-        _ = int.recv() => "SIGINT",
-    }
+    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => "SIGTERM",
+            _ = int.recv() => "SIGINT",
+        }
+    })
 }
 
 fn info(dir: &Path, json: bool) -> anyhow::Result<ExitCode> {

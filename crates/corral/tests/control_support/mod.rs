@@ -39,7 +39,11 @@ impl Quickstart {
     }
 
     pub fn start_with(data_dir: &Path, listen: &str, ports: &str) -> Quickstart {
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(data_dir.with_extension("log")).unwrap();
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(data_dir.with_extension("log"))
+            .unwrap();
         let child = Command::new(CORRAL)
             .args(["quickstart", "--data-dir"])
             .arg(data_dir)
@@ -49,7 +53,13 @@ impl Quickstart {
             .stderr(log)
             .spawn()
             .unwrap();
-        let q = Quickstart { child: Some(child), url: format!("http://{listen}"), data_dir: data_dir.to_path_buf(), listen: listen.into(), ports: ports.into() };
+        let q = Quickstart {
+            child: Some(child),
+            url: format!("http://{listen}"),
+            data_dir: data_dir.to_path_buf(),
+            listen: listen.into(),
+            ports: ports.into(),
+        };
         q.wait_healthy();
         q
     }
@@ -77,7 +87,12 @@ impl Quickstart {
     /// Run the CLI against this cluster; panics with its output unless it succeeds.
     pub fn corral(&self, args: &[&str]) -> String {
         let out = self.corral_output(args);
-        assert!(out.status.success(), "corral {args:?} failed: {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "corral {args:?} failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
         String::from_utf8(out.stdout).unwrap()
     }
 
@@ -91,7 +106,13 @@ impl Quickstart {
     }
 
     /// Poll the volume until `pred` holds.
-    pub fn wait_volume(&self, name: &str, what: &str, timeout: Duration, pred: impl Fn(&Value) -> bool) -> Value {
+    pub fn wait_volume(
+        &self,
+        name: &str,
+        what: &str,
+        timeout: Duration,
+        pred: impl Fn(&Value) -> bool,
+    ) -> Value {
         let deadline = Instant::now() + timeout;
         loop {
             let v = self.volume(name);
@@ -106,7 +127,11 @@ impl Quickstart {
     /// Ctrl-C, and wait for a clean exit.
     pub fn stop(mut self) {
         let mut child = self.child.take().unwrap();
-        nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGINT).unwrap();
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(child.id() as i32),
+            nix::sys::signal::Signal::SIGINT,
+        )
+        .unwrap();
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             if let Some(status) = child.try_wait().unwrap() {
@@ -199,7 +224,10 @@ pub fn qemu_io(endpoint: &str, commands: &[String]) -> String {
     }
     let out = cmd.arg(endpoint).output().expect("qemu-io is required (Debian package qemu-utils)");
     let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    assert!(out.status.success() && !text.contains("failed") && !text.contains("error"), "qemu-io {commands:?} on {endpoint}: {text}");
+    assert!(
+        out.status.success() && !text.contains("failed") && !text.contains("error"),
+        "qemu-io {commands:?} on {endpoint}: {text}"
+    );
     text
 }
 

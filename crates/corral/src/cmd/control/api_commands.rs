@@ -235,7 +235,8 @@ fn print_table(header: &[&str], rows: &[Vec<String>]) {
         }
     }
     let line = |cells: Vec<String>| {
-        let padded: Vec<String> = cells.iter().enumerate().map(|(i, c)| format!("{c:<w$}", w = widths[i])).collect();
+        let padded: Vec<String> =
+            cells.iter().enumerate().map(|(i, c)| format!("{c:<w$}", w = widths[i])).collect();
         println!("{}", padded.join("  ").trim_end());
     };
     line(header.iter().map(|h| h.to_string()).collect());
@@ -297,13 +298,22 @@ fn progress_line(v: &VolumeView) {
     if !std::io::stderr().is_terminal() {
         return;
     }
-    let rebuilding: Vec<String> = v.replicas.iter().filter(|r| r.mode.is_some_and(|m| format!("{m:?}") == "WO")).map(|r| format!("{} {}%", r.name, r.rebuild_progress)).collect();
+    let rebuilding: Vec<String> = v
+        .replicas
+        .iter()
+        .filter(|r| r.mode.is_some_and(|m| format!("{m:?}") == "WO"))
+        .map(|r| format!("{} {}%", r.name, r.rebuild_progress))
+        .collect();
     eprint!(
         "\r\x1b[2K{}: {} / {}{}",
         v.name,
         lower(&v.state),
         lower(&v.robustness),
-        if rebuilding.is_empty() { String::new() } else { format!(" (rebuilding {})", rebuilding.join(", ")) }
+        if rebuilding.is_empty() {
+            String::new()
+        } else {
+            format!(" (rebuilding {})", rebuilding.join(", "))
+        }
     );
 }
 
@@ -318,7 +328,17 @@ const WAIT: Duration = Duration::from_secs(600);
 
 pub async fn volume(cmd: VolumeCommand) -> anyhow::Result<ExitCode> {
     match cmd {
-        VolumeCommand::Create { name, size, replicas, from_backup, stale_replica_timeout, data_locality, labels, wait, api } => {
+        VolumeCommand::Create {
+            name,
+            size,
+            replicas,
+            from_backup,
+            stale_replica_timeout,
+            data_locality,
+            labels,
+            wait,
+            api,
+        } => {
             let c = ApiClient::new(&api.url);
             let size = parse_size(&size)?;
             let mut label_map = serde_json::Map::new();
@@ -355,13 +375,20 @@ pub async fn volume(cmd: VolumeCommand) -> anyhow::Result<ExitCode> {
                 print_table(&VOLUME_HEADER, &vs.iter().map(volume_row).collect::<Vec<_>>());
             }
         }
-        VolumeCommand::Get { name, api } => print_volume(&ApiClient::new(&api.url).volume(&name).await?, api.json)?,
+        VolumeCommand::Get { name, api } => {
+            print_volume(&ApiClient::new(&api.url).volume(&name).await?, api.json)?
+        }
         VolumeCommand::Attach { name, node, maintenance, wait, api } => {
             let c = ApiClient::new(&api.url);
             let mut v = c.attach(&name, node.as_deref(), maintenance).await?;
             if wait {
                 let r = c
-                    .wait_volume(&name, WAIT, |v| v.state == corral_store::resources::VolumeState::Attached && v.endpoint.is_some(), progress_line)
+                    .wait_volume(
+                        &name,
+                        WAIT,
+                        |v| v.state == corral_store::resources::VolumeState::Attached && v.endpoint.is_some(),
+                        progress_line,
+                    )
                     .await;
                 end_progress();
                 v = r?;
@@ -378,7 +405,14 @@ pub async fn volume(cmd: VolumeCommand) -> anyhow::Result<ExitCode> {
             let c = ApiClient::new(&api.url);
             let mut v = c.detach(&name).await?;
             if wait {
-                let r = c.wait_volume(&name, WAIT, |v| v.state == corral_store::resources::VolumeState::Detached, progress_line).await;
+                let r = c
+                    .wait_volume(
+                        &name,
+                        WAIT,
+                        |v| v.state == corral_store::resources::VolumeState::Detached,
+                        progress_line,
+                    )
+                    .await;
                 end_progress();
                 v = r?;
             }
@@ -397,7 +431,9 @@ pub async fn volume(cmd: VolumeCommand) -> anyhow::Result<ExitCode> {
                     match c.volume(&name).await {
                         Err(e) if e.code == corral_manager::Code::NotFound => break,
                         Err(e) => return Err(e.into()),
-                        Ok(_) if tokio::time::Instant::now() > deadline => anyhow::bail!("volume {name} is still being deleted"),
+                        Ok(_) if tokio::time::Instant::now() > deadline => {
+                            anyhow::bail!("volume {name} is still being deleted")
+                        }
                         Ok(_) => tokio::time::sleep(Duration::from_millis(250)).await,
                     }
                 }
@@ -430,7 +466,13 @@ pub async fn snapshot(cmd: SnapshotCommand) -> anyhow::Result<ExitCode> {
                 let rows: Vec<Vec<String>> = list
                     .iter()
                     .map(|s| {
-                        vec![s.name.clone(), s.parent.clone().unwrap_or_default(), s.created.clone(), format_size(s.size), if s.removed { "removed".into() } else { String::new() }]
+                        vec![
+                            s.name.clone(),
+                            s.parent.clone().unwrap_or_default(),
+                            s.created.clone(),
+                            format_size(s.size),
+                            if s.removed { "removed".into() } else { String::new() },
+                        ]
                     })
                     .collect();
                 print_table(&["NAME", "PARENT", "CREATED", "SIZE", ""], &rows);
@@ -475,16 +517,26 @@ pub async fn node(cmd: NodeCommand) -> anyhow::Result<ExitCode> {
             ]);
         }
         if n.disks.is_empty() {
-            rows.push(vec![n.name.clone(), if n.ready { "yes".into() } else { "no".into() }, String::new(), "-".into()]);
+            rows.push(vec![
+                n.name.clone(),
+                if n.ready { "yes".into() } else { "no".into() },
+                String::new(),
+                "-".into(),
+            ]);
         }
     }
-    print_table(&["NODE", "READY", "SCHEDULABLE", "DISK", "PATH", "SIZE", "FREE", "SCHEDULED", "TAGS"], &rows);
+    print_table(
+        &["NODE", "READY", "SCHEDULABLE", "DISK", "PATH", "SIZE", "FREE", "SCHEDULED", "TAGS"],
+        &rows,
+    );
     Ok(ExitCode::SUCCESS)
 }
 
 pub async fn disk(cmd: DiskCommand) -> anyhow::Result<ExitCode> {
     let (n, json) = match cmd {
-        DiskCommand::Add { node, path, tags, api } => (ApiClient::new(&api.url).disk_add(&node, &path, &tags).await?, api.json),
+        DiskCommand::Add { node, path, tags, api } => {
+            (ApiClient::new(&api.url).disk_add(&node, &path, &tags).await?, api.json)
+        }
         DiskCommand::Rm { node, disk, api } => {
             let c = ApiClient::new(&api.url);
             let current = c.node(&node).await?;
@@ -500,7 +552,8 @@ pub async fn disk(cmd: DiskCommand) -> anyhow::Result<ExitCode> {
     if json {
         print_json(&n)?;
     } else {
-        let rows: Vec<Vec<String>> = n.disks.iter().map(|d| vec![d.name.clone(), d.path.clone(), d.tags.join(",")]).collect();
+        let rows: Vec<Vec<String>> =
+            n.disks.iter().map(|d| vec![d.name.clone(), d.path.clone(), d.tags.join(",")]).collect();
         print_table(&["DISK", "PATH", "TAGS"], &rows);
     }
     Ok(ExitCode::SUCCESS)
@@ -509,7 +562,17 @@ pub async fn disk(cmd: DiskCommand) -> anyhow::Result<ExitCode> {
 pub async fn job(cmd: JobCommand) -> anyhow::Result<ExitCode> {
     match cmd {
         JobCommand::Create { name, task, cron, retain, volumes, groups, concurrency, api } => {
-            let job = RecurringJobView { name, task, cron, retain, concurrency, groups, volumes, labels: Default::default(), last_run: None };
+            let job = RecurringJobView {
+                name,
+                task,
+                cron,
+                retain,
+                concurrency,
+                groups,
+                volumes,
+                labels: Default::default(),
+                last_run: None,
+            };
             let j = ApiClient::new(&api.url).job_create(&job).await?;
             if api.json {
                 print_json(&j)?;
@@ -525,7 +588,15 @@ pub async fn job(cmd: JobCommand) -> anyhow::Result<ExitCode> {
                 let rows: Vec<Vec<String>> = jobs
                     .iter()
                     .map(|j| {
-                        vec![j.name.clone(), j.task.clone(), j.cron.clone(), j.retain.to_string(), j.volumes.join(","), j.groups.join(","), j.last_run.clone().unwrap_or_default()]
+                        vec![
+                            j.name.clone(),
+                            j.task.clone(),
+                            j.cron.clone(),
+                            j.retain.to_string(),
+                            j.volumes.join(","),
+                            j.groups.join(","),
+                            j.last_run.clone().unwrap_or_default(),
+                        ]
                     })
                     .collect();
                 print_table(&["NAME", "TASK", "CRON", "RETAIN", "VOLUMES", "GROUPS", "LAST RUN"], &rows);
@@ -543,9 +614,13 @@ pub async fn job(cmd: JobCommand) -> anyhow::Result<ExitCode> {
 
 pub async fn setting(cmd: SettingCommand) -> anyhow::Result<ExitCode> {
     let (list, json) = match cmd {
-        SettingCommand::Get { name: Some(n), api } => (vec![ApiClient::new(&api.url).setting(&n).await?], api.json),
+        SettingCommand::Get { name: Some(n), api } => {
+            (vec![ApiClient::new(&api.url).setting(&n).await?], api.json)
+        }
         SettingCommand::Get { name: None, api } => (ApiClient::new(&api.url).settings().await?, api.json),
-        SettingCommand::Set { name, value, api } => (vec![ApiClient::new(&api.url).setting_set(&name, &value).await?], api.json),
+        SettingCommand::Set { name, value, api } => {
+            (vec![ApiClient::new(&api.url).setting_set(&name, &value).await?], api.json)
+        }
     };
     if json {
         if list.len() == 1 {
@@ -554,7 +629,8 @@ pub async fn setting(cmd: SettingCommand) -> anyhow::Result<ExitCode> {
             print_json(&list)?;
         }
     } else {
-        let rows: Vec<Vec<String>> = list.iter().map(|s| vec![s.name.clone(), s.value.clone(), s.default.clone()]).collect();
+        let rows: Vec<Vec<String>> =
+            list.iter().map(|s| vec![s.name.clone(), s.value.clone(), s.default.clone()]).collect();
         print_table(&["NAME", "VALUE", "DEFAULT"], &rows);
     }
     Ok(ExitCode::SUCCESS)
