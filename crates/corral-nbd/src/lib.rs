@@ -36,6 +36,9 @@
 //! # Ok(()) }
 //! ```
 //!
+//! Command-line addresses (`HOST:PORT`, `unix:PATH`) parse into a [`ListenAddress`];
+//! [`NbdListener::bind`] binds one and [`NbdServer::serve`] serves it.
+//!
 //! ## Decisions
 //! - Size is read from [`NbdBackend::size`] at each connection's handshake, so an expand is
 //!   visible to clients that (re)connect; connected clients keep the size they negotiated.

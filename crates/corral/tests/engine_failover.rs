@@ -72,6 +72,7 @@ fn kill_a_replica_under_load_rebuild_a_fresh_one_then_lose_the_originals() {
     let mut rs = replicas(dir.path(), 3, "64MiB");
     let engine = EngineProc::start("vol-failover", "64MiB", &addresses(&rs), "127.0.0.1:0", &["--replica-timeout", "3s"]);
     let (host, port) = engine.nbd_tcp();
+    let tstart = Instant::now();
     // Older data, partly in a snapshot layer, partly in the head.
     {
         let mut c = NbdClient::connect(&host, port).unwrap();
@@ -83,7 +84,9 @@ fn kill_a_replica_under_load_rebuild_a_fresh_one_then_lose_the_originals() {
         c.flush().unwrap();
         c.disconnect();
     }
+    eprintln!("phase: prefill {:?}", tstart.elapsed());
     engine.cli_ok(&["snapshot", "create", "before-load"]);
+    eprintln!("phase: snapshot {:?}", tstart.elapsed());
 
     let stop = Arc::new(AtomicBool::new(false));
     let ops = Arc::new(AtomicU64::new(0));
@@ -132,14 +135,17 @@ fn kill_a_replica_under_load_rebuild_a_fresh_one_then_lose_the_originals() {
             assert!(got == want, "bytes at {off} differ on the rebuilt replica");
         }
     }
+    eprintln!("phase: verified {:?}", tstart.elapsed());
     let status = engine.replicas();
     let modes: Vec<_> = status.iter().map(|r| (r.0.as_str(), r.1.as_str())).collect();
     assert!(modes.contains(&(fresh.address.as_str(), "RW")), "{modes:?}");
     // The reads above failed over from the killed replicas; the engine knows them as ERR after a write.
     c.write(0, &[9u8; 4096], true).unwrap();
+    eprintln!("phase: fua write {:?}", tstart.elapsed());
     for r in [&rs[0].address, &rs[2].address, &victim] {
         assert_eq!(engine.mode_of(r), "ERR");
     }
+    eprintln!("phase: end {:?}", tstart.elapsed());
 }
 
 #[test]

@@ -18,7 +18,7 @@ use crate::error::Result;
 pub const JOB_LABEL: &str = "recurring-job.corral.io";
 
 fn applies_to(job: &RecurringJob, v: &Volume) -> bool {
-    job.spec.volumes.iter().any(|n| *n == v.metadata.name)
+    job.spec.volumes.contains(&v.metadata.name)
         || job
             .spec
             .groups

@@ -136,8 +136,8 @@ impl Reconciler {
 pub(crate) fn disk_status(path: &str) -> DiskStatus {
     match nix::sys::statvfs::statvfs(path) {
         Ok(s) => DiskStatus {
-            storage_maximum: s.blocks() as u64 * s.fragment_size() as u64,
-            storage_available: s.blocks_available() as u64 * s.fragment_size() as u64,
+            storage_maximum: s.blocks().saturating_mul(s.fragment_size()),
+            storage_available: s.blocks_available().saturating_mul(s.fragment_size()),
             ..DiskStatus::default()
         },
         Err(e) => DiskStatus { message: format!("cannot read {path}: {e}"), ..DiskStatus::default() },
