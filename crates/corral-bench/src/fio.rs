@@ -78,14 +78,19 @@ pub fn run(job: &Job, target: &Target<'_>, size: u64, runtime: u64) -> Result<Me
             cmd.args(["--ioengine=io_uring", "--direct=1"]).arg(format!("--filename={}", path.display()));
         }
     }
-    let out = cmd.output().map_err(|e| tool_error("fio", format!("cannot run fio (Debian package fio): {e}")))?;
+    let out =
+        cmd.output().map_err(|e| tool_error("fio", format!("cannot run fio (Debian package fio): {e}")))?;
     if !out.status.success() {
-        return Err(tool_error("fio", format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))));
+        return Err(tool_error(
+            "fio",
+            format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)),
+        ));
     }
     let text = String::from_utf8_lossy(&out.stdout);
     // fio may print notes before the JSON document.
     let start = text.find('{').ok_or_else(|| tool_error("fio", "no JSON in the output"))?;
-    let v: serde_json::Value = serde_json::from_str(&text[start..]).map_err(|e| tool_error("fio", format!("bad JSON: {e}")))?;
+    let v: serde_json::Value =
+        serde_json::from_str(&text[start..]).map_err(|e| tool_error("fio", format!("bad JSON: {e}")))?;
     let j = &v["jobs"][0];
     let side = if job.rw.contains("write") { &j["write"] } else { &j["read"] };
     Ok(Measured {

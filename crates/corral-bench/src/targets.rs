@@ -53,9 +53,16 @@ struct Corral {
 
 fn start_replica(corral: &Path, dir: &Path, size: u64) -> Result<(Proc, String), BenchError> {
     let mut cmd = Command::new(corral);
-    cmd.args(["replica", "serve", "--dir"]).arg(dir).args(["--size", &size.to_string(), "--listen", "127.0.0.1:0"]);
+    cmd.args(["replica", "serve", "--dir"]).arg(dir).args([
+        "--size",
+        &size.to_string(),
+        "--listen",
+        "127.0.0.1:0",
+    ]);
     let (p, line) = start_with_line(cmd, "corral replica serve")?;
-    let address = line.strip_prefix("listening on ").ok_or_else(|| tool_error("corral replica serve", format!("unexpected line {line:?}")))?;
+    let address = line
+        .strip_prefix("listening on ")
+        .ok_or_else(|| tool_error("corral replica serve", format!("unexpected line {line:?}")))?;
     Ok((p, address.to_string()))
 }
 
@@ -68,7 +75,18 @@ fn start_corral(o: &Options, dir: &Path, replicas: usize, size: u64) -> Result<C
         addresses.push(a);
     }
     let mut cmd = Command::new(&o.corral);
-    cmd.args(["engine", "serve", "--volume", "bench", "--size", &size.to_string(), "--nbd", "127.0.0.1:0", "--listen", "127.0.0.1:0"]);
+    cmd.args([
+        "engine",
+        "serve",
+        "--volume",
+        "bench",
+        "--size",
+        &size.to_string(),
+        "--nbd",
+        "127.0.0.1:0",
+        "--listen",
+        "127.0.0.1:0",
+    ]);
     for a in &addresses {
         cmd.args(["--replica", a]);
     }
@@ -88,7 +106,17 @@ fn free_port() -> Result<u16, BenchError> {
 fn start_qemu_nbd(file: &Path) -> Result<(Proc, String), BenchError> {
     let port = free_port()?;
     let child = Command::new("qemu-nbd")
-        .args(["-f", "raw", "-t", "-b", "127.0.0.1", "-p", &port.to_string(), "--cache=writeback", "--aio=threads"])
+        .args([
+            "-f",
+            "raw",
+            "-t",
+            "-b",
+            "127.0.0.1",
+            "-p",
+            &port.to_string(),
+            "--cache=writeback",
+            "--aio=threads",
+        ])
         .arg(file)
         .stdout(Stdio::null())
         .spawn()
@@ -104,7 +132,8 @@ fn start_qemu_nbd(file: &Path) -> Result<(Proc, String), BenchError> {
 }
 
 fn make_file(path: &Path, size: u64) -> Result<(), BenchError> {
-    let f = std::fs::File::create(path).map_err(|e| tool_error("create", format!("{}: {e}", path.display())))?;
+    let f =
+        std::fs::File::create(path).map_err(|e| tool_error("create", format!("{}: {e}", path.display())))?;
     f.set_len(size).map_err(|e| tool_error("truncate", e.to_string()))
 }
 
@@ -144,11 +173,22 @@ fn ratio(a: &Measured, b: &Measured) -> String {
 /// The whole `engine` benchmark.
 pub fn run_engine_bench(o: &Options) -> Result<(), BenchError> {
     if !o.corral.is_file() {
-        return Err(tool_error("corral", format!("{} not found: run `cargo build --release -p corral` first (or pass --corral PATH)", o.corral.display())));
+        return Err(tool_error(
+            "corral",
+            format!(
+                "{} not found: run `cargo build --release -p corral` first (or pass --corral PATH)",
+                o.corral.display()
+            ),
+        ));
     }
     let size = o.size_gib << 30;
     let root = fresh_dir(&o.dir)?;
-    eprintln!("fio jobs: {}s each (+1s ramp), volume/file size {} GiB, data under {}", o.runtime, o.size_gib, root.display());
+    eprintln!(
+        "fio jobs: {}s each (+1s ramp), volume/file size {} GiB, data under {}",
+        o.runtime,
+        o.size_gib,
+        root.display()
+    );
 
     let file = root.join("plain.raw");
     make_file(&file, size)?;
@@ -167,13 +207,21 @@ pub fn run_engine_bench(o: &Options) -> Result<(), BenchError> {
     for replicas in [1usize, 3] {
         let dir = fresh_dir(&root.join(format!("corral{replicas}")))?;
         let c = start_corral(o, &dir, replicas, size)?;
-        corral.push(run_jobs(&format!("corral {replicas} replica(s)"), Target::Nbd(&c.nbd), size, o.runtime)?);
+        corral.push(run_jobs(
+            &format!("corral {replicas} replica(s)"),
+            Target::Nbd(&c.nbd),
+            size,
+            o.runtime,
+        )?);
         drop(c);
         let _ = std::fs::remove_dir_all(&dir);
     }
 
     println!();
-    println!("Engine benchmark: fio {}s per job, {} GiB, same disk; no job flushes (no fsync=).", o.runtime, o.size_gib);
+    println!(
+        "Engine benchmark: fio {}s per job, {} GiB, same disk; no job flushes (no fsync=).",
+        o.runtime, o.size_gib
+    );
     println!("file: fio io_uring direct=1 on a plain file (the disk's limit). qemu-nbd: raw file, --cache=writeback, fio nbd engine.");
     println!("corral: replicas on the same disk (buffered writes, flush = fdatasync on every replica), fio nbd engine.");
     println!();
@@ -214,7 +262,14 @@ fn rebuild_bench(o: &Options, root: &Path) -> Result<(), BenchError> {
     let c = start_corral(o, &dir, 1, size)?;
     eprintln!("  rebuild: writing alternating 4 KiB blocks over {} GiB", o.rebuild_gib);
     let fill = Command::new("fio")
-        .args(["--name=fill", "--ioengine=nbd", &format!("--uri={}", c.nbd), "--rw=write:4k", "--bs=4k", "--iodepth=32"])
+        .args([
+            "--name=fill",
+            "--ioengine=nbd",
+            &format!("--uri={}", c.nbd),
+            "--rw=write:4k",
+            "--bs=4k",
+            "--iodepth=32",
+        ])
         .arg(format!("--size={size}"))
         .stdout(Stdio::null())
         .status()
@@ -223,9 +278,13 @@ fn rebuild_bench(o: &Options, root: &Path) -> Result<(), BenchError> {
         return Err(tool_error("fio", "filling the rebuild volume failed"));
     }
     let (_target, address) = start_replica(&o.corral, &dir.join("target"), size)?;
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| tool_error("tokio", e.to_string()))?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| tool_error("tokio", e.to_string()))?;
     let report = runtime.block_on(async {
-        let client = corral_engine::ControlClient::new(&c.control).map_err(|e| tool_error("control", e.to_string()))?;
+        let client = corral_engine::ControlClient::new(&c.control)
+            .map_err(|e| tool_error("control", e.to_string()))?;
         let started = Instant::now();
         client.add_replica(&address).await.map_err(|e| tool_error("replica add", e.to_string()))?;
         loop {

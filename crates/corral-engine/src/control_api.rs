@@ -77,7 +77,8 @@ struct ApiError(EngineError);
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let status = StatusCode::from_u16(self.0.kind.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let status =
+            StatusCode::from_u16(self.0.kind.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         let body = ErrorBody { kind: self.0.kind, op: self.0.op.to_string(), message: self.0.message };
         (status, Json(body)).into_response()
     }
@@ -166,7 +167,11 @@ pub struct ControlClient {
 impl ControlClient {
     /// A client for `HOST:PORT` or `http://HOST:PORT`.
     pub fn new(url: &str) -> Result<Self> {
-        let base = if url.starts_with("http://") || url.starts_with("https://") { url.to_string() } else { format!("http://{url}") };
+        let base = if url.starts_with("http://") || url.starts_with("https://") {
+            url.to_string()
+        } else {
+            format!("http://{url}")
+        };
         let http = reqwest::Client::builder()
             .build()
             .map_err(|e| EngineError::new(ErrorKind::Io, "control client", e.to_string()))?;
@@ -174,7 +179,9 @@ impl ControlClient {
     }
 
     async fn call<T: DeserializeOwned>(&self, op: &'static str, req: reqwest::RequestBuilder) -> Result<T> {
-        let resp = req.send().await.map_err(|e| EngineError::new(ErrorKind::Io, op, format!("cannot reach the engine at {}: {e}", self.base)))?;
+        let resp = req.send().await.map_err(|e| {
+            EngineError::new(ErrorKind::Io, op, format!("cannot reach the engine at {}: {e}", self.base))
+        })?;
         let status = resp.status();
         let text = resp.text().await.map_err(|e| EngineError::new(ErrorKind::Io, op, e.to_string()))?;
         if !status.is_success() {
@@ -183,7 +190,8 @@ impl ControlClient {
                 Err(_) => EngineError::new(ErrorKind::Io, op, format!("HTTP {status}: {text}")),
             });
         }
-        serde_json::from_str(&text).map_err(|e| EngineError::new(ErrorKind::Io, op, format!("bad answer {text:?}: {e}")))
+        serde_json::from_str(&text)
+            .map_err(|e| EngineError::new(ErrorKind::Io, op, format!("bad answer {text:?}: {e}")))
     }
 
     fn url(&self, path: &str) -> String {
@@ -201,21 +209,39 @@ impl ControlClient {
     /// `replica add`.
     pub async fn add_replica(&self, address: &str) -> Result<()> {
         let body = AddressBody { address: address.into() };
-        self.call::<serde_json::Value>("replica add", self.http.post(self.url("/v1/replicas/add")).json(&body)).await.map(drop)
+        self.call::<serde_json::Value>(
+            "replica add",
+            self.http.post(self.url("/v1/replicas/add")).json(&body),
+        )
+        .await
+        .map(drop)
     }
     /// `replica rm`.
     pub async fn remove_replica(&self, address: &str) -> Result<()> {
         let body = AddressBody { address: address.into() };
-        self.call::<serde_json::Value>("replica rm", self.http.post(self.url("/v1/replicas/remove")).json(&body)).await.map(drop)
+        self.call::<serde_json::Value>(
+            "replica rm",
+            self.http.post(self.url("/v1/replicas/remove")).json(&body),
+        )
+        .await
+        .map(drop)
     }
     /// The last finished rebuild.
     pub async fn last_rebuild(&self) -> Result<Option<RebuildReport>> {
         self.call("rebuild status", self.http.get(self.url("/v1/rebuild"))).await
     }
     /// `snapshot create`; returns the name.
-    pub async fn snapshot_create(&self, name: Option<String>, labels: BTreeMap<String, String>) -> Result<String> {
-        let v: serde_json::Value =
-            self.call("snapshot create", self.http.post(self.url("/v1/snapshots")).json(&SnapshotBody { name, labels })).await?;
+    pub async fn snapshot_create(
+        &self,
+        name: Option<String>,
+        labels: BTreeMap<String, String>,
+    ) -> Result<String> {
+        let v: serde_json::Value = self
+            .call(
+                "snapshot create",
+                self.http.post(self.url("/v1/snapshots")).json(&SnapshotBody { name, labels }),
+            )
+            .await?;
         Ok(v.get("name").and_then(|n| n.as_str()).unwrap_or_default().to_string())
     }
     /// `snapshot ls`.
@@ -225,18 +251,35 @@ impl ControlClient {
     /// `snapshot rm`.
     pub async fn snapshot_remove(&self, name: &str) -> Result<()> {
         crate::operations::validate_name("snapshot rm", name)?;
-        self.call::<serde_json::Value>("snapshot rm", self.http.delete(self.url(&format!("/v1/snapshots/{name}")))).await.map(drop)
+        self.call::<serde_json::Value>(
+            "snapshot rm",
+            self.http.delete(self.url(&format!("/v1/snapshots/{name}"))),
+        )
+        .await
+        .map(drop)
     }
     /// `snapshot purge`.
     pub async fn snapshot_purge(&self) -> Result<()> {
-        self.call::<serde_json::Value>("snapshot purge", self.http.post(self.url("/v1/snapshots/purge"))).await.map(drop)
+        self.call::<serde_json::Value>("snapshot purge", self.http.post(self.url("/v1/snapshots/purge")))
+            .await
+            .map(drop)
     }
     /// `revert`.
     pub async fn revert(&self, name: &str) -> Result<()> {
-        self.call::<serde_json::Value>("revert", self.http.post(self.url("/v1/revert")).json(&NameBody { name: name.into() })).await.map(drop)
+        self.call::<serde_json::Value>(
+            "revert",
+            self.http.post(self.url("/v1/revert")).json(&NameBody { name: name.into() }),
+        )
+        .await
+        .map(drop)
     }
     /// `expand`.
     pub async fn expand(&self, size: u64) -> Result<()> {
-        self.call::<serde_json::Value>("expand", self.http.post(self.url("/v1/expand")).json(&SizeBody { size })).await.map(drop)
+        self.call::<serde_json::Value>(
+            "expand",
+            self.http.post(self.url("/v1/expand")).json(&SizeBody { size }),
+        )
+        .await
+        .map(drop)
     }
 }

@@ -109,7 +109,10 @@ pub(crate) struct Shared {
     pub(crate) frontend: Mutex<Option<Arc<dyn Frontend>>>,
 }
 
-fn link_failure(timeout: Duration, r: std::result::Result<LinkResult<()>, tokio::time::error::Elapsed>) -> Option<LinkError> {
+fn link_failure(
+    timeout: Duration,
+    r: std::result::Result<LinkResult<()>, tokio::time::error::Elapsed>,
+) -> Option<LinkError> {
     match r {
         Ok(Ok(())) => None,
         Ok(Err(e)) => Some(e),
@@ -200,7 +203,12 @@ impl Engine {
     /// Sends one mutation to every RW and WO replica in parallel and waits for all. Replicas that fail or
     /// time out are dropped. When every replica reports no space, the error goes to the client and no
     /// replica is dropped.
-    pub(crate) async fn fan_out<'a, F>(&'a self, op: &'static str, slots: &'a [Arc<ReplicaSlot>], f: F) -> Result<()>
+    pub(crate) async fn fan_out<'a, F>(
+        &'a self,
+        op: &'static str,
+        slots: &'a [Arc<ReplicaSlot>],
+        f: F,
+    ) -> Result<()>
     where
         F: Fn(&'a Arc<dyn ReplicaLink>) -> BoxFuture<'a, LinkResult<()>>,
     {
@@ -305,7 +313,13 @@ impl Engine {
             }
             let timeout = self.shared.config.replica_timeout;
             let results = join_all(rw.iter().map(|(slot, link)| async move {
-                (slot, link_failure(timeout, tokio::time::timeout(timeout, link.set_generation(generation)).await))
+                (
+                    slot,
+                    link_failure(
+                        timeout,
+                        tokio::time::timeout(timeout, link.set_generation(generation)).await,
+                    ),
+                )
             }))
             .await;
             for (slot, err) in results {
@@ -328,7 +342,8 @@ impl Engine {
     async fn lock_regions(&self, off: u64, len: u64) -> Vec<tokio::sync::MutexGuard<'_, ()>> {
         let first = off >> REGION_SHIFT;
         let last = (off + len.max(1) - 1) >> REGION_SHIFT;
-        let mut stripes: Vec<usize> = (first..=last.min(first + STRIPES as u64)).map(|r| (r % STRIPES as u64) as usize).collect();
+        let mut stripes: Vec<usize> =
+            (first..=last.min(first + STRIPES as u64)).map(|r| (r % STRIPES as u64) as usize).collect();
         stripes.sort_unstable();
         stripes.dedup();
         let mut guards = Vec::with_capacity(stripes.len());
@@ -357,13 +372,23 @@ impl Engine {
                 Ok(Ok(data)) => self.fail_replica(
                     slot,
                     "read",
-                    &LinkError::new(LinkErrorKind::Protocol, format!("short read: {} of {len} bytes", data.len())),
+                    &LinkError::new(
+                        LinkErrorKind::Protocol,
+                        format!("short read: {} of {len} bytes", data.len()),
+                    ),
                 ),
                 Ok(Err(err)) => self.fail_replica(slot, "read", &err),
-                Err(_) => self.fail_replica(slot, "read", &LinkError::new(LinkErrorKind::Timeout, format!("no answer within {timeout:?}"))),
+                Err(_) => self.fail_replica(
+                    slot,
+                    "read",
+                    &LinkError::new(LinkErrorKind::Timeout, format!("no answer within {timeout:?}")),
+                ),
             }
         }
-        Err(EngineError::unavailable("read", format!("offset {off} length {len}: no healthy replica could serve the read")))
+        Err(EngineError::unavailable(
+            "read",
+            format!("offset {off} length {len}: no healthy replica could serve the read"),
+        ))
     }
 
     /// Writes `data` at `off` to every RW and WO replica; with `fua`, also makes it durable on all of them.
@@ -390,7 +415,13 @@ impl Engine {
     /// Reference §3.6: a WO replica must only receive whole blocks, because its own read-modify-write
     /// would read lower layers that are not copied yet. Read the covering blocks from RW, patch, write all.
     /// `data = None` patches zeros in.
-    async fn write_widened(&self, slots: &[Arc<ReplicaSlot>], off: u64, data: &[u8], zero_len: Option<u64>) -> Result<()> {
+    async fn write_widened(
+        &self,
+        slots: &[Arc<ReplicaSlot>],
+        off: u64,
+        data: &[u8],
+        zero_len: Option<u64>,
+    ) -> Result<()> {
         let len = zero_len.unwrap_or(data.len() as u64);
         let start = off / BLOCK * BLOCK;
         let end = (off + len).div_ceil(BLOCK) * BLOCK;

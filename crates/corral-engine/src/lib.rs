@@ -63,13 +63,13 @@ pub mod start;
 pub mod wire_link;
 
 pub use control_api::ControlClient;
-pub use service::{serve, NbdListen, RunningEngine, ServeOptions};
 pub use engine::{Engine, EngineConfig, Frontend, BLOCK};
 pub use error::{EngineError, ErrorKind, Result};
 pub use link::{Connector, RecoveryFacts, ReplicaLink, SnapshotInfo};
 pub use operations::{validate_name, EngineInfo, VolumeState};
 pub use rebuild::RebuildReport;
 pub use replica_set::{Mode, ReplicaStatus};
+pub use service::{serve, NbdListen, RunningEngine, ServeOptions};
 
 #[cfg(test)]
 mod tests;

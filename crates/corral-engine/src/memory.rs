@@ -263,7 +263,10 @@ impl ReplicaLink for MemoryLink {
                 let block = pos / BS;
                 let within = pos % BS;
                 let n = (BS - within).min(end - pos);
-                let below = s.chain.iter().any(|name| s.layers.get(name).is_some_and(|l| l.blocks.contains_key(&block)));
+                let below = s
+                    .chain
+                    .iter()
+                    .any(|name| s.layers.get(name).is_some_and(|l| l.blocks.contains_key(&block)));
                 if n == BS && !below {
                     s.head.remove(&block);
                 } else {
@@ -441,7 +444,8 @@ impl ReplicaLink for MemoryLink {
             // The live chain is the path from the root to the head's parent: follow parents from the
             // last entry that has no child in the list.
             let mut live = Vec::new();
-            let mut cur = chain.iter().rev().find(|i| !chain.iter().any(|c| c.parent.as_ref() == Some(&i.name)));
+            let mut cur =
+                chain.iter().rev().find(|i| !chain.iter().any(|c| c.parent.as_ref() == Some(&i.name)));
             while let Some(info) = cur {
                 live.push(info.name.clone());
                 cur = info.parent.as_ref().and_then(|p| chain.iter().find(|c| &c.name == p));
@@ -484,9 +488,9 @@ impl MemoryCluster {
 impl Connector for MemoryCluster {
     fn connect(&self, address: String) -> BoxFuture<'_, LinkResult<(Arc<dyn ReplicaLink>, RecoveryFacts)>> {
         async move {
-            let replica = self
-                .get(&address)
-                .ok_or_else(|| LinkError::new(LinkErrorKind::Disconnected, format!("nothing at {address}")))?;
+            let replica = self.get(&address).ok_or_else(|| {
+                LinkError::new(LinkErrorKind::Disconnected, format!("nothing at {address}"))
+            })?;
             if replica.down.load(Ordering::SeqCst) {
                 return Err(LinkError::new(LinkErrorKind::Disconnected, format!("{address} is down")));
             }

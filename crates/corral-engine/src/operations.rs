@@ -54,9 +54,14 @@ pub fn validate_name(op: &'static str, name: &str) -> Result<()> {
     let ok = !bytes.is_empty()
         && bytes.len() <= 63
         && (bytes[0].is_ascii_lowercase() || bytes[0].is_ascii_digit())
-        && bytes.iter().all(|&b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'.' || b == b'_' || b == b'-');
+        && bytes
+            .iter()
+            .all(|&b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'.' || b == b'_' || b == b'-');
     if !ok {
-        return Err(EngineError::invalid(op, format!("bad name {name:?}: must match ^[a-z0-9][a-z0-9._-]{{0,62}}$")));
+        return Err(EngineError::invalid(
+            op,
+            format!("bad name {name:?}: must match ^[a-z0-9][a-z0-9._-]{{0,62}}$"),
+        ));
     }
     if name == HEAD_NAME {
         return Err(EngineError::invalid(op, format!("{HEAD_NAME:?} is reserved for the head")));
@@ -114,23 +119,27 @@ impl Engine {
         let _admin = self.shared.admin.lock().await;
         let _gate = self.shared.gate.write().await;
         let slots = self.slots();
-        let slot = slots
-            .iter()
-            .find(|s| s.address == address)
-            .ok_or_else(|| EngineError::new(ErrorKind::NotFound, OP, format!("no replica {address} in this volume")))?;
-        if slot.mode() == Mode::ReadWrite && slots.iter().filter(|s| s.mode() == Mode::ReadWrite).count() == 1 {
+        let slot = slots.iter().find(|s| s.address == address).ok_or_else(|| {
+            EngineError::new(ErrorKind::NotFound, OP, format!("no replica {address} in this volume"))
+        })?;
+        if slot.mode() == Mode::ReadWrite && slots.iter().filter(|s| s.mode() == Mode::ReadWrite).count() == 1
+        {
             return Err(EngineError::conflict(OP, format!("{address} is the last healthy replica")));
         }
         // Counted as a drop, so the next acknowledged write first bumps the generation past it.
         self.fail_replica(slot, OP, &LinkError::new(LinkErrorKind::Disconnected, "removed by request"));
-        let remaining: Vec<Arc<ReplicaSlot>> = slots.iter().filter(|s| s.address != address).cloned().collect();
+        let remaining: Vec<Arc<ReplicaSlot>> =
+            slots.iter().filter(|s| s.address != address).cloned().collect();
         *self.shared.slots.write() = Arc::new(remaining);
         self.settle(OP).await
     }
 
     fn refuse_during_rebuild(&self, op: &'static str) -> Result<()> {
         if let Some(address) = self.shared.rebuild.lock().active.clone() {
-            return Err(EngineError::conflict(op, format!("replica {address} is being rebuilt; try again when it is RW")));
+            return Err(EngineError::conflict(
+                op,
+                format!("replica {address} is being rebuilt; try again when it is RW"),
+            ));
         }
         Ok(())
     }
@@ -146,7 +155,9 @@ impl Engine {
         let link = slot.readable_link().ok_or_else(|| EngineError::unavailable(OP, "no healthy replica"))?;
         let list = tokio::time::timeout(self.shared.config.control_timeout, link.list_snapshots())
             .await
-            .map_err(|_| EngineError::new(ErrorKind::Io, OP, format!("replica {} did not answer", slot.address)))?
+            .map_err(|_| {
+                EngineError::new(ErrorKind::Io, OP, format!("replica {} did not answer", slot.address))
+            })?
             .map_err(|e| map_link(OP, &slot.address, e))?;
         Ok(list.into_iter().filter(|s| s.name != HEAD_NAME).collect())
     }
@@ -162,7 +173,11 @@ impl Engine {
 
     /// Takes a snapshot on every replica at one point of the write stream: in-flight writes are drained
     /// and new ones held back until every replica has taken it. Returns the name (a UUID when omitted).
-    pub async fn snapshot_create(&self, name: Option<String>, labels: BTreeMap<String, String>) -> Result<String> {
+    pub async fn snapshot_create(
+        &self,
+        name: Option<String>,
+        labels: BTreeMap<String, String>,
+    ) -> Result<String> {
         const OP: &str = "snapshot create";
         let name = name.unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
         validate_name(OP, &name)?;
@@ -191,8 +206,10 @@ impl Engine {
         let _gate = self.shared.gate.write().await;
         let opts = SnapshotOptions { user_created, labels, created: Some(now_rfc3339()) };
         let slots = self.slots();
-        self.fan_out_within(op, &slots, self.shared.config.control_timeout, |l| l.snapshot(name.to_string(), opts.clone()))
-            .await
+        self.fan_out_within(op, &slots, self.shared.config.control_timeout, |l| {
+            l.snapshot(name.to_string(), opts.clone())
+        })
+        .await
     }
 
     /// Marks a snapshot removed on every replica (its data stays until purge).
@@ -202,7 +219,10 @@ impl Engine {
         self.refuse_during_rebuild(OP)?;
         self.require_snapshot(OP, name).await?;
         let slots = self.slots();
-        self.fan_out_within(OP, &slots, self.shared.config.control_timeout, |l| l.mark_removed(name.to_string())).await
+        self.fan_out_within(OP, &slots, self.shared.config.control_timeout, |l| {
+            l.mark_removed(name.to_string())
+        })
+        .await
     }
 
     /// Folds removed snapshots away on every replica; returns when all are done.
@@ -239,7 +259,8 @@ impl Engine {
         self.require_snapshot(OP, name).await?;
         let _gate = self.shared.gate.write().await;
         let slots = self.slots();
-        self.fan_out_within(OP, &slots, self.shared.config.control_timeout, |l| l.revert(name.to_string())).await
+        self.fan_out_within(OP, &slots, self.shared.config.control_timeout, |l| l.revert(name.to_string()))
+            .await
     }
 
     /// Grows the volume; clients that reconnect see the new size. Refused if smaller than now.
@@ -250,7 +271,10 @@ impl Engine {
         }
         let current = self.size();
         if size < current {
-            return Err(EngineError::invalid(OP, format!("size {size} is smaller than the current size {current}: shrinking is not supported")));
+            return Err(EngineError::invalid(
+                OP,
+                format!("size {size} is smaller than the current size {current}: shrinking is not supported"),
+            ));
         }
         if size == current {
             return Ok(());
@@ -267,7 +291,8 @@ impl Engine {
 
 /// The current time as RFC 3339 (UTC, seconds), without a date library.
 pub(crate) fn now_rfc3339() -> String {
-    let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    let secs =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
     let days = (secs / 86_400) as i64;
     let rem = secs % 86_400;
     // Civil-from-days (Howard Hinnant's algorithm).

@@ -74,7 +74,13 @@ struct CopyFailure {
 }
 
 fn on(side: Side) -> impl Fn(LinkError) -> CopyFailure {
-    move |error| CopyFailure { side: match side { Side::Source => Side::Source, Side::Target => Side::Target }, error }
+    move |error| CopyFailure {
+        side: match side {
+            Side::Source => Side::Source,
+            Side::Target => Side::Target,
+        },
+        error,
+    }
 }
 
 /// Runs a link call with the control timeout.
@@ -244,7 +250,10 @@ impl Engine {
         validate_address(OP, address)?;
         let _admin = self.shared.admin.lock().await;
         if let Some(active) = self.shared.rebuild.lock().active.clone() {
-            return Err(EngineError::conflict(OP, format!("replica {active} is being rebuilt; one rebuild at a time")));
+            return Err(EngineError::conflict(
+                OP,
+                format!("replica {active} is being rebuilt; one rebuild at a time"),
+            ));
         }
         if let Some(existing) = self.slots().iter().find(|s| s.address == address) {
             if existing.mode() != Mode::Error {
@@ -260,7 +269,8 @@ impl Engine {
         }
         let limit = self.shared.config.control_timeout;
         let fail = |e: LinkError| EngineError::new(ErrorKind::Io, OP, format!("replica {address}: {e}"));
-        let (link, facts) = timed(limit, self.shared.connector.connect(address.to_string())).await.map_err(fail)?;
+        let (link, facts) =
+            timed(limit, self.shared.connector.connect(address.to_string())).await.map_err(fail)?;
         let size = self.size();
         let result = async {
             if facts.size > size {
@@ -319,7 +329,10 @@ impl Engine {
         tracker.last = Some(report);
     }
 
-    async fn copy_and_finish(&self, slot: &Arc<ReplicaSlot>) -> std::result::Result<Arc<Counters>, (EngineError, Option<Arc<Counters>>)> {
+    async fn copy_and_finish(
+        &self,
+        slot: &Arc<ReplicaSlot>,
+    ) -> std::result::Result<Arc<Counters>, (EngineError, Option<Arc<Counters>>)> {
         const OP: &str = "rebuild";
         let Some(target) = slot.link.clone() else {
             return Err((EngineError::new(ErrorKind::Io, OP, "target has no connection"), None));
@@ -328,7 +341,10 @@ impl Engine {
         for _attempt in 0..3 {
             let slots = self.slots();
             let Some(source_slot) = slots.iter().find(|s| s.mode() == Mode::ReadWrite).cloned() else {
-                return Err((EngineError::unavailable(OP, "no healthy replica left to copy from"), last_counters));
+                return Err((
+                    EngineError::unavailable(OP, "no healthy replica left to copy from"),
+                    last_counters,
+                ));
             };
             let Some(source) = source_slot.link.clone() else { continue };
             match self.copy_from(&source, &target, slot).await {
@@ -351,7 +367,11 @@ impl Engine {
                         }
                         Side::Target => {
                             return Err((
-                                EngineError::new(ErrorKind::Io, OP, format!("target {}: {}", slot.address, failure.error)),
+                                EngineError::new(
+                                    ErrorKind::Io,
+                                    OP,
+                                    format!("target {}: {}", slot.address, failure.error),
+                                ),
                                 last_counters,
                             ))
                         }
@@ -374,13 +394,22 @@ impl Engine {
         let mut plans = Vec::with_capacity(chain.len());
         let mut total = 0u64;
         for info in &chain {
-            let src = timed(limit, source.layer_extents(info.name.clone())).await.map_err(|e| (on(Side::Source)(e), None))?;
+            let src = timed(limit, source.layer_extents(info.name.clone()))
+                .await
+                .map_err(|e| (on(Side::Source)(e), None))?;
             timed(limit, target.begin_layer(info.clone())).await.map_err(|e| (on(Side::Target)(e), None))?;
-            let dst = timed(limit, target.layer_extents(info.name.clone())).await.map_err(|e| (on(Side::Target)(e), None))?;
+            let dst = timed(limit, target.layer_extents(info.name.clone()))
+                .await
+                .map_err(|e| (on(Side::Target)(e), None))?;
             total += src.iter().map(|e| e.len).sum::<u64>();
             plans.push((info.name.clone(), src, dst));
         }
-        let counters = Arc::new(Counters { done: AtomicU64::new(0), copied: AtomicU64::new(0), reused: AtomicU64::new(0), total });
+        let counters = Arc::new(Counters {
+            done: AtomicU64::new(0),
+            copied: AtomicU64::new(0),
+            reused: AtomicU64::new(0),
+            total,
+        });
         for (name, src, dst) in &plans {
             self.copy_layer(source, target, slot, name, src, dst, &counters)
                 .await
@@ -429,7 +458,10 @@ impl Engine {
         counters: &Counters,
     ) -> std::result::Result<(), CopyFailure> {
         if slot.mode() != Mode::WriteOnly {
-            return Err(CopyFailure { side: Side::Target, error: LinkError::new(LinkErrorKind::Disconnected, "target left the volume") });
+            return Err(CopyFailure {
+                side: Side::Target,
+                error: LinkError::new(LinkErrorKind::Disconnected, "target left the volume"),
+            });
         }
         let limit = self.shared.config.control_timeout;
         let (Some(first), Some(last)) = (window.first(), window.last()) else { return Ok(()) };
@@ -449,9 +481,14 @@ impl Engine {
                 return Ok(());
             }
         }
-        let data: Bytes = timed(limit, source.read_layer(name.to_string(), start, span as usize)).await.map_err(on(Side::Source))?;
+        let data: Bytes = timed(limit, source.read_layer(name.to_string(), start, span as usize))
+            .await
+            .map_err(on(Side::Source))?;
         if data.len() as u64 != span {
-            return Err(CopyFailure { side: Side::Source, error: LinkError::new(LinkErrorKind::Protocol, "short layer read") });
+            return Err(CopyFailure {
+                side: Side::Source,
+                error: LinkError::new(LinkErrorKind::Protocol, "short layer read"),
+            });
         }
         let writes = window.iter().map(|e| {
             let at = (e.offset - start) as usize;
@@ -467,7 +504,8 @@ impl Engine {
 
     fn count_progress(&self, slot: &ReplicaSlot, counters: &Counters, bytes: u64) {
         let done = counters.done.fetch_add(bytes, Ordering::Relaxed) + bytes;
-        let percent = if counters.total == 0 { 99 } else { (done.saturating_mul(100) / counters.total).min(99) };
+        let percent =
+            if counters.total == 0 { 99 } else { (done.saturating_mul(100) / counters.total).min(99) };
         slot.set_progress(percent as u8);
     }
 
@@ -500,7 +538,12 @@ impl Engine {
     }
 
     /// Same layer names on both sides, and equal checksums over each layer's allocated span.
-    async fn verify(&self, source: &Arc<dyn ReplicaLink>, target: &Arc<dyn ReplicaLink>, chain: &[SnapshotInfo]) -> Result<()> {
+    async fn verify(
+        &self,
+        source: &Arc<dyn ReplicaLink>,
+        target: &Arc<dyn ReplicaLink>,
+        chain: &[SnapshotInfo],
+    ) -> Result<()> {
         const OP: &str = "rebuild verify";
         let limit = self.shared.config.control_timeout;
         let fail = |side: &str, e: LinkError| EngineError::new(ErrorKind::Io, OP, format!("{side}: {e}"));
@@ -515,12 +558,17 @@ impl Engine {
         on_target.sort();
         expected.sort();
         if on_target != expected {
-            return Err(EngineError::new(ErrorKind::Io, OP, format!("target layers {on_target:?} differ from the source's {expected:?}")));
+            return Err(EngineError::new(
+                ErrorKind::Io,
+                OP,
+                format!("target layers {on_target:?} differ from the source's {expected:?}"),
+            ));
         }
         const PIECE: u64 = 64 << 20;
         let mut ranges = Vec::new();
         for info in chain {
-            let extents = timed(limit, source.layer_extents(info.name.clone())).await.map_err(|e| fail("source", e))?;
+            let extents =
+                timed(limit, source.layer_extents(info.name.clone())).await.map_err(|e| fail("source", e))?;
             if let (Some(first), Some(last)) = (extents.first(), extents.last()) {
                 let mut pos = first.offset;
                 while pos < last.end() {
@@ -539,7 +587,11 @@ impl Engine {
                 );
                 let (a, b) = (a.map_err(|e| fail("source", e))?, b.map_err(|e| fail("target", e))?);
                 if a != b {
-                    return Err(EngineError::new(ErrorKind::Io, OP, format!("layer {name} differs at {off}+{len} after the copy")));
+                    return Err(EngineError::new(
+                        ErrorKind::Io,
+                        OP,
+                        format!("layer {name} differs at {off}+{len} after the copy"),
+                    ));
                 }
                 Ok(())
             });
@@ -582,7 +634,11 @@ mod tests {
 
     #[test]
     fn layers_are_ordered_parents_first() {
-        let info = |n: &str, p: Option<&str>| SnapshotInfo { name: n.into(), parent: p.map(String::from), ..Default::default() };
+        let info = |n: &str, p: Option<&str>| SnapshotInfo {
+            name: n.into(),
+            parent: p.map(String::from),
+            ..Default::default()
+        };
         let ordered = root_first(vec![info("c", Some("b")), info("a", None), info("b", Some("a"))]);
         let names: Vec<_> = ordered.iter().map(|s| s.name.as_str()).collect();
         assert_eq!(names, ["a", "b", "c"]);

@@ -31,8 +31,13 @@ impl NbdListen {
         }
         let hostport = text.strip_prefix("tcp://").unwrap_or(text);
         match hostport.rsplit_once(':') {
-            Some((h, p)) if !h.is_empty() && p.parse::<u16>().is_ok() => Ok(NbdListen::Tcp(hostport.to_string())),
-            _ => Err(EngineError::invalid("--nbd", format!("bad address {text:?}: expected HOST:PORT or unix:PATH"))),
+            Some((h, p)) if !h.is_empty() && p.parse::<u16>().is_ok() => {
+                Ok(NbdListen::Tcp(hostport.to_string()))
+            }
+            _ => Err(EngineError::invalid(
+                "--nbd",
+                format!("bad address {text:?}: expected HOST:PORT or unix:PATH"),
+            )),
         }
     }
 }
@@ -80,7 +85,9 @@ pub async fn serve(opts: ServeOptions) -> Result<RunningEngine> {
     const OP: &str = "engine serve";
     crate::operations::validate_name(OP, &opts.config.volume)?;
     // Bind first so that a bad address fails before any replica is touched.
-    let control = tokio::net::TcpListener::bind(&opts.listen).await.map_err(|e| io(OP, &format!("bind {}", opts.listen), e))?;
+    let control = tokio::net::TcpListener::bind(&opts.listen)
+        .await
+        .map_err(|e| io(OP, &format!("bind {}", opts.listen), e))?;
     let control_address = control.local_addr().map_err(|e| io(OP, "control address", e))?.to_string();
     enum Bound {
         Tcp(tokio::net::TcpListener),
@@ -88,7 +95,8 @@ pub async fn serve(opts: ServeOptions) -> Result<RunningEngine> {
     }
     let (bound, nbd_endpoint) = match &opts.nbd {
         NbdListen::Tcp(addr) => {
-            let l = tokio::net::TcpListener::bind(addr).await.map_err(|e| io(OP, &format!("bind {addr}"), e))?;
+            let l =
+                tokio::net::TcpListener::bind(addr).await.map_err(|e| io(OP, &format!("bind {addr}"), e))?;
             let local = l.local_addr().map_err(|e| io(OP, "nbd address", e))?;
             (Bound::Tcp(l), format!("nbd://{local}"))
         }
@@ -97,7 +105,8 @@ pub async fn serve(opts: ServeOptions) -> Result<RunningEngine> {
                 // A socket left by a previous run; anything else is refused by bind below.
                 let _ = std::fs::remove_file(path);
             }
-            let l = tokio::net::UnixListener::bind(path).map_err(|e| io(OP, &format!("bind {}", path.display()), e))?;
+            let l = tokio::net::UnixListener::bind(path)
+                .map_err(|e| io(OP, &format!("bind {}", path.display()), e))?;
             (Bound::Unix(l), format!("nbd+unix:///?socket={}", path.display()))
         }
     };

@@ -46,8 +46,10 @@ pub fn decide(facts: &[Option<RecoveryFacts>]) -> Vec<Verdict> {
             Some(_) => None,
         })
         .collect();
-    let open = |v: &[Option<Verdict>]| -> Vec<usize> { (0..facts.len()).filter(|&i| v[i].is_none()).collect() };
-    let get = |i: usize| facts[i].as_ref().map(|f| (f.generation, f.revision, f.dirty, f.size)).unwrap_or_default();
+    let open =
+        |v: &[Option<Verdict>]| -> Vec<usize> { (0..facts.len()).filter(|&i| v[i].is_none()).collect() };
+    let get =
+        |i: usize| facts[i].as_ref().map(|f| (f.generation, f.revision, f.dirty, f.size)).unwrap_or_default();
 
     let candidates = open(&verdicts);
     if let Some(max_gen) = candidates.iter().map(|&i| get(i).0).max() {
@@ -100,17 +102,27 @@ pub fn validate_address(op: &'static str, address: &str) -> Result<()> {
     if ok {
         Ok(())
     } else {
-        Err(EngineError::invalid(op, format!("bad replica address {address:?}: expected tcp://HOST:PORT or unix:///PATH")))
+        Err(EngineError::invalid(
+            op,
+            format!("bad replica address {address:?}: expected tcp://HOST:PORT or unix:///PATH"),
+        ))
     }
 }
 
 impl Engine {
     /// Connects to the replicas, applies the start rule, sets a fresh generation on the up-to-date ones,
     /// and (with `auto_rebuild`) starts rebuilding the stale ones in the background.
-    pub async fn start(config: EngineConfig, connector: Arc<dyn Connector>, addresses: &[String]) -> Result<Engine> {
+    pub async fn start(
+        config: EngineConfig,
+        connector: Arc<dyn Connector>,
+        addresses: &[String],
+    ) -> Result<Engine> {
         const OP: &str = "engine start";
         if config.size == 0 || config.size % BLOCK != 0 {
-            return Err(EngineError::invalid(OP, format!("size {} must be a positive multiple of 4096", config.size)));
+            return Err(EngineError::invalid(
+                OP,
+                format!("size {} must be a positive multiple of 4096", config.size),
+            ));
         }
         if addresses.is_empty() {
             return Err(EngineError::invalid(OP, "at least one replica is needed"));
@@ -140,18 +152,24 @@ impl Engine {
                 }
             }))
             .await;
-        let facts: Vec<Option<RecoveryFacts>> = connected.iter().map(|c| c.as_ref().map(|(_, f)| f.clone())).collect();
+        let facts: Vec<Option<RecoveryFacts>> =
+            connected.iter().map(|c| c.as_ref().map(|(_, f)| f.clone())).collect();
         let verdicts = decide(&facts);
         let winners: Vec<usize> = (0..verdicts.len()).filter(|&i| verdicts[i] == Verdict::UpToDate).collect();
         let Some(&first) = winners.first() else {
             return Err(EngineError::unavailable(OP, "no replica is reachable and up to date"));
         };
         let current = facts[first].as_ref().map(|f| f.size).unwrap_or(0);
-        let fresh = winners.iter().all(|&i| facts[i].as_ref().is_some_and(|f| f.generation == 0 && f.revision == 0 && f.chain.is_empty()));
+        let fresh = winners.iter().all(|&i| {
+            facts[i].as_ref().is_some_and(|f| f.generation == 0 && f.revision == 0 && f.chain.is_empty())
+        });
         if current > config.size {
             return Err(EngineError::invalid(
                 OP,
-                format!("the replicas hold a volume of {current} bytes, larger than --size {}: use that size", config.size),
+                format!(
+                    "the replicas hold a volume of {current} bytes, larger than --size {}: use that size",
+                    config.size
+                ),
             ));
         }
         let max_generation = facts.iter().flatten().map(|f| f.generation).max().unwrap_or(0);
@@ -159,7 +177,9 @@ impl Engine {
         let mut slots = Vec::new();
         for (i, (address, c)) in addresses.iter().zip(connected).enumerate() {
             let slot = match (&verdicts[i], c) {
-                (Verdict::UpToDate, Some((link, _))) => ReplicaSlot::new(address.clone(), Some(link), Mode::ReadWrite),
+                (Verdict::UpToDate, Some((link, _))) => {
+                    ReplicaSlot::new(address.clone(), Some(link), Mode::ReadWrite)
+                }
                 (Verdict::Stale(reason), Some((link, _))) => {
                     link.close();
                     let slot = ReplicaSlot::new(address.clone(), None, Mode::Error);
@@ -190,7 +210,10 @@ impl Engine {
                 }
             }
         }
-        engine.shared.covered.store(engine.shared.drops.load(std::sync::atomic::Ordering::SeqCst), std::sync::atomic::Ordering::SeqCst);
+        engine.shared.covered.store(
+            engine.shared.drops.load(std::sync::atomic::Ordering::SeqCst),
+            std::sync::atomic::Ordering::SeqCst,
+        );
         engine.shared.generation.store(generation, std::sync::atomic::Ordering::SeqCst);
         if !engine.slots().iter().any(|s| s.mode() == Mode::ReadWrite) {
             return Err(EngineError::unavailable(OP, "every up-to-date replica failed while starting"));
@@ -200,10 +223,18 @@ impl Engine {
             if !fresh {
                 tracing::info!(volume = %engine.volume(), from = current, to = engine.shared.config.size, "expanding at start");
             }
-            engine.expand(engine.shared.config.size).await.map_err(|e| EngineError::new(e.kind, OP, e.message))?;
+            engine
+                .expand(engine.shared.config.size)
+                .await
+                .map_err(|e| EngineError::new(e.kind, OP, e.message))?;
         }
         if engine.shared.config.auto_rebuild {
-            let stale: Vec<String> = engine.slots().iter().filter(|s| s.mode() == Mode::Error).map(|s| s.address.clone()).collect();
+            let stale: Vec<String> = engine
+                .slots()
+                .iter()
+                .filter(|s| s.mode() == Mode::Error)
+                .map(|s| s.address.clone())
+                .collect();
             if !stale.is_empty() {
                 engine.rebuild_in_background(stale);
             }

@@ -257,7 +257,10 @@ async fn bad_control_input_gets_clear_errors() {
     assert_eq!(e.kind, ErrorKind::AlreadyExists);
     assert_eq!(engine.add_replica("r9").await.unwrap_err().kind, ErrorKind::InvalidArgument);
     assert_eq!(engine.remove_replica("tcp://zz:1").await.unwrap_err().kind, ErrorKind::NotFound);
-    assert_eq!(engine.snapshot_create(Some("Bad Name".into()), BTreeMap::new()).await.unwrap_err().kind, ErrorKind::InvalidArgument);
+    assert_eq!(
+        engine.snapshot_create(Some("Bad Name".into()), BTreeMap::new()).await.unwrap_err().kind,
+        ErrorKind::InvalidArgument
+    );
     assert_eq!(engine.snapshot_remove("nope").await.unwrap_err().kind, ErrorKind::NotFound);
     assert_eq!(engine.revert("nope").await.unwrap_err().kind, ErrorKind::NotFound);
     assert_eq!(engine.expand(SIZE - 4096).await.unwrap_err().kind, ErrorKind::InvalidArgument);
@@ -282,7 +285,9 @@ async fn snapshot_revert_expand_round_trip() {
     assert_eq!(e.kind, ErrorKind::AlreadyExists);
     let list = engine.snapshots().await.unwrap();
     assert_eq!(list.len(), 2);
-    assert!(list.iter().any(|s| s.name == name && s.labels.get("k").map(String::as_str) == Some("v") && s.user_created));
+    assert!(list
+        .iter()
+        .any(|s| s.name == name && s.labels.get("k").map(String::as_str) == Some("v") && s.user_created));
     engine.revert(&name).await.unwrap();
     assert_eq!(&engine.read(0, 4096).await.unwrap()[..], &[1u8; 4096][..]);
     for r in &replicas {

@@ -181,7 +181,11 @@ pub struct WireConnector {
 impl WireConnector {
     /// A connector for the engine `engine_id`.
     pub fn new(engine_id: impl Into<String>, connections: usize, request_timeout: Duration) -> Arc<Self> {
-        Arc::new(WireConnector { engine_id: engine_id.into(), connections: connections.max(1), request_timeout })
+        Arc::new(WireConnector {
+            engine_id: engine_id.into(),
+            connections: connections.max(1),
+            request_timeout,
+        })
     }
 }
 

@@ -9,7 +9,11 @@ use engine_support::*;
 
 fn stderr_of(engine: &EngineProc, args: &[&str]) -> String {
     let out = engine.cli(args);
-    assert!(!out.status.success(), "corral engine {args:?} should have failed: {}", String::from_utf8_lossy(&out.stdout));
+    assert!(
+        !out.status.success(),
+        "corral engine {args:?} should have failed: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
@@ -26,13 +30,20 @@ fn snapshot_revert_expand_round_trips_through_the_cli() {
     assert_eq!(info["frontend"], engine.nbd.as_str());
 
     qemu_io(&engine.nbd, &["write -P 0x41 0 1M"]);
-    assert_eq!(engine.cli_ok(&["snapshot", "create", "first", "--label", "app=db", "--label", "tier=gold"]).trim(), "first");
+    assert_eq!(
+        engine.cli_ok(&["snapshot", "create", "first", "--label", "app=db", "--label", "tier=gold"]).trim(),
+        "first"
+    );
     qemu_io(&engine.nbd, &["write -P 0x42 0 512k"]);
     let generated = engine.cli_ok(&["snapshot", "create"]).trim().to_string();
     assert_eq!(generated.len(), 36, "a UUID name: {generated}");
-    qemu_io(&engine.nbd, &["write -P 0x43 0 4k", "read -P 0x43 0 4k", "read -P 0x42 4k 508k", "read -P 0x41 512k 512k"]);
+    qemu_io(
+        &engine.nbd,
+        &["write -P 0x43 0 4k", "read -P 0x43 0 4k", "read -P 0x42 4k 508k", "read -P 0x41 512k 512k"],
+    );
 
-    let list: serde_json::Value = serde_json::from_str(&engine.cli_ok(&["snapshot", "ls", "--json"])).unwrap();
+    let list: serde_json::Value =
+        serde_json::from_str(&engine.cli_ok(&["snapshot", "ls", "--json"])).unwrap();
     let names: Vec<&str> = list.as_array().unwrap().iter().map(|s| s["name"].as_str().unwrap()).collect();
     assert!(names.contains(&"first") && names.contains(&generated.as_str()), "{names:?}");
     let first = list.as_array().unwrap().iter().find(|s| s["name"] == "first").unwrap();
@@ -52,8 +63,12 @@ fn snapshot_revert_expand_round_trips_through_the_cli() {
 
     // Remove + purge: the snapshot disappears, the data stays.
     engine.cli_ok(&["snapshot", "rm", &generated]);
-    let list: serde_json::Value = serde_json::from_str(&engine.cli_ok(&["snapshot", "ls", "--json"])).unwrap();
-    assert!(list.as_array().unwrap().iter().any(|s| s["name"] == generated.as_str() && s["removed"] == true), "{list}");
+    let list: serde_json::Value =
+        serde_json::from_str(&engine.cli_ok(&["snapshot", "ls", "--json"])).unwrap();
+    assert!(
+        list.as_array().unwrap().iter().any(|s| s["name"] == generated.as_str() && s["removed"] == true),
+        "{list}"
+    );
     engine.cli_ok(&["snapshot", "purge"]);
     qemu_io(&engine.nbd, &["read -P 0x41 0 1M"]);
 
@@ -64,7 +79,10 @@ fn snapshot_revert_expand_round_trips_through_the_cli() {
     let c = NbdClient::connect(&host, port).unwrap();
     assert_eq!(c.size, 48 << 20);
     c.disconnect();
-    qemu_io(&engine.nbd, &["write -P 0x44 47M 1M", "read -P 0x44 47M 1M", "read -P 0 32M 15M", "read -P 0x41 0 1M"]);
+    qemu_io(
+        &engine.nbd,
+        &["write -P 0x44 47M 1M", "read -P 0x44 47M 1M", "read -P 0 32M 15M", "read -P 0x41 0 1M"],
+    );
     let info: serde_json::Value = serde_json::from_str(&engine.cli_ok(&["info", "--json"])).unwrap();
     assert_eq!(info["size"], 48u64 << 20);
 }
@@ -101,19 +119,49 @@ fn bad_control_input_gets_clear_errors() {
 
     // The engine refuses duplicate replicas and bad sizes at start.
     let out = std::process::Command::new(CORRAL)
-        .args(["engine", "serve", "--volume", "v", "--size", "16MiB", "--nbd", "127.0.0.1:0", "--listen", "127.0.0.1:0"])
+        .args([
+            "engine",
+            "serve",
+            "--volume",
+            "v",
+            "--size",
+            "16MiB",
+            "--nbd",
+            "127.0.0.1:0",
+            "--listen",
+            "127.0.0.1:0",
+        ])
         .args(["--replica", &rs[0].address, "--replica", &rs[0].address])
         .output()
         .unwrap();
     assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("twice"), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("twice"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let out = std::process::Command::new(CORRAL)
-        .args(["engine", "serve", "--volume", "Bad Volume", "--size", "16MiB", "--nbd", "127.0.0.1:0", "--listen", "127.0.0.1:0"])
+        .args([
+            "engine",
+            "serve",
+            "--volume",
+            "Bad Volume",
+            "--size",
+            "16MiB",
+            "--nbd",
+            "127.0.0.1:0",
+            "--listen",
+            "127.0.0.1:0",
+        ])
         .args(["--replica", &rs[0].address])
         .output()
         .unwrap();
     assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("bad name"), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("bad name"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     // The volume still works after all that.
     qemu_io(&engine.nbd, &["write -P 0x5a 0 64k", "read -P 0x5a 0 64k"]);
 }

@@ -109,7 +109,10 @@ fn a_stale_replica_is_not_rw_until_rebuilt_and_its_old_data_is_never_read() {
     let mut c = NbdClient::connect(&host, port).unwrap();
     for b in 0..BLOCKS {
         let round = if b % 2 == 0 { 2 } else { 1 };
-        assert!(c.read(b * 4096, 4096).unwrap() == block_data(b, round, 4096), "block {b} wrong on the rebuilt replica");
+        assert!(
+            c.read(b * 4096, 4096).unwrap() == block_data(b, round, 4096),
+            "block {b} wrong on the rebuilt replica"
+        );
     }
     c.write(0, &[1u8; 4096], true).unwrap();
     assert_eq!(engine.mode_of(&stale), "RW");
@@ -138,6 +141,9 @@ fn a_stale_replica_is_rebuilt_automatically_at_start() {
     let mut c = NbdClient::connect(&host, port).unwrap();
     for b in 0..BLOCKS {
         let round = if b % 3 == 0 { 2 } else { 1 };
-        assert!(c.read(b * 4096, 4096).unwrap() == block_data(b, round, 4096), "block {b} wrong after the automatic rebuild");
+        assert!(
+            c.read(b * 4096, 4096).unwrap() == block_data(b, round, 4096),
+            "block {b} wrong after the automatic rebuild"
+        );
     }
 }

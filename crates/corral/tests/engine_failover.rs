@@ -18,7 +18,15 @@ const SIZE: u64 = 64 << 20;
 
 /// A writer owning `[start, start+len)`: writes whole blocks, sub-block pieces, zeroes and flushes,
 /// and keeps a byte model of its range. Any error fails the test.
-fn writer(host: String, port: u16, start: u64, len: u64, seed: u64, stop: Arc<AtomicBool>, ops: Arc<AtomicU64>) -> JoinHandle<Vec<u8>> {
+fn writer(
+    host: String,
+    port: u16,
+    start: u64,
+    len: u64,
+    seed: u64,
+    stop: Arc<AtomicBool>,
+    ops: Arc<AtomicU64>,
+) -> JoinHandle<Vec<u8>> {
     std::thread::spawn(move || {
         let mut client = NbdClient::connect(&host, port).unwrap();
         let mut model = client.read(start, len as usize).unwrap();
@@ -34,7 +42,9 @@ fn writer(host: String, port: u16, start: u64, len: u64, seed: u64, stop: Arc<At
                 0..=2 => {
                     let inner = (round % 7) as usize * 512 + 100;
                     let data = block_data(block, round + seed * 1_000_000, 700);
-                    client.write(off + inner as u64, &data, false).unwrap_or_else(|e| panic!("write failed at round {round}: {e}"));
+                    client
+                        .write(off + inner as u64, &data, false)
+                        .unwrap_or_else(|e| panic!("write failed at round {round}: {e}"));
                     model[local + inner..local + inner + 700].copy_from_slice(&data);
                 }
                 3 => {
@@ -45,7 +55,9 @@ fn writer(host: String, port: u16, start: u64, len: u64, seed: u64, stop: Arc<At
                 _ => {
                     let n = if round % 10 == 5 { 16384.min((blocks - block) * 4096) as usize } else { 4096 };
                     let data = block_data(block, round + seed * 1_000_000, n);
-                    client.write(off, &data, round % 10 == 6).unwrap_or_else(|e| panic!("write failed at round {round}: {e}"));
+                    client
+                        .write(off, &data, round % 10 == 6)
+                        .unwrap_or_else(|e| panic!("write failed at round {round}: {e}"));
                     model[local..local + n].copy_from_slice(&data);
                 }
             }
@@ -70,7 +82,13 @@ fn wait_ops(ops: &AtomicU64, more: u64) {
 fn kill_a_replica_under_load_rebuild_a_fresh_one_then_lose_the_originals() {
     let dir = tempfile::tempdir().unwrap();
     let mut rs = replicas(dir.path(), 3, "64MiB");
-    let engine = EngineProc::start("vol-failover", "64MiB", &addresses(&rs), "127.0.0.1:0", &["--replica-timeout", "3s"]);
+    let engine = EngineProc::start(
+        "vol-failover",
+        "64MiB",
+        &addresses(&rs),
+        "127.0.0.1:0",
+        &["--replica-timeout", "3s"],
+    );
     let (host, port) = engine.nbd_tcp();
     let tstart = Instant::now();
     // Older data, partly in a snapshot layer, partly in the head.

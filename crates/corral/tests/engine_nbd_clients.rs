@@ -49,7 +49,8 @@ fn qemu_io_patterns_zeroes_discard_flush_over_tcp_and_unix() {
 
     let rs2 = replicas(&dir.path().join("unix"), 2, "64MiB");
     let socket = dir.path().join("nbd.sock");
-    let engine = EngineProc::start("vol-unix", "64MiB", &addresses(&rs2), &format!("unix:{}", socket.display()), &[]);
+    let engine =
+        EngineProc::start("vol-unix", "64MiB", &addresses(&rs2), &format!("unix:{}", socket.display()), &[]);
     assert!(engine.nbd.starts_with("nbd+unix://"), "{}", engine.nbd);
     qemu_io_round(&engine.nbd);
     // Every replica holds the data (writes go to all): read each one alone.
@@ -110,7 +111,12 @@ impl Drop for Cleanup {
 
 fn run(cmd: &mut Command) -> String {
     let out = cmd.output().unwrap();
-    assert!(out.status.success(), "{cmd:?} failed: {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
@@ -151,7 +157,12 @@ fn ext4_through_nbdfuse_and_a_loop_device_is_clean() {
     run(Command::new("umount").arg(&mnt));
     cleanup.mount = None;
     let fsck = Command::new("e2fsck").args(["-fn", &loop_dev]).output().unwrap();
-    assert!(fsck.status.success(), "e2fsck -fn found problems: {}{}", String::from_utf8_lossy(&fsck.stdout), String::from_utf8_lossy(&fsck.stderr));
+    assert!(
+        fsck.status.success(),
+        "e2fsck -fn found problems: {}{}",
+        String::from_utf8_lossy(&fsck.stdout),
+        String::from_utf8_lossy(&fsck.stderr)
+    );
     // Mount again and read the files back.
     run(Command::new("mount").arg(&loop_dev).arg(&mnt));
     cleanup.mount = Some(mnt.clone());

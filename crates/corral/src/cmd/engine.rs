@@ -133,7 +133,8 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
     let t = text.trim();
     let split = t.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(t.len());
     let (number, unit) = t.split_at(split);
-    let value: f64 = number.parse().map_err(|_| format!("invalid duration {text:?}: expected e.g. 8s or 500ms"))?;
+    let value: f64 =
+        number.parse().map_err(|_| format!("invalid duration {text:?}: expected e.g. 8s or 500ms"))?;
     let seconds = match unit {
         "" | "s" => value,
         "ms" => value / 1000.0,
@@ -147,7 +148,10 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
 }
 
 pub fn run(args: EngineArgs) -> anyhow::Result<ExitCode> {
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("start the async runtime")?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("start the async runtime")?;
     match args.command {
         EngineCommand::Serve(serve) => runtime.block_on(serve_engine(serve)),
         command => {
@@ -214,7 +218,13 @@ async fn control(command: EngineCommand, url: &str, json: bool) -> anyhow::Resul
                     println!("{:<40} {:<4} {:>8}  ERROR", "ADDRESS", "MODE", "REBUILD");
                     for r in list {
                         let mode = serde_json::to_value(r.mode)?.as_str().unwrap_or("?").to_string();
-                        println!("{:<40} {:<4} {:>7}%  {}", r.address, mode, r.rebuild_progress, r.error.unwrap_or_default());
+                        println!(
+                            "{:<40} {:<4} {:>7}%  {}",
+                            r.address,
+                            mode,
+                            r.rebuild_progress,
+                            r.error.unwrap_or_default()
+                        );
                     }
                 }
             }
@@ -231,7 +241,9 @@ async fn control(command: EngineCommand, url: &str, json: bool) -> anyhow::Resul
                                 let report = client.last_rebuild().await?;
                                 bail!(
                                     "rebuild of {address} failed: {}",
-                                    report.and_then(|r| r.error).unwrap_or_else(|| "the replica left the volume".into())
+                                    report
+                                        .and_then(|r| r.error)
+                                        .unwrap_or_else(|| "the replica left the volume".into())
                                 );
                             }
                         }
@@ -252,7 +264,9 @@ async fn control(command: EngineCommand, url: &str, json: bool) -> anyhow::Resul
             SnapshotCommand::Create { name, labels } => {
                 let mut map = BTreeMap::new();
                 for label in labels {
-                    let (k, v) = label.split_once('=').with_context(|| format!("bad label {label:?}: expected KEY=VALUE"))?;
+                    let (k, v) = label
+                        .split_once('=')
+                        .with_context(|| format!("bad label {label:?}: expected KEY=VALUE"))?;
                     if k.is_empty() {
                         bail!("bad label {label:?}: empty key");
                     }

@@ -54,7 +54,10 @@ impl Replica {
             .spawn()
             .unwrap_or_else(|e| panic!("cannot run {CORRAL}: {e}"));
         let (line, reader) = first_line(&mut child, "replica");
-        let address = line.strip_prefix("listening on ").unwrap_or_else(|| panic!("unexpected replica line {line:?}")).to_string();
+        let address = line
+            .strip_prefix("listening on ")
+            .unwrap_or_else(|| panic!("unexpected replica line {line:?}"))
+            .to_string();
         Replica { child: Some(child), address, dir: dir.to_path_buf(), _stdout: Some(reader) }
     }
 
@@ -76,7 +79,9 @@ impl Replica {
                     *self = r;
                     return;
                 }
-                Err(_) if started.elapsed() < Duration::from_secs(10) => std::thread::sleep(Duration::from_millis(200)),
+                Err(_) if started.elapsed() < Duration::from_secs(10) => {
+                    std::thread::sleep(Duration::from_millis(200))
+                }
                 Err(e) => std::panic::resume_unwind(e),
             }
         }
@@ -128,7 +133,18 @@ impl EngineProc {
     /// Starts an engine for `volume` with these replicas; `nbd` is `127.0.0.1:0` or `unix:PATH`.
     pub fn start(volume: &str, size: &str, replicas: &[String], nbd: &str, extra: &[&str]) -> EngineProc {
         let mut cmd = Command::new(CORRAL);
-        cmd.args(["engine", "serve", "--volume", volume, "--size", size, "--nbd", nbd, "--listen", "127.0.0.1:0"]);
+        cmd.args([
+            "engine",
+            "serve",
+            "--volume",
+            volume,
+            "--size",
+            size,
+            "--nbd",
+            nbd,
+            "--listen",
+            "127.0.0.1:0",
+        ]);
         for r in replicas {
             cmd.args(["--replica", r]);
         }
@@ -205,7 +221,11 @@ impl EngineProc {
             if now == mode {
                 return;
             }
-            assert!(Instant::now() < deadline, "{address} is {now}, not {mode}, after {secs}s: {:?}", self.replicas());
+            assert!(
+                Instant::now() < deadline,
+                "{address} is {now}, not {mode}, after {secs}s: {:?}",
+                self.replicas()
+            );
             std::thread::sleep(Duration::from_millis(100));
         }
     }
@@ -252,7 +272,10 @@ pub fn require_tool(tool: &str) {
     let found = std::env::var_os("PATH")
         .map(|p| std::env::split_paths(&p).any(|d| d.join(tool).is_file()))
         .unwrap_or(false);
-    assert!(found, "this test needs `{tool}` on PATH (Debian: qemu-utils / libnbd-bin / e2fsprogs / fuse3 / util-linux)");
+    assert!(
+        found,
+        "this test needs `{tool}` on PATH (Debian: qemu-utils / libnbd-bin / e2fsprogs / fuse3 / util-linux)"
+    );
 }
 
 /// Runs `qemu-io -f raw -c CMD… URI` and requires success (qemu-io exits 1 on a pattern mismatch).
@@ -285,7 +308,8 @@ pub fn addresses(rs: &[Replica]) -> Vec<String> {
 
 /// Deterministic data for block `block` written in round `round`.
 pub fn block_data(block: u64, round: u64, len: usize) -> Vec<u8> {
-    let mut x = block.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ round.wrapping_mul(0xD1B5_4A32_D192_ED03) ^ 0x1234_5678;
+    let mut x =
+        block.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ round.wrapping_mul(0xD1B5_4A32_D192_ED03) ^ 0x1234_5678;
     (0..len)
         .map(|_| {
             x ^= x << 13;
