@@ -114,7 +114,7 @@ fn facts_of(s: &ReplicaState) -> RecoveryFacts {
     }
 }
 
-fn block_at<'a>(s: &'a ReplicaState, block: u64) -> Option<&'a Block> {
+fn block_at(s: &ReplicaState, block: u64) -> Option<&Block> {
     if let Some(b) = s.head.get(&block) {
         return Some(b);
     }

@@ -504,8 +504,7 @@ impl Engine {
 
     fn count_progress(&self, slot: &ReplicaSlot, counters: &Counters, bytes: u64) {
         let done = counters.done.fetch_add(bytes, Ordering::Relaxed) + bytes;
-        let percent =
-            if counters.total == 0 { 99 } else { (done.saturating_mul(100) / counters.total).min(99) };
+        let percent = done.saturating_mul(100).checked_div(counters.total).map_or(99, |p| p.min(99));
         slot.set_progress(percent as u8);
     }
 

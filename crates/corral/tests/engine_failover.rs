@@ -207,3 +207,30 @@ fn a_rebuild_interrupted_by_a_target_crash_is_retried_and_reuses_the_copy() {
     assert!(st.success());
     assert!(std::fs::read(&back).unwrap() == data, "the rebuilt replica does not hold the image");
 }
+
+/// A replica that stops answering (SIGSTOP: the connection stays open) is set ERR after the replica
+/// timeout, and I/O continues on the others without an error.
+#[test]
+fn a_replica_that_stops_answering_times_out_and_io_continues() {
+    let dir = tempfile::tempdir().unwrap();
+    let rs = replicas(dir.path(), 2, "16MiB");
+    let engine = EngineProc::start("vol-hang", "16MiB", &addresses(&rs), "127.0.0.1:0", &["--replica-timeout", "1s"]);
+    let (host, port) = engine.nbd_tcp();
+    let mut c = NbdClient::connect(&host, port).unwrap();
+    c.write(0, &block_data(0, 1, 4096), true).unwrap();
+    let pid = nix::unistd::Pid::from_raw(rs[1].child.as_ref().unwrap().id() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGSTOP).unwrap();
+    let started = Instant::now();
+    for b in 1..64u64 {
+        c.write(b * 4096, &block_data(b, 1, 4096), false).unwrap();
+    }
+    c.flush().unwrap();
+    let took = started.elapsed();
+    assert!(took >= Duration::from_millis(900), "the stopped replica cannot have answered: {took:?}");
+    assert_eq!(engine.mode_of(&rs[1].address), "ERR");
+    assert_eq!(engine.mode_of(&rs[0].address), "RW");
+    for b in 0..64u64 {
+        assert!(c.read(b * 4096, 4096).unwrap() == block_data(b, 1, 4096));
+    }
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGCONT).unwrap();
+}

@@ -55,8 +55,8 @@ fn qemu_io_patterns_zeroes_discard_flush_over_tcp_and_unix() {
     qemu_io_round(&engine.nbd);
     // Every replica holds the data (writes go to all): read each one alone.
     drop(engine);
-    for keep in 0..2 {
-        let only = vec![rs2[keep].address.clone()];
+    for replica in &rs2 {
+        let only = vec![replica.address.clone()];
         let e = EngineProc::start("vol-unix", "64MiB", &only, "127.0.0.1:0", &["--no-auto-rebuild"]);
         qemu_io(&e.nbd, &["read -P 0x11 1000 3000", "read -P 0 64k 128k", "read -P 0x22 2560k 512k"]);
     }
