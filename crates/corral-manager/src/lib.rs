@@ -123,6 +123,11 @@ impl Manager {
         };
         // Register the node before serving, so the first API request can attach and schedule.
         rec.reconcile_node(config.default_disk.as_deref(), &config.instance_manager_url).await?;
+        // One pass before serving: after a restart the stored status still describes the
+        // processes of the previous run; nobody may read "attached" before it was checked.
+        if let Err(e) = rec.pass().await {
+            tracing::warn!(error = %e, "first reconcile pass failed");
+        }
         let listener = tokio::net::TcpListener::bind(config.listen).await.map_err(|e| {
             ManagerError::new(Code::Unavailable, format!("cannot listen on {}: {e}", config.listen))
         })?;
