@@ -214,7 +214,8 @@ fn a_rebuild_interrupted_by_a_target_crash_is_retried_and_reuses_the_copy() {
 fn a_replica_that_stops_answering_times_out_and_io_continues() {
     let dir = tempfile::tempdir().unwrap();
     let rs = replicas(dir.path(), 2, "16MiB");
-    let engine = EngineProc::start("vol-hang", "16MiB", &addresses(&rs), "127.0.0.1:0", &["--replica-timeout", "1s"]);
+    let engine =
+        EngineProc::start("vol-hang", "16MiB", &addresses(&rs), "127.0.0.1:0", &["--replica-timeout", "1s"]);
     let (host, port) = engine.nbd_tcp();
     let mut c = NbdClient::connect(&host, port).unwrap();
     c.write(0, &block_data(0, 1, 4096), true).unwrap();
