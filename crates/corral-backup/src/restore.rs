@@ -25,7 +25,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
 use corral_replica::{CreateOptions as ReplicaCreateOptions, Replica, SnapshotOptions};
-use futures::{StreamExt, TryStreamExt};
+use futures::StreamExt;
 use serde::Serialize;
 
 use crate::block::{self, Compression};
@@ -599,43 +599,64 @@ async fn apply(
         Written(u64),
         Zeroed,
         Skipped,
+        /// Not started because another block had already failed.
+        Abandoned,
     }
     let zero_ops = plan.zeroes.iter().map(|&o| (o, None));
     let write_ops = plan.writes.iter().map(|(o, c)| (*o, Some(c.clone())));
-    let results: Vec<Done> = futures::stream::iter(write_ops.chain(zero_ops))
+    // After the first failure no new block is started, but every block already in flight is awaited
+    // before the error is returned: a write running on a blocking thread cannot be cancelled, and one
+    // landing after we return would race with the caller's next restore into the same destination.
+    let failed = std::sync::atomic::AtomicBool::new(false);
+    let failed = &failed;
+    let outcomes: Vec<Result<Done>> = futures::stream::iter(write_ops.chain(zero_ops))
         .map(|(offset, checksum)| {
             let sink = sink.clone();
             async move {
-                let checksum = match checksum {
-                    Some(c) if c != zero_checksum => c,
-                    // An all-zero block: nothing to download. A fresh destination already reads zeros.
-                    Some(_) if !incremental => {
-                        progress.advance(block_size);
-                        return Ok(Done::Skipped);
-                    }
-                    _ => {
-                        blocking(move || sink.zero(offset, block_size)).await?;
-                        progress.advance(block_size);
-                        return Ok(Done::Zeroed);
-                    }
-                };
-                let key = layout::block(volume, &checksum);
-                let stored = target.get(&key).await?;
-                let downloaded = stored.len() as u64;
-                let object = target.describe(&key);
-                blocking(move || {
-                    let data =
-                        block::decode_and_verify(&object, compression, &stored, block_size, &checksum)?;
-                    sink.write(offset, &data)
-                })
-                .await?;
-                progress.advance(block_size);
-                Ok::<_, BackupError>(Done::Written(downloaded))
+                if failed.load(std::sync::atomic::Ordering::Acquire) {
+                    return Ok(Done::Abandoned);
+                }
+                let outcome = async {
+                    let checksum = match checksum {
+                        Some(c) if c != zero_checksum => c,
+                        // An all-zero block: nothing to download. A fresh destination already reads zeros.
+                        Some(_) if !incremental => {
+                            progress.advance(block_size);
+                            return Ok(Done::Skipped);
+                        }
+                        _ => {
+                            blocking(move || sink.zero(offset, block_size)).await?;
+                            progress.advance(block_size);
+                            return Ok(Done::Zeroed);
+                        }
+                    };
+                    let key = layout::block(volume, &checksum);
+                    let stored = target.get(&key).await?;
+                    let downloaded = stored.len() as u64;
+                    let object = target.describe(&key);
+                    blocking(move || {
+                        let data =
+                            block::decode_and_verify(&object, compression, &stored, block_size, &checksum)?;
+                        sink.write(offset, &data)
+                    })
+                    .await?;
+                    progress.advance(block_size);
+                    Ok::<_, BackupError>(Done::Written(downloaded))
+                }
+                .await;
+                if outcome.is_err() {
+                    failed.store(true, std::sync::atomic::Ordering::Release);
+                }
+                outcome
             }
         })
         .buffer_unordered(concurrency.max(1))
-        .try_collect()
-        .await?;
+        .collect()
+        .await;
+    let mut results = Vec::with_capacity(outcomes.len());
+    for outcome in outcomes {
+        results.push(outcome?);
+    }
     for done in results {
         match done {
             Done::Written(bytes) => {
@@ -644,6 +665,7 @@ async fn apply(
             }
             Done::Zeroed => report.blocks_zeroed += 1,
             Done::Skipped => report.blocks_unchanged += 1,
+            Done::Abandoned => {}
         }
     }
     Ok(())
