@@ -15,7 +15,7 @@ use sha2::{Digest, Sha256};
 use std::collections::BTreeSet;
 use std::fs::OpenOptions;
 use std::os::unix::fs::FileExt;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 
 use crate::data_path::pread_full;
 use crate::error::{ErrorKind, ReplicaError, Result};
@@ -24,7 +24,7 @@ use crate::format::disk_meta::DiskMeta;
 use crate::format::names;
 use crate::fsutil;
 use crate::range_map::RangeMap;
-use crate::replica::{blocks_of, Chain, Layer, LayerId, Replica};
+use crate::replica::{blocks_of, Chain, LayerId, Replica};
 use crate::scan;
 use crate::{validate_name, Extent, SnapshotInfo, BLOCK_SIZE, HEAD_NAME};
 
@@ -117,10 +117,7 @@ impl Replica {
             labels: info.labels.clone(),
         };
         fsutil::atomic_write(&self.dir, &names::meta_file(&file), &meta.to_bytes(), 0o644)?;
-        let id = chain.next_id;
-        chain.next_id += 1;
-        chain.by_file.insert(file.clone(), id);
-        chain.layers.insert(id, Layer { file_name: file, meta, file: f, dirty: AtomicBool::new(false) });
+        let id = chain.insert_layer(file, meta, f);
         chain.derive();
         self.maps.write().extents.insert(id, RangeMap::new());
         Ok(())

@@ -106,6 +106,15 @@ impl Chain {
         }
     }
 
+    /// Adds a layer for `file_name` (not yet reachable unless a record points at it) and returns its id.
+    pub fn insert_layer(&mut self, file_name: String, meta: DiskMeta, file: std::fs::File) -> LayerId {
+        let id = self.next_id;
+        self.next_id += 1;
+        self.by_file.insert(file_name.clone(), id);
+        self.layers.insert(id, Layer { file_name, meta, file, dirty: AtomicBool::new(false) });
+        id
+    }
+
     pub fn layer(&self, id: LayerId) -> Result<&Layer> {
         self.layers.get(&id).ok_or_else(|| {
             ReplicaError::new(ErrorKind::Corrupt, "lookup layer", format!("layer id {id} vanished"))
@@ -544,17 +553,12 @@ pub(crate) fn build_layers(
     for (file_name, meta) in &tree.nodes {
         let path = dir.join(file_name);
         let file = open_layer_file(&path, read_only)?;
-        let id = chain.next_id;
-        chain.next_id += 1;
-        maps.extents.insert(id, layer_extent_set(&file, &path, sync)?);
-        chain.by_file.insert(file_name.clone(), id);
+        let extents = layer_extent_set(&file, &path, sync)?;
+        let id = chain.insert_layer(file_name.clone(), meta.clone(), file);
+        maps.extents.insert(id, extents);
         if *file_name == tree.head {
             chain.head = id;
         }
-        chain.layers.insert(
-            id,
-            Layer { file_name: file_name.clone(), meta: meta.clone(), file, dirty: AtomicBool::new(false) },
-        );
     }
     chain.derive();
     maps.rebuild_top(&chain.live);

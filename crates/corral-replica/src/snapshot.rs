@@ -22,15 +22,38 @@
 use std::collections::BTreeMap;
 use std::fs::OpenOptions;
 use std::os::unix::fs::MetadataExt;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::path::Path;
+use std::sync::atomic::Ordering;
 
 use crate::error::{ErrorKind, ReplicaError, Result};
 use crate::failpoint::is_failpoint;
 use crate::format::disk_meta::DiskMeta;
 use crate::format::names;
 use crate::fsutil;
-use crate::replica::{now_rfc3339, Chain, Layer, LayerId, Replica};
+use crate::replica::{now_rfc3339, Chain, LayerId, Replica};
 use crate::{validate_name, SnapshotInfo, SnapshotOptions, BLOCK_SIZE, HEAD_NAME};
+
+/// Removes `file` and its record if they exist (leftovers of a failed attempt; nothing refers to them).
+fn remove_layer_files(dir: &Path, file: &str) -> Result<()> {
+    fsutil::remove_if_exists(&dir.join(names::meta_file(file)))?;
+    fsutil::remove_if_exists(&dir.join(file))
+}
+
+/// Creates the empty head file `name` of `size` bytes (replacing leftovers of a failed attempt) and
+/// makes it durable; its record and the directory entry are made durable by the caller.
+fn create_head_file(dir: &Path, name: &str, size: u64) -> Result<std::fs::File> {
+    remove_layer_files(dir, name)?;
+    let path = dir.join(name);
+    let f = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .open(&path)
+        .map_err(|e| ReplicaError::io("create head", &path, e))?;
+    f.set_len(size).map_err(|e| ReplicaError::io("truncate head", &path, e))?;
+    f.sync_all().map_err(|e| ReplicaError::io("fsync head", &path, e))?;
+    Ok(f)
+}
 
 /// Label Longhorn puts on expansion snapshots.
 pub const EXPANSION_LABEL: &str = "replica-expansion";
@@ -71,7 +94,6 @@ impl Replica {
         };
         let size = new_size.unwrap_or_else(|| self.size());
         let new_head_file = names::next_head_file(&old_head_file);
-        let new_head_path = dir.join(&new_head_file);
         let snap_meta = DiskMeta {
             name: old_head_file.clone(),
             parent: old_head_parent,
@@ -89,18 +111,8 @@ impl Replica {
         let fp = &self.failpoints;
         let prepared = (|| -> Result<std::fs::File> {
             // Leftovers of an earlier failed attempt would make link() fail; they are not referenced.
-            for stale in [&new_head_file, &snap_file] {
-                fsutil::remove_if_exists(&dir.join(names::meta_file(stale)))?;
-                fsutil::remove_if_exists(&dir.join(stale))?;
-            }
-            let f = OpenOptions::new()
-                .read(true)
-                .write(true)
-                .create_new(true)
-                .open(&new_head_path)
-                .map_err(|e| ReplicaError::io("create head", &new_head_path, e))?;
-            f.set_len(size).map_err(|e| ReplicaError::io("truncate head", &new_head_path, e))?;
-            f.sync_all().map_err(|e| ReplicaError::io("fsync head", &new_head_path, e))?;
+            remove_layer_files(&dir, &snap_file)?;
+            let f = create_head_file(&dir, &new_head_file, size)?;
             fp.hit("snapshot.after_new_head")?;
             // The new files need not be durable one by one: nothing refers to them until the commit,
             // and one directory fsync before it makes them all durable.
@@ -130,24 +142,13 @@ impl Replica {
             v.dirty = true;
         })?;
         // Committed: from here on the in-memory state must follow, whatever happens to the cleanup.
-        let new_id = chain.next_id;
-        chain.next_id += 1;
         if let Some(old) = chain.layers.get_mut(&old_head_id) {
             old.file_name = snap_file.clone();
             old.meta = snap_meta;
         }
         chain.by_file.remove(&old_head_file);
         chain.by_file.insert(snap_file, old_head_id);
-        chain.by_file.insert(new_head_file.clone(), new_id);
-        chain.layers.insert(
-            new_id,
-            Layer {
-                file_name: new_head_file,
-                meta: head_meta,
-                file: new_file,
-                dirty: AtomicBool::new(false),
-            },
-        );
+        let new_id = chain.insert_layer(new_head_file, head_meta, new_file);
         chain.head = new_id;
         chain.derive();
         self.maps.write().extents.insert(new_id, Default::default());
@@ -222,7 +223,6 @@ impl Replica {
         let old_head_id = chain.head;
         let old_head_file = chain.head_layer().file_name.clone();
         let new_head_file = names::next_head_file(&old_head_file);
-        let new_head_path = dir.join(&new_head_file);
         let target_file = chain.layer(target)?.file_name.clone();
         let size = self.size();
         let head_meta = DiskMeta {
@@ -233,16 +233,7 @@ impl Replica {
         };
         let fp = &self.failpoints;
         let prepared = (|| -> Result<std::fs::File> {
-            fsutil::remove_if_exists(&dir.join(names::meta_file(&new_head_file)))?;
-            fsutil::remove_if_exists(&new_head_path)?;
-            let f = OpenOptions::new()
-                .read(true)
-                .write(true)
-                .create_new(true)
-                .open(&new_head_path)
-                .map_err(|e| ReplicaError::io("create head", &new_head_path, e))?;
-            f.set_len(size).map_err(|e| ReplicaError::io("truncate head", &new_head_path, e))?;
-            f.sync_all().map_err(|e| ReplicaError::io("fsync head", &new_head_path, e))?;
+            let f = create_head_file(&dir, &new_head_file, size)?;
             fsutil::replace_file(&dir, &names::meta_file(&new_head_file), &head_meta.to_bytes(), 0o644)?;
             fsutil::fsync_dir(&dir)?;
             fp.hit("revert.after_new_head")?;
@@ -262,20 +253,9 @@ impl Replica {
             v.parent = target_file.clone();
             v.dirty = true;
         })?;
-        let new_id = chain.next_id;
-        chain.next_id += 1;
         chain.layers.remove(&old_head_id);
         chain.by_file.remove(&old_head_file);
-        chain.by_file.insert(new_head_file.clone(), new_id);
-        chain.layers.insert(
-            new_id,
-            Layer {
-                file_name: new_head_file,
-                meta: head_meta,
-                file: new_file,
-                dirty: AtomicBool::new(false),
-            },
-        );
+        let new_id = chain.insert_layer(new_head_file, head_meta, new_file);
         chain.head = new_id;
         chain.derive();
         {
