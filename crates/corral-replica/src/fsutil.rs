@@ -92,6 +92,18 @@ pub fn zero_range(file: &File, offset: u64, len: u64) -> std::io::Result<()> {
 
 fn write_zeros(file: &File, offset: u64, len: u64) -> std::io::Result<()> {
     use std::os::unix::fs::FileExt;
+
+    fn scratch_file() -> (tempfile::TempDir, std::fs::File) {
+        let dir = tempfile::tempdir().unwrap();
+        let f = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(dir.path().join("f"))
+            .unwrap();
+        (dir, f)
+    }
     let zeros = vec![0u8; (1 << 20).min(len as usize)];
     let mut done = 0u64;
     while done < len {
@@ -189,14 +201,7 @@ mod tests {
 
     #[test]
     fn fiemap_sees_data_and_unwritten_extents_but_not_holes() {
-        let dir = tempfile::tempdir().unwrap();
-        let f = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(dir.path().join("f"))
-            .unwrap();
+        let (_dir, f) = scratch_file();
         f.set_len(64 << 20).unwrap();
         f.write_all_at(&[1u8; 8192], 1 << 20).unwrap();
         zero_range(&f, 8 << 20, 4096 * 3).unwrap();
@@ -212,14 +217,7 @@ mod tests {
 
     #[test]
     fn fiemap_pages_through_many_extents() {
-        let dir = tempfile::tempdir().unwrap();
-        let f = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(dir.path().join("f"))
-            .unwrap();
+        let (_dir, f) = scratch_file();
         for i in 0..1500u64 {
             f.write_all_at(&[1u8; 4096], i * 3 * 4096).unwrap();
         }
