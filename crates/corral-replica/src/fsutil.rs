@@ -92,18 +92,6 @@ pub fn zero_range(file: &File, offset: u64, len: u64) -> std::io::Result<()> {
 
 fn write_zeros(file: &File, offset: u64, len: u64) -> std::io::Result<()> {
     use std::os::unix::fs::FileExt;
-
-    fn scratch_file() -> (tempfile::TempDir, std::fs::File) {
-        let dir = tempfile::tempdir().unwrap();
-        let f = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(dir.path().join("f"))
-            .unwrap();
-        (dir, f)
-    }
     let zeros = vec![0u8; (1 << 20).min(len as usize)];
     let mut done = 0u64;
     while done < len {
@@ -198,6 +186,18 @@ pub fn fiemap(file: &File, sync: bool) -> std::io::Result<Vec<(u64, u64)>> {
 mod tests {
     use super::*;
     use std::os::unix::fs::FileExt;
+
+    fn scratch_file() -> (tempfile::TempDir, std::fs::File) {
+        let dir = tempfile::tempdir().unwrap();
+        let f = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(dir.path().join("f"))
+            .unwrap();
+        (dir, f)
+    }
 
     #[test]
     fn fiemap_sees_data_and_unwritten_extents_but_not_holes() {
