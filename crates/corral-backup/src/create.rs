@@ -10,20 +10,22 @@
 //!
 //! A failure removes the placeholder; uploaded blocks stay (they are valid and unreferenced; GC removes them).
 //!
-//! Concurrency: `concurrency` blocks are in flight at once (read + checksum + compress on the blocking pool,
-//! upload on the runtime), so memory stays below about `2 x concurrency x block size`.
+//! Concurrency: `concurrency` blocks are in flight at once (read + checksum, then compress, on the blocking
+//! pool; upload on the runtime), so memory stays below about `2 x concurrency x block size`. The read and
+//! stored buffers come from a pool and go back to it (the stored one once the target has written it), so
+//! no block faults in fresh memory; the stored block is handed to the target without a copy.
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
 use serde::Serialize;
 
 use crate::backup_url::BackupUrl;
 use crate::block::{self, BlockSize, Compression};
+use crate::buffer_pool::BufferPool;
 use crate::catalog::{load_backup, load_volume, save_backup, save_volume};
 use crate::error::{BackupError, Result};
 use crate::format::backup_config::{BackupConfig, BlockMapping, EmptyObject, PARAM_BLOCK_SIZE, PARAM_MODE};
@@ -355,19 +357,27 @@ async fn upload_changed_blocks(
     progress.begin("backup", offsets.len() as u64 * bs);
     let in_flight: Arc<Mutex<HashSet<String>>> = Arc::default();
     let full = opts.full;
+    let workers = opts.concurrency.max(1);
+    // Each block in flight holds at most two buffers (read, stored); idle ones are kept for reuse.
+    let pool = BufferPool::new(2 * workers + 2);
+    let block_len = usize::try_from(bs).map_err(|_| BackupError::InvalidArgument("block size".into()))?;
     let outcomes: Vec<BlockOutcome> = futures::stream::iter(offsets)
         .map(|offset| {
             let reader = reader.clone();
             let snapshot = opts.snapshot.clone();
             let in_flight = in_flight.clone();
+            let pool = pool.clone();
             async move {
-                let (checksum, data) = tokio::task::spawn_blocking(move || -> Result<(String, Vec<u8>)> {
-                    let mut buf = vec![0u8; usize::try_from(bs).unwrap_or(usize::MAX)];
-                    reader.read(&snapshot, &mut buf, offset)?;
-                    Ok((block::checksum(&buf), buf))
-                })
-                .await
-                .map_err(|e| BackupError::Worker(e.to_string()))??;
+                // Read and hash on one blocking thread: the block stays in that core's cache.
+                let (checksum, data) = {
+                    let pool = pool.clone();
+                    blocking(move || {
+                        let mut buf = pool.take(block_len);
+                        reader.read(&snapshot, &mut buf, offset)?;
+                        Ok((block::checksum(&buf), buf))
+                    })
+                    .await?
+                };
                 let first_in_this_backup =
                     in_flight.lock().map(|mut set| set.insert(checksum.clone())).unwrap_or(true);
                 let key = layout::block(volume, &checksum);
@@ -381,21 +391,29 @@ async fn upload_changed_blocks(
                         stored_bytes: 0,
                     });
                 }
-                let stored = tokio::task::spawn_blocking(move || block::compress(compression, &data))
-                    .await
-                    .map_err(|e| BackupError::Worker(e.to_string()))??;
+                let stored = blocking(move || {
+                    let mut out = pool.take_any();
+                    block::compress_into(compression, &data, &mut out)?;
+                    Ok(out)
+                })
+                .await?;
                 let stored_bytes = stored.len() as u64;
-                target.put(&key, Bytes::from(stored)).await?;
+                // The buffer goes to the store without a copy and returns to the pool when written.
+                target.put(&key, stored.into_bytes()).await?;
                 progress.advance(bs);
                 let status = if exists { BlockStatus::Reuploaded } else { BlockStatus::Uploaded };
                 Ok::<_, BackupError>(BlockOutcome { offset, checksum, status, stored_bytes })
             }
         })
-        .buffer_unordered(opts.concurrency.max(1))
+        .buffer_unordered(workers)
         .try_collect()
         .await?;
     let bytes_read = outcomes.len() as u64 * bs;
     Ok((outcomes, bytes_read))
+}
+
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
+    tokio::task::spawn_blocking(f).await.map_err(|e| BackupError::Worker(e.to_string()))?
 }
 
 #[cfg(test)]

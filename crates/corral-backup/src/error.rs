@@ -29,7 +29,7 @@ pub enum ErrorKind {
 #[derive(Debug, thiserror::Error)]
 pub enum BackupError {
     /// A request to the backup target failed.
-    #[error("{op} {object}")]
+    #[error("{op} {object}{reason}")]
     Store {
         /// Operation (get, put, list, delete, head).
         op: &'static str,
@@ -37,6 +37,9 @@ pub enum BackupError {
         object: String,
         /// Classification of the failure.
         kind: ErrorKind,
+        /// A short reason for the common failures (": ..."), so that the message alone says what to fix;
+        /// empty otherwise (the source has the details).
+        reason: &'static str,
         /// The store's error.
         #[source]
         source: Box<object_store::Error>,
@@ -126,7 +129,34 @@ impl BackupError {
             object_store::Error::Generic { .. } => ErrorKind::Unavailable,
             _ => ErrorKind::Io,
         };
-        BackupError::Store { op, object: object.into(), kind, source: Box::new(source) }
+        // object_store reports some refusals (e.g. of a list request) only as a generic error carrying the
+        // HTTP status; the whole chain is searched so the kind and the reason are right regardless.
+        let mut chain = String::new();
+        let mut next: Option<&dyn std::error::Error> = Some(&source);
+        while let Some(e) = next {
+            chain.push_str(&e.to_string());
+            chain.push('\n');
+            next = e.source();
+        }
+        let refused = kind == ErrorKind::PermissionDenied
+            || chain.contains("403 Forbidden")
+            || chain.contains("401 Unauthorized");
+        let (kind, reason) = if refused {
+            (
+                ErrorKind::PermissionDenied,
+                ": the server refused the credentials or access (check AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY)",
+            )
+        } else if chain.contains("certificate") || chain.contains("UnknownIssuer") {
+            (
+                ErrorKind::Unavailable,
+                ": the server's TLS certificate is not trusted (set AWS_CERT to its CA certificate)",
+            )
+        } else if kind == ErrorKind::NotFound {
+            (kind, ": not found")
+        } else {
+            (kind, "")
+        };
+        BackupError::Store { op, object: object.into(), kind, reason, source: Box::new(source) }
     }
 
     pub(crate) fn io(op: &'static str, path: impl Into<PathBuf>, source: std::io::Error) -> Self {

@@ -10,7 +10,8 @@
 //! Threading model: the operations are `async` and run on a Tokio runtime (any flavour). Object I/O runs on
 //! the runtime; reading snapshots, hashing, (de)compression and writing restored data run on Tokio's
 //! blocking pool. Each operation keeps at most `concurrency` blocks in flight, so memory is bounded by
-//! about `2 x concurrency x block size`. A [`BackupTarget`] is cheap to clone and shared freely.
+//! about `2 x concurrency x block size`; block buffers are reused across blocks rather than allocated
+//! per block. A [`BackupTarget`] is cheap to clone and shared freely.
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), corral_backup::BackupError> {
@@ -28,6 +29,7 @@
 
 pub mod backup_url;
 pub mod block;
+mod buffer_pool;
 pub mod catalog;
 pub mod create;
 pub mod delete;

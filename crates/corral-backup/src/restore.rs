@@ -29,6 +29,7 @@ use futures::StreamExt;
 use serde::Serialize;
 
 use crate::block::{self, Compression};
+use crate::buffer_pool::BufferPool;
 use crate::catalog::{load_backup, require_volume};
 use crate::error::{BackupError, Result};
 use crate::format::backup_config::BackupConfig;
@@ -286,7 +287,7 @@ async fn restore_locked(
         blocking(move || RestoreRecord::load(&record_path)).await?
     };
     let previous = usable_record(dest, record, target, volume, block_size, size)?;
-    let mut new_record = RestoreRecord {
+    let new_record = RestoreRecord {
         version: RECORD_VERSION,
         target: target.url().to_string(),
         volume: volume.to_string(),
@@ -313,46 +314,81 @@ async fn restore_locked(
         seconds: 0.0,
     };
 
-    match (dest, previous) {
+    let nothing_to_do = plan.writes.is_empty() && plan.zeroes.is_empty();
+    let Some(prepared) =
+        prepare_destination(dest, previous, backup, &new_record, size, nothing_to_do).await?
+    else {
+        return Ok(report);
+    };
+    let job = ApplyJob {
+        target,
+        volume,
+        block_size,
+        compression,
+        incremental: report.incremental,
+        concurrency: opts.concurrency,
+    };
+    apply(&job, &prepared.sink, &plan, progress, &mut report).await?;
+    finish_destination(prepared, new_record, record_path).await?;
+    Ok(report)
+}
+
+/// An opened destination, and what makes it final once every block is written.
+struct PreparedDestination {
+    sink: Sink,
+    finish: Finish,
+}
+
+enum Finish {
+    /// Full restore to a file: sync `<file>.part`, rename it to `<file>`.
+    NewFile { part: PathBuf, path: PathBuf },
+    /// Incremental restore to a file: sync it in place.
+    FileInPlace,
+    /// Full restore to a replica directory: snapshot the head, rename the temporary directory into place.
+    NewReplica { replica: Arc<Replica>, tmp: PathBuf, dir: PathBuf },
+    /// Incremental restore to a replica directory: snapshot the head in place.
+    ReplicaInPlace { replica: Arc<Replica>, dir: PathBuf },
+}
+
+/// Opens (or creates) the destination. An incremental restore first records itself as pending, so an
+/// interrupted run is resumed correctly. None: the destination already holds this backup.
+async fn prepare_destination(
+    dest: &RestoreDestination,
+    previous: Option<RestoreRecord>,
+    backup: &str,
+    new_record: &RestoreRecord,
+    size: u64,
+    nothing_to_do: bool,
+) -> Result<Option<PreparedDestination>> {
+    let record_path = dest.record_path();
+    let pending = PendingRestore { backup: backup.to_string(), blocks: new_record.blocks.clone() };
+    let prepared = match (dest, previous) {
         (RestoreDestination::File(path), None) => {
             let part = path.with_file_name(format!("{}.part", file_name(path)?));
-            let file = std::fs::OpenOptions::new()
-                .read(true)
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .open(&part)
-                .map_err(|e| BackupError::io("create", &part, e))?;
-            file.set_len(size).map_err(|e| BackupError::io("set length of", &part, e))?;
-            let sink = Sink::File { file: Arc::new(file), path: part.clone(), size };
-            apply(
-                target,
-                volume,
-                &sink,
-                &plan,
-                block_size,
-                compression,
-                false,
-                opts.concurrency,
-                progress,
-                &mut report,
-            )
-            .await?;
-            let path = path.clone();
-            blocking(move || {
-                sink.sync()?;
-                std::fs::rename(&part, &path)
-                    .map_err(|e| BackupError::io("rename restored image to", &path, e))?;
-                sync_parent(&path).map_err(|e| BackupError::io("fsync directory of", &path, e))?;
-                new_record.save(&record_path)
-            })
-            .await?;
+            let file = {
+                let part = part.clone();
+                blocking(move || {
+                    let file = std::fs::OpenOptions::new()
+                        .read(true)
+                        .write(true)
+                        .create(true)
+                        .truncate(true)
+                        .open(&part)
+                        .map_err(|e| BackupError::io("create", &part, e))?;
+                    file.set_len(size).map_err(|e| BackupError::io("set length of", &part, e))?;
+                    Ok(file)
+                })
+                .await?
+            };
+            PreparedDestination {
+                sink: Sink::File { file: Arc::new(file), path: part.clone(), size },
+                finish: Finish::NewFile { part, path: path.clone() },
+            }
         }
         (RestoreDestination::File(path), Some(mut old)) => {
-            old.pending =
-                Some(PendingRestore { backup: backup.to_string(), blocks: new_record.blocks.clone() });
+            old.pending = Some(pending);
             let file = {
-                let (path, record_path) = (path.clone(), record_path.clone());
+                let path = path.clone();
                 blocking(move || {
                     old.save(&record_path)?;
                     let file = std::fs::OpenOptions::new()
@@ -365,25 +401,10 @@ async fn restore_locked(
                 })
                 .await?
             };
-            let sink = Sink::File { file: Arc::new(file), path: path.clone(), size };
-            apply(
-                target,
-                volume,
-                &sink,
-                &plan,
-                block_size,
-                compression,
-                true,
-                opts.concurrency,
-                progress,
-                &mut report,
-            )
-            .await?;
-            blocking(move || {
-                sink.sync()?;
-                new_record.save(&record_path)
-            })
-            .await?;
+            PreparedDestination {
+                sink: Sink::File { file: Arc::new(file), path: path.clone(), size },
+                finish: Finish::FileInPlace,
+            }
         }
         (RestoreDestination::ReplicaDir(dir), None) => {
             let tmp = dir.with_file_name(format!("{}.corral-restore-tmp", file_name(dir)?));
@@ -400,41 +421,19 @@ async fn restore_locked(
                 .await?
             };
             let replica = Arc::new(replica);
-            let sink = Sink::Replica { replica: replica.clone(), dir: tmp.clone(), size };
-            apply(
-                target,
-                volume,
-                &sink,
-                &plan,
-                block_size,
-                compression,
-                false,
-                opts.concurrency,
-                progress,
-                &mut report,
-            )
-            .await?;
-            drop(sink);
-            new_record.snapshot = uuid::Uuid::new_v4().to_string();
-            let dir = dir.clone();
-            blocking(move || {
-                snapshot_and_close(replica, &tmp, &new_record)?;
-                new_record.save(&record_path_for_dir(&tmp))?;
-                std::fs::rename(&tmp, &dir)
-                    .map_err(|e| BackupError::io("rename restored replica to", &dir, e))?;
-                sync_parent(&dir).map_err(|e| BackupError::io("fsync directory of", &dir, e))
-            })
-            .await?;
+            PreparedDestination {
+                sink: Sink::Replica { replica: replica.clone(), dir: tmp.clone(), size },
+                finish: Finish::NewReplica { replica, tmp, dir: dir.clone() },
+            }
         }
         (RestoreDestination::ReplicaDir(dir), Some(mut old)) => {
-            if plan.writes.is_empty() && plan.zeroes.is_empty() && old.pending.is_none() {
-                return Ok(report);
+            if nothing_to_do && old.pending.is_none() {
+                return Ok(None);
             }
             let resuming = old.pending.is_some();
-            old.pending =
-                Some(PendingRestore { backup: backup.to_string(), blocks: new_record.blocks.clone() });
+            old.pending = Some(pending);
             let replica = {
-                let (dir, record_path) = (dir.clone(), record_path.clone());
+                let dir = dir.clone();
                 blocking(move || {
                     let replica =
                         Replica::open_read_only(&dir).map_err(|e| BackupError::replica("open", &dir, e))?;
@@ -461,31 +460,63 @@ async fn restore_locked(
                 .await?
             };
             let replica = Arc::new(replica);
-            let sink = Sink::Replica { replica: replica.clone(), dir: dir.clone(), size };
-            apply(
-                target,
-                volume,
-                &sink,
-                &plan,
-                block_size,
-                compression,
-                true,
-                opts.concurrency,
-                progress,
-                &mut report,
-            )
-            .await?;
-            drop(sink);
-            new_record.snapshot = uuid::Uuid::new_v4().to_string();
-            let dir = dir.clone();
+            PreparedDestination {
+                sink: Sink::Replica { replica: replica.clone(), dir: dir.clone(), size },
+                finish: Finish::ReplicaInPlace { replica, dir: dir.clone() },
+            }
+        }
+    };
+    Ok(Some(prepared))
+}
+
+/// Makes the written data durable and final, then writes the restore record (always last).
+async fn finish_destination(
+    prepared: PreparedDestination,
+    mut record: RestoreRecord,
+    record_path: PathBuf,
+) -> Result<()> {
+    let PreparedDestination { sink, finish } = prepared;
+    match finish {
+        Finish::NewFile { part, path } => {
             blocking(move || {
-                snapshot_and_close(replica, &dir, &new_record)?;
-                new_record.save(&record_path)
+                sink.sync()?;
+                std::fs::rename(&part, &path)
+                    .map_err(|e| BackupError::io("rename restored image to", &path, e))?;
+                sync_parent(&path).map_err(|e| BackupError::io("fsync directory of", &path, e))?;
+                record.save(&record_path)
             })
-            .await?;
+            .await
+        }
+        Finish::FileInPlace => {
+            blocking(move || {
+                sink.sync()?;
+                record.save(&record_path)
+            })
+            .await
+        }
+        Finish::NewReplica { replica, tmp, dir } => {
+            // The sink's reference must go before the replica can be closed.
+            drop(sink);
+            record.snapshot = uuid::Uuid::new_v4().to_string();
+            blocking(move || {
+                snapshot_and_close(replica, &tmp, &record)?;
+                record.save(&record_path_for_dir(&tmp))?;
+                std::fs::rename(&tmp, &dir)
+                    .map_err(|e| BackupError::io("rename restored replica to", &dir, e))?;
+                sync_parent(&dir).map_err(|e| BackupError::io("fsync directory of", &dir, e))
+            })
+            .await
+        }
+        Finish::ReplicaInPlace { replica, dir } => {
+            drop(sink);
+            record.snapshot = uuid::Uuid::new_v4().to_string();
+            blocking(move || {
+                snapshot_and_close(replica, &dir, &record)?;
+                record.save(&record_path)
+            })
+            .await
         }
     }
-    Ok(report)
 }
 
 fn file_name(path: &Path) -> Result<String> {
@@ -580,19 +611,32 @@ fn snapshot_and_close(replica: Arc<Replica>, dir: &Path, record: &RestoreRecord)
     replica.close().map_err(|e| BackupError::replica("close", dir, e))
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn apply(
-    target: &BackupTarget,
-    volume: &str,
-    sink: &Sink,
-    plan: &RestorePlan,
+/// What [`apply`] needs to know about the backup being restored.
+struct ApplyJob<'a> {
+    target: &'a BackupTarget,
+    volume: &'a str,
     block_size: u64,
     compression: Compression,
+    /// The destination holds an earlier restore: all-zero blocks must be written, not skipped.
     incremental: bool,
     concurrency: usize,
+}
+
+/// Downloads, verifies and writes the planned blocks, and zeroes the planned ranges.
+async fn apply(
+    job: &ApplyJob<'_>,
+    sink: &Sink,
+    plan: &RestorePlan,
     progress: &dyn Progress,
     report: &mut RestoreReport,
 ) -> Result<()> {
+    let ApplyJob { target, volume, block_size, compression, incremental, concurrency } = *job;
+    let workers = concurrency.max(1);
+    // Each block in flight holds at most two buffers (stored, decoded); idle ones are kept for reuse.
+    let pool = BufferPool::new(2 * workers + 2);
+    let pool = &pool;
+    let block_len =
+        usize::try_from(block_size).map_err(|_| BackupError::InvalidArgument("block size".into()))?;
     let zero_checksum = zero_block_checksum(block_size);
     progress.begin("restore", (plan.writes.len() + plan.zeroes.len()) as u64 * block_size);
     enum Done {
@@ -631,12 +675,22 @@ async fn apply(
                         }
                     };
                     let key = layout::block(volume, &checksum);
-                    let stored = target.get(&key).await?;
+                    let stored = target.get_pooled(&key, pool).await?;
                     let downloaded = stored.len() as u64;
                     let object = target.describe(&key);
+                    let pool = pool.clone();
                     blocking(move || {
-                        let data =
-                            block::decode_and_verify(&object, compression, &stored, block_size, &checksum)?;
+                        // Decode into a reused buffer; it is written only once its checksum matched.
+                        let mut data = pool.take(block_len);
+                        block::decode_and_verify_into(
+                            &object,
+                            compression,
+                            &stored,
+                            block_size,
+                            &checksum,
+                            &mut data,
+                        )?;
+                        drop(stored);
                         sink.write(offset, &data)
                     })
                     .await?;
@@ -650,7 +704,7 @@ async fn apply(
                 outcome
             }
         })
-        .buffer_unordered(concurrency.max(1))
+        .buffer_unordered(workers)
         .collect()
         .await;
     let mut results = Vec::with_capacity(outcomes.len());

@@ -1,5 +1,5 @@
-//! The same round trip against a real S3-compatible server (moto_server, started by the test on a free
-//! loopback port; the test fails if moto_server is not installed).
+//! The same round trip against real S3-compatible servers started by the tests on free loopback ports
+//! (moto_server; s3s-fs, which checks SigV4 signatures); a test fails if its server is not installed.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
@@ -42,4 +42,34 @@ async fn missing_bucket_is_named() {
     let target = BackupTarget::open_with("s3://no-such-bucket@us-east-1/", &moto.settings()).unwrap();
     let err = corral_backup::list_backups(&target, "vol1").await.unwrap_err();
     assert!(err.to_string().contains("no-such-bucket"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_credentials_are_permission_denied_and_write_nothing() {
+    let work = tempfile::tempdir().unwrap();
+    let root = work.path().join("s3");
+    std::fs::create_dir_all(root.join("locked")).unwrap();
+    let server = S3sFs::start(&root, "right-key", "right-secret");
+    let replica = fixture_replica(work.path());
+    for (key, secret) in [("right-key", "wrong-secret"), ("wrong-key", "right-secret")] {
+        let target =
+            BackupTarget::open_with("s3://locked@us-east-1/b", &server.settings(key, secret)).unwrap();
+        let mut opts = corral_backup::CreateOptions::new(&replica, "snap2");
+        opts.volume = Some("vol1".into());
+        opts.lock_timings = fast_locks();
+        let err = corral_backup::create_backup(&target, opts, &corral_backup::NoProgress).await.unwrap_err();
+        assert_eq!(err.kind(), corral_backup::ErrorKind::PermissionDenied, "{err}");
+        assert!(err.to_string().contains("s3://locked/b/"), "{err}");
+        assert!(err.to_string().contains("refused the credentials"), "{err}");
+        let err = corral_backup::list_volumes(&target).await.unwrap_err();
+        assert_eq!(err.kind(), corral_backup::ErrorKind::PermissionDenied, "{err}");
+        assert!(files_with_suffix(&root, "").is_empty(), "{:?}", files_with_suffix(&root, ""));
+    }
+    // The right pair works: the refusal was about the credentials.
+    let target =
+        BackupTarget::open_with("s3://locked@us-east-1/b", &server.settings("right-key", "right-secret"))
+            .unwrap();
+    let report = common::scenario::backup(&target, &replica, "snap2", "ok").await;
+    assert_eq!(report.blocks_uploaded, 2);
+    assert_eq!(files_with_suffix(&root, ".blk").len(), 2);
 }

@@ -4,6 +4,8 @@
 
 mod backup_support;
 
+use std::process::Command;
+
 use backup_support::*;
 
 #[test]
@@ -272,4 +274,164 @@ fn s3_round_trip_through_the_cli() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// `create --replica-dir <fixture> --snapshot snap2 --target TARGET --volume vol1 --name NAME`.
+fn create_args<'a>(replica: &'a str, target: &'a str, name: &'a str) -> Vec<&'a str> {
+    vec![
+        "create",
+        "--replica-dir",
+        replica,
+        "--snapshot",
+        "snap2",
+        "--target",
+        target,
+        "--volume",
+        "vol1",
+        "--name",
+        name,
+    ]
+}
+
+#[test]
+fn aws_cert_makes_a_private_ca_trusted_for_an_https_endpoint() {
+    let work = tempfile::tempdir().unwrap();
+    let certs = TestCertificates::generate(work.path());
+    let moto = Server::moto_https(&certs);
+    let endpoint = format!("https://127.0.0.1:{}", moto.port);
+    let mb = Command::new("aws")
+        .args(["--endpoint-url", &endpoint, "--region", "us-east-1", "--ca-bundle"])
+        .arg(&certs.ca)
+        .args(["s3", "mb", "s3://certs"])
+        .env("AWS_ACCESS_KEY_ID", "testing")
+        .env("AWS_SECRET_ACCESS_KEY", "testing")
+        .output()
+        .expect("the aws CLI is required for this test (pip install awscli)");
+    assert!(mb.status.success(), "aws s3 mb: {}", String::from_utf8_lossy(&mb.stderr));
+    extract("replica-two-snapshots.tar.gz", work.path());
+    let replica = work.path().join("two-snapshots");
+    let replica = replica.to_str().unwrap();
+    let target = "s3://certs@us-east-1/tls";
+    let env = vec![
+        ("AWS_ACCESS_KEY_ID", "testing".to_string()),
+        ("AWS_SECRET_ACCESS_KEY", "testing".to_string()),
+        ("AWS_ENDPOINTS", endpoint.clone()),
+    ];
+
+    // Without AWS_CERT the server's certificate is not trusted: a clear error, non-zero exit.
+    let out = corral(&create_args(replica, target, "untrusted"), &env);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "backup over an untrusted https endpoint succeeded");
+    assert!(stderr.contains("s3://certs/tls"), "{stderr}");
+    assert!(stderr.contains("TLS certificate is not trusted (set AWS_CERT"), "{stderr}");
+
+    // With AWS_CERT as a path to the CA's PEM file: back up and restore.
+    let mut with_path = env.clone();
+    with_path.push(("AWS_CERT", certs.ca.display().to_string()));
+    let url = corral_ok(&create_args(replica, target, "trusted"), &with_path);
+    let img = work.path().join("tls.img");
+    corral_ok(&["restore", url.trim(), "--to-file", img.to_str().unwrap()], &with_path);
+    assert_eq!(sha256_file(&img), SNAP2_SHA256);
+
+    // With AWS_CERT holding the PEM text itself (as Longhorn's secret passes it).
+    let mut with_text = env.clone();
+    with_text.push(("AWS_CERT", std::fs::read_to_string(&certs.ca).unwrap()));
+    let backups = corral_json(&["ls", "--target", target, "--volume", "vol1"], &with_text);
+    assert_eq!(backups[0]["name"], "trusted");
+    assert_eq!(backups.as_array().unwrap().len(), 1, "the refused backup left nothing behind: {backups}");
+}
+
+#[test]
+fn virtual_hosted_style_sends_requests_to_the_bucket_host() {
+    let moto = Moto::start();
+    moto.create_bucket("vhost");
+    let proxy = RecordingProxy::start(moto.port);
+    let work = tempfile::tempdir().unwrap();
+    extract("replica-two-snapshots.tar.gz", work.path());
+    let replica = work.path().join("two-snapshots");
+    let replica = replica.to_str().unwrap();
+    let target = "s3://vhost@us-east-1/backups";
+    // A host name that does not resolve: requests reach moto only through the proxy, which records the
+    // host the client addressed.
+    let server_host = format!("s3.corral.test:{}", moto.port);
+    let env = |virtual_hosted: &str| {
+        vec![
+            ("AWS_ACCESS_KEY_ID", "testing".to_string()),
+            ("AWS_SECRET_ACCESS_KEY", "testing".to_string()),
+            ("AWS_ENDPOINTS", format!("http://{server_host}")),
+            ("VIRTUAL_HOSTED_STYLE", virtual_hosted.to_string()),
+            ("HTTP_PROXY", proxy.url()),
+            ("http_proxy", proxy.url()),
+            ("NO_PROXY", String::new()),
+            ("no_proxy", String::new()),
+        ]
+    };
+
+    let url = corral_ok(&create_args(replica, target, "vh"), &env("true"));
+    let img = work.path().join("vh.img");
+    corral_ok(&["restore", url.trim(), "--to-file", img.to_str().unwrap()], &env("true"));
+    assert_eq!(sha256_file(&img), SNAP2_SHA256);
+    let requests = proxy.take();
+    assert!(requests.len() >= 5, "{requests:?}");
+    let bucket_host = format!("vhost.{server_host}");
+    for r in &requests {
+        assert_eq!(r.host, bucket_host, "{r:?}");
+        assert!(r.path.starts_with("/backups/") || r.path.starts_with("/?"), "bucket not in the path: {r:?}");
+    }
+    assert!(
+        requests.iter().any(|r| r.method == "PUT" && r.path.contains("/backupstore/volumes/")),
+        "{requests:?}"
+    );
+
+    // Control: path style (the default) addresses the server host with the bucket in the path. (moto
+    // itself takes any dotted host name for a bucket host, so only the requests are checked here.)
+    let _ = corral(&["ls", "--target", target, "--volume", "vol1"], &env("false"));
+    let requests = proxy.take();
+    assert!(!requests.is_empty());
+    for r in &requests {
+        assert_eq!(r.host, server_host, "{r:?}");
+        assert!(r.path.starts_with("/vhost"), "{r:?}");
+    }
+}
+
+#[test]
+fn refused_credentials_are_a_clear_error_and_write_nothing() {
+    let work = tempfile::tempdir().unwrap();
+    let root = work.path().join("s3root");
+    std::fs::create_dir_all(root.join("locked")).unwrap();
+    let s3 = Server::s3s_fs(&root, "corral-key", "corral-secret");
+    extract("replica-two-snapshots.tar.gz", work.path());
+    let replica = work.path().join("two-snapshots");
+    let replica = replica.to_str().unwrap();
+    let target = "s3://locked@us-east-1/backups";
+    let env = |key: &str, secret: &str| {
+        vec![
+            ("AWS_ACCESS_KEY_ID", key.to_string()),
+            ("AWS_SECRET_ACCESS_KEY", secret.to_string()),
+            ("AWS_ENDPOINTS", format!("http://127.0.0.1:{}", s3.port)),
+        ]
+    };
+    for (key, secret) in [("corral-key", "wrong-secret"), ("unknown-key", "corral-secret")] {
+        let out = corral(&create_args(replica, target, "refused"), &env(key, secret));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "backup with refused credentials {key}/{secret} succeeded");
+        assert!(stderr.contains("s3://locked/backups"), "{stderr}");
+        assert!(stderr.contains("the server refused the credentials"), "the message says why: {stderr}");
+        assert!(
+            files_with_suffix(&root, "").is_empty(),
+            "refused credentials wrote {:?}",
+            files_with_suffix(&root, "")
+        );
+        let out = corral(&["ls", "--target", target], &env(key, secret));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "listing with refused credentials succeeded");
+        assert!(
+            stderr.contains("s3://locked/backups") && stderr.contains("refused the credentials"),
+            "{stderr}"
+        );
+    }
+    // Control: the right key pair works against the same server.
+    let url = corral_ok(&create_args(replica, target, "accepted"), &env("corral-key", "corral-secret"));
+    assert!(url.contains("backup=accepted"), "{url}");
+    assert!(!files_with_suffix(&root.join("locked"), ".blk").is_empty());
 }

@@ -21,14 +21,11 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::error::{BackupError, Result};
 
-/// Serialises `value` the way Go's `json.Marshal` would.
+/// Serialises `value` the way Go's `json.Marshal` would (the escaping is `corral-replica`'s, shared with
+/// the replica metadata files).
 pub fn to_go_json<T: Serialize>(value: &T) -> Result<Vec<u8>> {
-    let mut out = Vec::with_capacity(512);
-    let mut ser = serde_json::Serializer::with_formatter(&mut out, GoFormatter);
-    value
-        .serialize(&mut ser)
-        .map_err(|e| BackupError::InvalidArgument(format!("cannot encode JSON: {e}")))?;
-    Ok(out)
+    corral_replica::format::go_json(value)
+        .map_err(|e| BackupError::InvalidArgument(format!("cannot encode JSON: {e}")))
 }
 
 /// Parses a config read from `object`; any syntax or type error is reported as corruption of that object.
@@ -41,33 +38,6 @@ pub fn from_json<'a, T: Deserialize<'a>>(object: &str, bytes: &'a [u8]) -> Resul
         let what = if bytes.is_empty() { "empty file".to_string() } else { format!("malformed JSON: {e}") };
         BackupError::corrupt(object, what)
     })
-}
-
-/// serde_json formatter that adds Go's HTML-safe string escaping.
-struct GoFormatter;
-
-impl serde_json::ser::Formatter for GoFormatter {
-    fn write_string_fragment<W: ?Sized + std::io::Write>(
-        &mut self,
-        writer: &mut W,
-        fragment: &str,
-    ) -> std::io::Result<()> {
-        let mut start = 0;
-        for (i, ch) in fragment.char_indices() {
-            let escaped = match ch {
-                '<' => "\\u003c",
-                '>' => "\\u003e",
-                '&' => "\\u0026",
-                '\u{2028}' => "\\u2028",
-                '\u{2029}' => "\\u2029",
-                _ => continue,
-            };
-            writer.write_all(&fragment.as_bytes()[start..i])?;
-            writer.write_all(escaped.as_bytes())?;
-            start = i + ch.len_utf8();
-        }
-        writer.write_all(&fragment.as_bytes()[start..])
-    }
 }
 
 /// Go `int64` with the `,string` tag: written as a JSON string of decimal digits.

@@ -159,3 +159,51 @@ impl Drop for Moto {
         let _ = self.child.wait();
     }
 }
+
+/// An s3s-fs server (checks SigV4 signatures; buckets are directories under `root`), killed on drop.
+pub struct S3sFs {
+    child: Child,
+    pub port: u16,
+}
+
+impl S3sFs {
+    pub fn start(root: &Path, access_key: &str, secret_key: &str) -> S3sFs {
+        let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let child = Command::new("s3s-fs")
+            .args(["--host", "127.0.0.1", "--port", &port.to_string()])
+            .args(["--access-key", access_key, "--secret-key", secret_key])
+            .arg(root)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!(
+                    "s3s-fs is required for this test (cargo install s3s-fs@0.14.1 --features binary --locked): {e}"
+                )
+            });
+        let server = S3sFs { child, port };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "s3s-fs did not start on port {port}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        server
+    }
+
+    pub fn settings(&self, access_key: &str, secret_key: &str) -> S3Settings {
+        S3Settings {
+            access_key_id: Some(access_key.into()),
+            secret_access_key: Some(secret_key.into()),
+            endpoint: Some(format!("http://127.0.0.1:{}", self.port)),
+            default_region: Some("us-east-1".into()),
+            ..S3Settings::default()
+        }
+    }
+}
+
+impl Drop for S3sFs {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -10,7 +10,9 @@
 //!
 //! Longhorn writes its JSON with Go's `json.Encoder`: one line, keys in struct order, a trailing `\n`,
 //! and `<`, `>`, `&`, U+2028, U+2029 escaped as `\u003c` … . [`go_json_line`] reproduces that byte for
-//! byte so that a directory written by Corral is what Longhorn itself would have written.
+//! byte so that a directory written by Corral is what Longhorn itself would have written. [`go_json`] is
+//! the same without the newline (Go's `json.Marshal`); the backup store's configs use it, so Go's escaping
+//! is written once, here.
 
 pub mod corral_state;
 pub mod disk_meta;
@@ -22,7 +24,7 @@ use std::io;
 
 /// A `serde_json` formatter that escapes strings the way Go's `encoding/json` does by default
 /// (`SetEscapeHTML(true)`): `<` `>` `&` and the line/paragraph separators become `\u00XX`/`\u20XX`.
-struct GoFormatter;
+pub struct GoFormatter;
 
 impl serde_json::ser::Formatter for GoFormatter {
     fn write_string_fragment<W: ?Sized + io::Write>(
@@ -48,12 +50,18 @@ impl serde_json::ser::Formatter for GoFormatter {
     }
 }
 
-/// Serialises `value` as Go's `json.NewEncoder(w).Encode(value)` would: compact, Go escaping, `\n` at
-/// the end.
-pub fn go_json_line<T: serde::Serialize>(value: &T) -> Result<Vec<u8>, serde_json::Error> {
+/// Serialises `value` as Go's `json.Marshal(value)` would: compact, keys in declaration order, Go's
+/// HTML-safe escaping, no trailing newline.
+pub fn go_json<T: serde::Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, serde_json::Error> {
     let mut out = Vec::with_capacity(256);
     let mut ser = serde_json::Serializer::with_formatter(&mut out, GoFormatter);
     value.serialize(&mut ser)?;
+    Ok(out)
+}
+
+/// Serialises `value` as Go's `json.NewEncoder(w).Encode(value)` would: [`go_json`] and a `\n` at the end.
+pub fn go_json_line<T: serde::Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, serde_json::Error> {
+    let mut out = go_json(value)?;
     out.push(b'\n');
     Ok(out)
 }
@@ -101,6 +109,14 @@ mod tests {
                 prop_assert!(m.parent.is_empty() || crate::format::names::snapshot_name_of_file(&m.parent).is_some());
             }
         }
+    }
+
+    #[test]
+    fn go_json_is_marshal_without_newline() {
+        let v = serde_json::json!({"b": "<&>", "a": 1});
+        let json = go_json(&v).unwrap_or_default();
+        assert_eq!(String::from_utf8_lossy(&json), "{\"b\":\"\\u003c\\u0026\\u003e\",\"a\":1}");
+        assert_eq!(go_json_line(&v).unwrap_or_default(), [json, b"\n".to_vec()].concat());
     }
 
     #[test]
