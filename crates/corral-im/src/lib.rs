@@ -9,6 +9,12 @@
 //! their own process group, so an instance manager that dies, even by SIGKILL, leaves no orphans,
 //! and on a clean shutdown it stops engines before replicas.
 //!
+//! Besides the long-running engines and replicas there are *jobs* (`INSTANCE_KIND_JOB`): processes
+//! that run to completion, such as `corral backup create --replica-dir …` or `corral backup restore
+//! … --to-replica-dir …`, which the manager runs on the node that holds the replica directory. A job
+//! that exits with code 0 is `SUCCEEDED`; any other exit is `ERROR` with its code and last log line,
+//! as for the other kinds.
+//!
 //! The gRPC API is `proto/instance_manager.proto` (module [`pb`]); [`serve`] exposes a supervisor
 //! and [`ImClient`] is the manager's client.
 //!

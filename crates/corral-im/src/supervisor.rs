@@ -158,7 +158,7 @@ impl Supervisor {
                 ErrorKind::InvalidArgument,
                 "start",
                 &name,
-                "instance kind must be engine or replica",
+                "instance kind must be engine, replica or job",
             ));
         }
         if req.port_count > 16 || req.requested_ports.len() > 16 {
@@ -288,19 +288,19 @@ impl Supervisor {
         Ok(info)
     }
 
-    /// Refuse new starts, then stop every instance: engines first (they flush to their replicas),
-    /// then replicas. Returns when all have exited.
+    /// Refuse new starts, then stop every instance: engines and jobs first (engines flush to their
+    /// replicas; jobs read or write replica directories), then replicas. Returns when all have exited.
     pub async fn shutdown(&self) {
-        let (engines, replicas): (Vec<_>, Vec<_>) = {
+        let (engines_and_jobs, replicas): (Vec<_>, Vec<_>) = {
             let mut state = self.inner.state.lock();
             state.shutting_down = true;
             state
                 .instances
                 .values()
                 .map(|e| (e.info.name.clone(), e.info.kind))
-                .partition(|(_, k)| *k == InstanceKind::Engine as i32)
+                .partition(|(_, k)| *k != InstanceKind::Replica as i32)
         };
-        for group in [engines, replicas] {
+        for group in [engines_and_jobs, replicas] {
             futures::future::join_all(group.iter().map(|(name, _)| self.stop(name))).await;
         }
     }
@@ -392,6 +392,9 @@ impl Supervisor {
                     if requested {
                         info.state = InstanceState::Stopped as i32;
                         info.message = format!("stopped: {how}");
+                    } else if info.kind == InstanceKind::Job as i32 && st.code() == Some(0) {
+                        info.state = InstanceState::Succeeded as i32;
+                        info.message = "completed".to_string();
                     } else {
                         info.state = InstanceState::Error as i32;
                         info.message = if last_line.is_empty() {

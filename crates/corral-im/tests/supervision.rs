@@ -264,3 +264,34 @@ async fn a_binary_that_cannot_be_spawned_is_an_error_state() {
     assert!(i.message.contains("cannot spawn"), "{}", i.message);
     assert_eq!(im.supervisor.ports_in_use(), 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_that_exits_zero_succeeds_and_one_that_fails_is_an_error() {
+    let im = start_im(PathBuf::from("/bin/sh"), free_range(5), Duration::from_secs(5)).await;
+    let job = |name: &str, script: &str| StartRequest {
+        name: name.into(),
+        kind: InstanceKind::Job as i32,
+        args: vec!["-c".into(), script.into()],
+        port_count: 0,
+        probe_host: String::new(),
+        requested_ports: vec![],
+    };
+    let started = im.client.start(job("backup-ok", "echo progress: 50; sleep 0.2; echo done")).await.unwrap();
+    assert_eq!(started.kind, InstanceKind::Job as i32);
+    let done = wait_state(&im.client, "backup-ok", InstanceState::Succeeded).await;
+    assert_eq!(done.exit_code, Some(0));
+    assert_eq!(im.client.logs("backup-ok", 0).await.unwrap(), ["progress: 50", "done"]);
+    im.client.start(job("backup-bad", "echo block missing >&2; exit 2")).await.unwrap();
+    let failed = wait_state(&im.client, "backup-bad", InstanceState::Error).await;
+    assert_eq!(failed.exit_code, Some(2));
+    assert!(failed.message.contains("block missing"), "{}", failed.message);
+    // An engine or replica that exits 0 on its own is still a failure: only jobs succeed.
+    let mut engine = job("engine-quits", "exit 0");
+    engine.kind = InstanceKind::Engine as i32;
+    im.client.start(engine).await.unwrap();
+    wait_state(&im.client, "engine-quits", InstanceState::Error).await;
+    // A finished job may be started again under its name (a retried backup).
+    im.client.start(job("backup-ok", "exit 0")).await.unwrap();
+    wait_state(&im.client, "backup-ok", InstanceState::Succeeded).await;
+    im.supervisor.shutdown().await;
+}

@@ -5,7 +5,9 @@ use std::time::Duration;
 use serde::de::DeserializeOwned;
 use serde_json::{json, Value};
 
-use crate::api::{NodeView, RecurringJobView, SettingView, VolumeView};
+use crate::api::{
+    BackupTargetView, BackupView, BackupVolumeView, NodeView, RecurringJobView, SettingView, VolumeView,
+};
 use crate::engine_client::EngineSnapshot;
 use crate::error::{Code, ErrorBody, ManagerError, Result};
 
@@ -169,6 +171,80 @@ impl ApiClient {
             .map(drop)
     }
 
+    pub async fn backup_target(&self) -> Result<BackupTargetView> {
+        self.get("/v1/backuptarget").await
+    }
+
+    pub async fn backup_target_set(&self, url: &str) -> Result<BackupTargetView> {
+        self.call(reqwest::Method::PUT, "/v1/backuptarget", Some(json!({"url": url}))).await
+    }
+
+    /// Back up `volume`: the given snapshot, or a new one (the volume must then be attached).
+    pub async fn backup_create(
+        &self,
+        volume: &str,
+        snapshot: Option<&str>,
+        labels: &std::collections::BTreeMap<String, String>,
+    ) -> Result<BackupView> {
+        self.post(&format!("/v1/volumes/{volume}/backups"), json!({"snapshot": snapshot, "labels": labels}))
+            .await
+    }
+
+    pub async fn backup_volumes(&self) -> Result<Vec<BackupVolumeView>> {
+        self.get("/v1/backupvolumes").await
+    }
+
+    pub async fn backups(&self, volume: &str) -> Result<Vec<BackupView>> {
+        self.get(&format!("/v1/backupvolumes/{volume}/backups")).await
+    }
+
+    pub async fn backup(&self, volume: &str, backup: &str) -> Result<BackupView> {
+        self.get(&format!("/v1/backupvolumes/{volume}/backups/{backup}")).await
+    }
+
+    pub async fn backup_delete(&self, volume: &str, backup: &str) -> Result<()> {
+        self.call::<Value>(
+            reqwest::Method::DELETE,
+            &format!("/v1/backupvolumes/{volume}/backups/{backup}"),
+            None,
+        )
+        .await
+        .map(drop)
+    }
+
+    /// Poll a backup until it completed (or failed: an error carrying its message), calling
+    /// `progress` on every poll.
+    pub async fn wait_backup(
+        &self,
+        volume: &str,
+        backup: &str,
+        timeout: Duration,
+        mut progress: impl FnMut(&BackupView),
+    ) -> Result<BackupView> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let b = self.backup(volume, backup).await?;
+            progress(&b);
+            match b.state.as_str() {
+                "completed" => return Ok(b),
+                "error" => {
+                    return Err(ManagerError::new(
+                        Code::Internal,
+                        format!("backup {backup} of volume {volume} failed: {}", b.error),
+                    ));
+                }
+                _ => {}
+            }
+            if tokio::time::Instant::now() > deadline {
+                return Err(ManagerError::new(
+                    Code::Unavailable,
+                    format!("backup {backup} is still {} ({}%) after {timeout:?}", b.state, b.progress),
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+
     /// Poll a volume until `done` holds, calling `progress` on every change; fails when the
     /// volume reports a failed scheduling condition or `timeout` passes.
     pub async fn wait_volume(
@@ -185,7 +261,11 @@ impl ApiClient {
             if done(&v) {
                 return Ok(v);
             }
-            if let Some(c) = v.conditions.iter().find(|c| !c.status && c.reason == "SchedulingFailed") {
+            if let Some(c) = v
+                .conditions
+                .iter()
+                .find(|c| !c.status && (c.reason == "SchedulingFailed" || c.reason == "RestoreFailed"))
+            {
                 return Err(ManagerError::new(
                     Code::FailedPrecondition,
                     format!("volume {name}: {}", c.message),

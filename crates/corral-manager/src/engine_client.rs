@@ -17,6 +17,27 @@ pub struct EngineInfo {
     pub frontend: String,
     #[serde(default)]
     pub clients: usize,
+    /// Cumulative I/O counters since the engine started (absent from engines without them).
+    #[serde(default, rename = "readOps")]
+    pub read_ops: Option<u64>,
+    #[serde(default, rename = "writeOps")]
+    pub write_ops: Option<u64>,
+    #[serde(default, rename = "readBytes")]
+    pub read_bytes: Option<u64>,
+    #[serde(default, rename = "writeBytes")]
+    pub write_bytes: Option<u64>,
+}
+
+impl EngineInfo {
+    /// The I/O counters, when the engine reports them.
+    pub fn io(&self) -> Option<crate::api::EngineIo> {
+        Some(crate::api::EngineIo {
+            read_ops: self.read_ops?,
+            write_ops: self.write_ops?,
+            read_bytes: self.read_bytes?,
+            write_bytes: self.write_bytes?,
+        })
+    }
 }
 
 /// One entry of `GET /v1/replicas`.
@@ -70,7 +91,14 @@ pub struct EngineClient {
 impl EngineClient {
     /// `base` is `http://host:port`.
     pub fn new(base: &str) -> EngineClient {
-        let http = reqwest::Client::builder().timeout(Duration::from_secs(60)).build().unwrap_or_default();
+        // One HTTP client (and connection pool) for every engine: building one is costly, and the
+        // reconcile loop talks to every attached volume's engine on each pass.
+        static SHARED: std::sync::OnceLock<reqwest::Client> = std::sync::OnceLock::new();
+        let http = SHARED
+            .get_or_init(|| {
+                reqwest::Client::builder().timeout(Duration::from_secs(60)).build().unwrap_or_default()
+            })
+            .clone();
         EngineClient { base: base.trim_end_matches('/').to_string(), http }
     }
 

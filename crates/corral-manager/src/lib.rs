@@ -5,7 +5,9 @@
 //! `docs/openapi.json`), and runs level-triggered reconcilers that drive the node's instance manager
 //! (gRPC, `corral-im`) and the engines' control APIs toward that state: replicas placed by the
 //! [`scheduler`] and served by `corral replica serve`, an engine (`corral engine serve`) on the
-//! attach node exposing the volume over NBD, failed replicas restarted and rebuilt.
+//! attach node exposing the volume over NBD, failed replicas restarted and rebuilt or replaced.
+//! Prometheus metrics are served at `/metrics` ([`api`]), events are kept in the store (the newest
+//! 1000, [`events`]) and snapshots are mirrored into it ([`snapshots`]).
 //!
 //! # Threading
 //! Tokio. The API serves requests concurrently; one reconcile loop per manager runs passes one at
@@ -34,6 +36,7 @@ pub mod events;
 pub mod reconcile;
 pub mod scheduler;
 pub mod settings;
+pub mod snapshots;
 pub mod validation;
 
 use std::net::SocketAddr;
@@ -88,6 +91,7 @@ pub struct Manager {
     api: tokio::task::JoinHandle<()>,
     reconciler: tokio::task::JoinHandle<()>,
     ds: Datastore,
+    events: Arc<events::EventLog>,
 }
 
 impl Manager {
@@ -110,8 +114,9 @@ impl Manager {
             }
         }
         let im = corral_im::ImClient::new(&config.instance_manager_url)?;
-        let events = Arc::new(events::EventLog::default());
+        let events = Arc::new(events::EventLog::persistent(ds.clone(), events::DEFAULT_CAPACITY).await?);
         let wake = Arc::new(tokio::sync::Notify::new());
+        let stats = Arc::new(api::ManagerStats::default());
         let rec = reconcile::Reconciler {
             ds: ds.clone(),
             im,
@@ -120,6 +125,8 @@ impl Manager {
             events: events.clone(),
             wake: wake.clone(),
             restarts: Arc::default(),
+            stats: stats.clone(),
+            volume_cache: Arc::default(),
         };
         // Register the node before serving, so the first API request can attach and schedule.
         rec.reconcile_node(config.default_disk.as_deref(), &config.instance_manager_url).await?;
@@ -134,7 +141,8 @@ impl Manager {
         let local_addr =
             listener.local_addr().map_err(|e| ManagerError::new(Code::Internal, e.to_string()))?;
         let (stop, stop_rx) = tokio::sync::watch::channel(false);
-        let state = api::AppState { ds: ds.clone(), events, node: config.node.clone(), wake };
+        let state =
+            api::AppState { ds: ds.clone(), events: events.clone(), node: config.node.clone(), wake, stats };
         let mut api_stop = stop_rx.clone();
         let api = tokio::spawn(async move {
             let serve = axum::serve(listener, api::router(state)).with_graceful_shutdown(async move {
@@ -151,7 +159,7 @@ impl Manager {
             config.resync,
             stop_rx,
         ));
-        Ok(Manager { local_addr, stop, api, reconciler, ds })
+        Ok(Manager { local_addr, stop, api, reconciler, ds, events })
     }
 
     /// Where the API listens.
@@ -170,5 +178,6 @@ impl Manager {
         let _ = self.stop.send(true);
         let _ = self.reconciler.await;
         let _ = self.api.await;
+        self.events.flush().await;
     }
 }

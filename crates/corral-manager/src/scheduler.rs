@@ -245,6 +245,44 @@ pub fn schedule_replicas(
     Ok(out)
 }
 
+/// Place a replacement for failed replicas of `req.volume` (they are in `existing` too).
+///
+/// Preference, first that places: (1) a disk holding no replica of the volume, failed ones
+/// included, with the failed replicas still counted for anti-affinity; (2) any disk,
+/// failed replicas counted; (3) failed replicas not counted, so that with hard anti-affinity the
+/// node of a failed replica can take its replacement when no other node can.
+pub fn schedule_replacement(
+    req: &VolumeRequest<'_>,
+    nodes: &[Node],
+    existing: &[PlacedReplica],
+    failed: &[PlacedReplica],
+    s: SchedulerSettings,
+) -> Result<Placement, SchedulingFailure> {
+    let on_failed_disk = |n: &str, d: &str| failed.iter().any(|f| f.node == n && f.disk == d);
+    let mut avoiding = nodes.to_vec();
+    for n in &mut avoiding {
+        let name = n.metadata.name.clone();
+        n.spec.disks.retain(|d, _| !on_failed_disk(&name, d));
+    }
+    if let Ok(p) = schedule_replica(req, &avoiding, existing, s) {
+        // Only a disk free of this volume is worth avoiding the failed ones for: stacking on a
+        // healthy replica's disk is worse than reusing a failed replica's.
+        if !existing.iter().any(|e| e.volume == req.volume && e.node == p.node && e.disk == p.disk) {
+            return Ok(p);
+        }
+    }
+    if let Ok(p) = schedule_replica(req, nodes, existing, s) {
+        return Ok(p);
+    }
+    let mut without_failed = existing.to_vec();
+    for f in failed {
+        if let Some(i) = without_failed.iter().position(|e| e == f) {
+            without_failed.remove(i);
+        }
+    }
+    schedule_replica(req, nodes, &without_failed, s)
+}
+
 #[cfg(test)]
 #[path = "scheduler_tests.rs"]
 mod tests;

@@ -144,6 +144,45 @@ fn best_effort_data_locality_prefers_the_attach_node() {
     assert_eq!(schedule_replica(&r, &nodes, &existing, settings(false)).unwrap().node, "a", "already local");
 }
 
+fn placed(node: &str, disk: &str) -> PlacedReplica {
+    PlacedReplica { volume: "v".into(), node: node.into(), disk: disk.into(), size: GIB }
+}
+
+#[test]
+fn a_replacement_avoids_the_failed_replicas_disk() {
+    // One node, three disks; replicas on d1 (failed) and d2: the replacement goes to d3, even
+    // though d1 has the most room (plain spreading would pick it).
+    let nodes = [node(
+        "a",
+        &[("d1", 500 * GIB, 500 * GIB), ("d2", 100 * GIB, 100 * GIB), ("d3", 100 * GIB, 90 * GIB)],
+    )];
+    let existing = [placed("a", "d1"), placed("a", "d2")];
+    let p = schedule_replacement(&req(GIB), &nodes, &existing, &existing[..1], settings(true)).unwrap();
+    assert_eq!(p, Placement { node: "a".into(), disk: "d3".into() });
+    // With no other disk left, the failed replica's disk is used rather than failing.
+    let nodes = [node("a", &[("d1", 500 * GIB, 500 * GIB), ("d2", 100 * GIB, 100 * GIB)])];
+    let p = schedule_replacement(&req(GIB), &nodes, &existing, &existing[..1], settings(true)).unwrap();
+    assert_eq!(p.disk, "d1");
+}
+
+#[test]
+fn a_replacement_prefers_another_node_and_falls_back_to_the_failed_replicas_node() {
+    let nodes = [
+        node("a", &[("d", 100 * GIB, 100 * GIB)]),
+        node("b", &[("d", 100 * GIB, 100 * GIB)]),
+        node("c", &[("d", 100 * GIB, 100 * GIB)]),
+    ];
+    let existing = [placed("a", "d"), placed("b", "d")];
+    let p = schedule_replacement(&req(GIB), &nodes, &existing, &existing[..1], settings(false)).unwrap();
+    assert_eq!(p.node, "c");
+    // Hard anti-affinity and only two nodes: the failed replica's node takes the replacement.
+    let p = schedule_replacement(&req(GIB), &nodes[..2], &existing, &existing[..1], settings(false)).unwrap();
+    assert_eq!(p.node, "a");
+    // Without failed replicas there is nothing to relax: a clear failure.
+    let err = schedule_replacement(&req(GIB), &nodes[..2], &existing, &[], settings(false)).unwrap_err();
+    assert!(err.reason.contains("already holds a replica"), "{}", err.reason);
+}
+
 #[test]
 fn no_nodes_is_a_clear_failure() {
     assert_eq!(

@@ -9,6 +9,11 @@ use support::{assert_error, Cluster};
 
 const MIB: u64 = 1 << 20;
 
+/// A one-node cluster (its support sets `storage-minimal-available-percentage` to 0).
+async fn start(soft_anti_affinity: bool) -> Cluster {
+    Cluster::start(soft_anti_affinity).await
+}
+
 async fn volume_names(c: &Cluster) -> Vec<String> {
     let (code, list) = c.get("/v1/volumes").await;
     assert_eq!(code, 200);
@@ -17,7 +22,7 @@ async fn volume_names(c: &Cluster) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn create_validates_every_field_and_changes_nothing_on_refusal() {
-    let c = Cluster::start(false).await;
+    let c = start(false).await;
     let ok = json!({"name": "v1", "size": 64 * MIB, "numberOfReplicas": 1});
     let cases: Vec<(Value, u16, &str, &str)> = vec![
         (json!({"name": "Bad_Name", "size": 64 * MIB}), 400, "invalid_argument", "invalid volume name"),
@@ -116,7 +121,7 @@ async fn create_validates_every_field_and_changes_nothing_on_refusal() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn volume_lifecycle_and_refused_actions() {
-    let c = Cluster::start(true).await;
+    let c = start(true).await;
     let (code, v) = c
         .post(
             "/v1/volumes",
@@ -189,6 +194,19 @@ async fn volume_lifecycle_and_refused_actions() {
     // Attaching again to the same node is idempotent.
     assert_eq!(c.post("/v1/volumes/data/attach", json!({})).await.0, 200);
 
+    // /metrics: Prometheus text with the volume's size, state and robustness.
+    let (code, text) = c.get("/metrics").await;
+    let text = text.as_str().unwrap_or_default().to_string();
+    assert_eq!(code, 200, "{text}");
+    for series in [
+        format!("corral_volume_size_bytes{{volume=\"data\"}} {}", 64 * MIB),
+        "corral_volume_state{volume=\"data\",state=\"attached\"} 1".to_string(),
+        "corral_volume_robustness{volume=\"data\",robustness=\"healthy\"} 1".to_string(),
+        "# TYPE corral_manager_reconcile_passes_total counter".to_string(),
+    ] {
+        assert!(text.lines().any(|l| l == series), "no line {series:?} in:\n{text}");
+    }
+
     // Snapshots go through the engine.
     let (code, s) = c.post("/v1/volumes/data/snapshots", json!({"name": "s1", "labels": {"k": "v"}})).await;
     assert_eq!((code, s["name"].clone()), (201, json!("s1")));
@@ -226,6 +244,9 @@ async fn volume_lifecycle_and_refused_actions() {
         400,
         "invalid_argument",
     );
+    assert_error(&c.post("/v1/volumes/data/expand", json!({"size": 0})).await, 400, "invalid_argument");
+    assert_error(&c.post("/v1/volumes/data/expand", json!({"size": -1})).await, 400, "invalid_argument");
+    assert_error(&c.post("/v1/volumes/nope/expand", json!({"size": 128 * MIB})).await, 404, "not_found");
     assert_eq!(c.get("/v1/volumes/data").await.1["size"], before["size"]);
     // A stale resourceVersion is a conflict, never last-writer-wins.
     let stale = before["resourceVersion"].as_str().unwrap().to_string();
@@ -267,7 +288,7 @@ async fn volume_lifecycle_and_refused_actions() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_replica_process_is_restarted_and_readded() {
-    let c = Cluster::start(true).await;
+    let c = start(true).await;
     assert_eq!(
         c.post("/v1/volumes", json!({"name": "v", "size": 16 * MIB, "numberOfReplicas": 2})).await.0,
         201
@@ -306,7 +327,7 @@ async fn a_killed_replica_process_is_restarted_and_readded() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restarted_manager_converges_without_duplicates() {
-    let c = Cluster::start(true).await;
+    let c = start(true).await;
     assert_eq!(
         c.post("/v1/volumes", json!({"name": "v", "size": 16 * MIB, "numberOfReplicas": 3})).await.0,
         201
@@ -351,15 +372,24 @@ async fn a_restarted_manager_converges_without_duplicates() {
     assert_eq!(v["replicas"].as_array().unwrap().len(), 3);
     let after: Vec<_> = c.supervisor.list().into_iter().map(|i| (i.name, i.pid)).collect();
     assert_eq!(before, after, "processes were restarted or duplicated");
+    // Events are persisted: those of the first run are served by the second.
+    let (_, events) = c.get("/v1/events?resource=volume&name=v").await;
+    let reasons: Vec<_> = events.as_array().unwrap().iter().map(|e| e["reason"].as_str().unwrap()).collect();
+    assert!(
+        reasons.contains(&"Created") && reasons.contains(&"Attach"),
+        "events lost in the restart: {reasons:?}"
+    );
     c.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_recurring_snapshot_job_keeps_only_retain_snapshots() {
-    let c = Cluster::start(true).await;
+    let c = start(true).await;
     assert_eq!(c.post("/v1/volumes", json!({"name": "v", "size": 16 * MIB, "numberOfReplicas": 1, "labels": {"recurring-job-group.corral.io/gold": ""}})).await.0, 201);
     c.post("/v1/volumes/v/attach", json!({})).await;
     c.wait_volume("v", "attached", |v| v["state"] == "attached" && v["robustness"] == "healthy").await;
+    let (code, _) = c.post("/v1/volumes/v/snapshots", json!({"name": "by-hand"})).await;
+    assert_eq!(code, 201);
     // Every second (6-field cron), by group, keeping 2.
     let (code, j) = c.post("/v1/recurringjobs", json!({"name": "often", "task": "snapshot", "cron": "* * * * * *", "retain": 2, "groups": ["gold"]})).await;
     assert_eq!(code, 201, "{j}");
@@ -384,6 +414,54 @@ async fn a_recurring_snapshot_job_keeps_only_retain_snapshots() {
         }
         assert!(tokio::time::Instant::now() < deadline, "job did not run 3 times: {j:#} {snaps:#}");
         tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    // The store mirrors the engine's snapshots: the API's and the job's, already before anyone
+    // lists them.
+    assert_eq!(c.call(reqwest::Method::DELETE, "/v1/recurringjobs/often", None).await.0, 204);
+    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    let ds = c.manager.as_ref().unwrap().datastore().clone();
+    let stored = |ds: corral_store::Datastore| async move {
+        let mut names: Vec<(String, Option<String>)> = ds
+            .list::<corral_store::resources::Snapshot>()
+            .await
+            .unwrap()
+            .into_iter()
+            .filter(|s| s.spec.volume == "v")
+            .map(|s| (s.spec.snapshot, s.spec.created_by_job))
+            .collect();
+        names.sort();
+        names
+    };
+    let mirrored = stored(ds.clone()).await;
+    let (_, snaps) = c.get("/v1/volumes/v/snapshots").await;
+    let mut listed: Vec<String> =
+        snaps.as_array().unwrap().iter().map(|s| s["name"].as_str().unwrap().to_string()).collect();
+    listed.sort();
+    assert_eq!(mirrored.iter().map(|(n, _)| n.clone()).collect::<Vec<_>>(), listed);
+    assert_eq!(mirrored.iter().filter(|(_, j)| j.as_deref() == Some("often")).count(), 2, "{mirrored:?}");
+    assert!(mirrored.iter().any(|(n, j)| n == "by-hand" && j.is_none()), "{mirrored:?}");
+    // Deleted through the API: gone from the mirror; detached: listed from the mirror.
+    assert_eq!(c.delete("/v1/volumes/v/snapshots/by-hand").await.0, 204);
+    assert!(!stored(ds.clone()).await.iter().any(|(n, _)| n == "by-hand"));
+    c.post("/v1/volumes/v/detach", json!({})).await;
+    c.wait_volume("v", "detached", |v| v["state"] == "detached").await;
+    let (code, snaps) = c.get("/v1/volumes/v/snapshots").await;
+    assert_eq!(code, 200, "{snaps}");
+    let mut offline: Vec<String> =
+        snaps.as_array().unwrap().iter().map(|s| s["name"].as_str().unwrap().to_string()).collect();
+    offline.sort();
+    listed.retain(|n| n != "by-hand");
+    assert_eq!(offline, listed);
+    // Deleting the volume deletes its snapshot records.
+    assert_eq!(c.delete("/v1/volumes/v").await.0, 202);
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !stored(ds.clone()).await.is_empty() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "snapshot records left: {:?}",
+            stored(ds.clone()).await
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
     c.shutdown().await;
 }

@@ -215,6 +215,10 @@ pub struct ReplicaStatus {
     /// `--size`: an expanded replica's size is its own).
     #[serde(default)]
     pub initialized: bool,
+    /// RFC 3339 time an engine first had this replica RW: its data was complete then. A replica
+    /// without it (new, or still rebuilding) never seeds an engine while one with it exists.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub healthy_at: Option<String>,
 }
 
 /// Desired state of a volume's engine on its attach node.
@@ -472,6 +476,24 @@ pub struct SettingSpec {
     pub value: String,
 }
 
+/// One event of the manager (stored under a zero-padded sequence number, so names sort by age).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct EventSpec {
+    /// RFC 3339.
+    pub time: String,
+    /// `normal` or `warning`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// Resource kind the event is about: volume, replica, engine, node, ...
+    pub resource: String,
+    /// Name of that resource.
+    pub name: String,
+    /// Short CamelCase reason.
+    pub reason: String,
+    pub message: String,
+}
+
 /// Settings have no observed state.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct NoStatus {}
@@ -486,3 +508,4 @@ resource!(/** A volume in the backup target. */ BackupVolume = BackupVolumeSpec,
 resource!(/** A backup. */ Backup = BackupSpec, BackupStatus, Kind::Backup);
 resource!(/** A recurring job. */ RecurringJob = RecurringJobSpec, RecurringJobStatus, Kind::RecurringJob);
 resource!(/** A setting. */ Setting = SettingSpec, NoStatus, Kind::Setting);
+resource!(/** An event of the manager. */ Event = EventSpec, NoStatus, Kind::Event);

@@ -28,11 +28,13 @@ pub enum Kind {
     Backup,
     RecurringJob,
     Setting,
+    /// What the manager did and what went wrong (bounded: the manager keeps the newest ones).
+    Event,
 }
 
 impl Kind {
     /// Every kind, in a fixed order.
-    pub const ALL: [Kind; 10] = [
+    pub const ALL: [Kind; 11] = [
         Kind::Volume,
         Kind::Engine,
         Kind::Replica,
@@ -43,6 +45,7 @@ impl Kind {
         Kind::Backup,
         Kind::RecurringJob,
         Kind::Setting,
+        Kind::Event,
     ];
 
     /// Plural lowercase name, used as a key prefix by backends and in error messages.
@@ -58,6 +61,7 @@ impl Kind {
             Kind::Backup => "backups",
             Kind::RecurringJob => "recurringjobs",
             Kind::Setting => "settings",
+            Kind::Event => "events",
         }
     }
 

@@ -14,10 +14,14 @@ use utoipa::OpenApi;
 use crate::error::{ManagerError, Result};
 use crate::events::EventLog;
 
+mod backups;
+mod metrics;
 mod misc;
 mod nodes;
 mod volumes;
 
+pub use backups::{is_finished as is_backup_finished, BackupView, BackupVolumeView, CreateBackup};
+pub use metrics::{EngineIo, ManagerStats};
 pub use misc::{parse_cron, BackupTargetView, RecurringJobView, SettingView};
 pub use nodes::{DiskView, NodeView};
 pub(crate) use volumes::placed as placed_replicas;
@@ -32,6 +36,8 @@ pub struct AppState {
     pub node: String,
     /// Wakes the reconcilers after a change made through the API.
     pub wake: Arc<tokio::sync::Notify>,
+    /// Counters of the reconcile loop, for `/metrics`.
+    pub stats: Arc<ManagerStats>,
 }
 
 /// A JSON body whose rejection (bad JSON, unknown field, wrong type) is an `invalid_argument`
@@ -95,6 +101,7 @@ fn routes() -> Routes {
     use axum::routing::{delete, get, patch, post};
     Routes::new()
         .add(&["get"], "/healthz", get(misc::healthz))
+        .add(&["get"], "/metrics", get(metrics::metrics))
         .add(&["get"], "/v1/openapi.json", get(|| async { axum::Json(openapi()) }))
         .add(&["get", "post"], "/v1/volumes", get(volumes::list).post(volumes::create))
         .add(&["get", "delete"], "/v1/volumes/{name}", get(volumes::get).delete(volumes::delete))
@@ -109,6 +116,19 @@ fn routes() -> Routes {
         )
         .add(&["delete"], "/v1/volumes/{name}/snapshots/{snapshot}", delete(volumes::snapshot_delete))
         .add(&["post"], "/v1/volumes/{name}/snapshots/{snapshot}/revert", post(volumes::snapshot_revert))
+        .add(&["post"], "/v1/volumes/{name}/backups", post(backups::create))
+        .add(&["get"], "/v1/backupvolumes", get(backups::volume_list))
+        .add(
+            &["get", "delete"],
+            "/v1/backupvolumes/{name}",
+            get(backups::volume_get).delete(backups::volume_delete),
+        )
+        .add(&["get"], "/v1/backupvolumes/{name}/backups", get(backups::backup_list))
+        .add(
+            &["get", "delete"],
+            "/v1/backupvolumes/{name}/backups/{backup}",
+            get(backups::backup_get).delete(backups::backup_delete),
+        )
         .add(&["get"], "/v1/nodes", get(nodes::list))
         .add(&["get", "patch"], "/v1/nodes/{name}", get(nodes::get).patch(nodes::update))
         .add(&["post"], "/v1/nodes/{name}/disks", post(nodes::disk_add))
@@ -147,6 +167,7 @@ pub fn registered_routes() -> Vec<(String, String)> {
     paths(
         misc::healthz,
         misc::openapi_doc,
+        metrics::metrics,
         volumes::list,
         volumes::create,
         volumes::get,
@@ -171,6 +192,13 @@ pub fn registered_routes() -> Vec<(String, String)> {
         misc::events,
         misc::backup_target_get,
         misc::backup_target_set,
+        backups::create,
+        backups::volume_list,
+        backups::volume_get,
+        backups::volume_delete,
+        backups::backup_list,
+        backups::backup_get,
+        backups::backup_delete,
         misc::jobs_list,
         misc::job_create,
         misc::job_get,

@@ -120,7 +120,9 @@ pub(crate) fn view(v: &Volume, replicas: &[Replica]) -> VolumeView {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct CreateVolume {
     pub name: String,
-    /// Bytes; a non-zero multiple of 2 MiB.
+    /// Bytes; a non-zero multiple of 2 MiB. With `fromBackup` it may be omitted (the backup's
+    /// volume size); if given it must equal the backup's (expand after the restore).
+    #[serde(default)]
     pub size: u64,
     /// 1-20; default from the setting `default-replica-count`.
     #[serde(default)]
@@ -284,7 +286,14 @@ pub async fn create(
     ApiJson(req): ApiJson<CreateVolume>,
 ) -> Result<(StatusCode, Json<VolumeView>)> {
     check_name("volume", &req.name)?;
-    check_size(req.size)?;
+    let size = match &req.from_backup {
+        Some(url) => {
+            check_backup_url(url)?;
+            crate::reconcile::size_from_backup(url, req.size).await?
+        }
+        None => req.size,
+    };
+    check_size(size)?;
     let settings = Settings::load(&st.ds).await?;
     let replicas = req.number_of_replicas.unwrap_or(settings.int(settings::DEFAULT_REPLICA_COUNT) as u32);
     if replicas == 0 || replicas > MAX_REPLICAS {
@@ -309,7 +318,7 @@ pub async fn create(
     let existing: Vec<Replica> = st.ds.list().await?;
     let vr = VolumeRequest {
         volume: &req.name,
-        size: req.size,
+        size,
         node_selector: &req.node_selector,
         disk_selector: &req.disk_selector,
         data_locality: locality,
@@ -318,7 +327,7 @@ pub async fn create(
     schedule_replicas(&vr, replicas, &nodes, &placed(&existing), SchedulerSettings::from(&settings))
         .map_err(|f| ManagerError::invalid(f.to_string()))?;
     let spec = VolumeSpec {
-        size: req.size,
+        size,
         number_of_replicas: replicas,
         stale_replica_timeout: stale,
         data_locality: locality,
@@ -478,14 +487,20 @@ async fn engine_of(st: &AppState, name: &str, action: &str) -> Result<(Volume, E
     }
 }
 
+/// Snapshots of a volume: from its engine while attached (the store's mirror is refreshed on the
+/// way), else the mirror as the engine last showed it.
 #[utoipa::path(get, path = "/v1/volumes/{name}/snapshots", tag = "snapshots", params(("name" = String, Path)),
     responses((status = 200, body = [EngineSnapshot]), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
 pub async fn snapshot_list(
     State(st): State<AppState>,
     Path(name): Path<String>,
 ) -> Result<Json<Vec<EngineSnapshot>>> {
-    let (_, engine) = engine_of(&st, &name, "list snapshots").await?;
-    Ok(Json(engine.snapshots().await?.into_iter().filter(|s| s.name != "volume-head").collect()))
+    let v = load(&st.ds, &name).await?;
+    if let (Some(url), VolumeState::Attached) = (&v.status.engine_control_url, v.status.state) {
+        return Ok(Json(crate::snapshots::refresh(&st.ds, &name, &EngineClient::new(url)).await?));
+    }
+    let stored = crate::snapshots::stored(&st.ds, &name).await?;
+    Ok(Json(stored.iter().map(crate::snapshots::as_engine_snapshot).collect()))
 }
 
 #[utoipa::path(post, path = "/v1/volumes/{name}/snapshots", tag = "snapshots", params(("name" = String, Path)), request_body = CreateSnapshot,
@@ -501,6 +516,7 @@ pub async fn snapshot_create(
     check_labels(&req.labels)?;
     let (_, engine) = engine_of(&st, &name, "take a snapshot").await?;
     let created = engine.snapshot_create(req.name.as_deref(), &req.labels).await?;
+    crate::snapshots::refresh(&st.ds, &name, &engine).await?;
     st.events.normal("volume", &name, "Snapshot", format!("snapshot {created} created"));
     Ok((StatusCode::CREATED, Json(SnapshotCreated { name: created })))
 }
@@ -514,8 +530,15 @@ pub async fn snapshot_delete(
 ) -> Result<StatusCode> {
     check_name("snapshot", &snapshot)?;
     let (_, engine) = engine_of(&st, &name, "delete a snapshot").await?;
+    // Purge merges snapshot files that a running backup of this volume may be reading.
+    if let Some(b) = crate::reconcile::backup_in_progress(&st.ds, &name).await? {
+        return Err(ManagerError::precondition(format!(
+            "backup {b:?} of volume {name:?} is running; delete snapshots after it finished"
+        )));
+    }
     engine.snapshot_remove(&snapshot).await?;
     engine.snapshot_purge().await?;
+    crate::snapshots::refresh(&st.ds, &name, &engine).await?;
     st.events.normal("volume", &name, "SnapshotDeleted", format!("snapshot {snapshot} removed"));
     Ok(StatusCode::NO_CONTENT)
 }
@@ -536,6 +559,7 @@ pub async fn snapshot_revert(
     }
     let (_, engine) = engine_of(&st, &name, "revert").await?;
     engine.revert(&snapshot).await?;
+    crate::snapshots::refresh(&st.ds, &name, &engine).await?;
     st.events.normal("volume", &name, "Reverted", format!("to snapshot {snapshot}"));
     Ok(StatusCode::NO_CONTENT)
 }

@@ -4,8 +4,12 @@
 //! (`lastRun`), so a restarted manager neither repeats a run nor runs missed ones in a burst:
 //! at most one run happens for all occurrences missed.
 //!
-//! Backup tasks are not run yet (they need the manager-driven backup flow); such a job records a
-//! message saying so.
+//! A `backup` task snapshots each volume (labelled with the job, like a snapshot task) and requests
+//! a backup of that snapshot labelled `recurring-job.corral.io=<job>` (as Longhorn labels a
+//! RecurringJob's backups). The backup reconciler runs it; when it completes, that job's oldest
+//! backups of the volume beyond `retain`, and its oldest snapshots beyond `retain`, are removed
+//! (see `backup.rs`). A volume whose previous backup still runs is skipped for this run, and no
+//! snapshot is removed while any backup of the volume runs (the per-volume guard).
 use std::collections::BTreeMap;
 
 use corral_store::resources::{JobTask, RecurringJob, Volume, VolumeState};
@@ -43,9 +47,7 @@ pub(super) async fn run_due_jobs(rec: &Reconciler, volumes: &[Volume]) -> Result
             continue;
         }
         let mut message = String::new();
-        if job.spec.task == JobTask::Backup {
-            message = "backup tasks are not run by this manager version yet".into();
-        } else {
+        {
             for v in volumes.iter().filter(|v| applies_to(&job, v)) {
                 let Some(url) = v
                     .status
@@ -55,7 +57,20 @@ pub(super) async fn run_due_jobs(rec: &Reconciler, volumes: &[Volume]) -> Result
                 else {
                     continue;
                 };
-                if let Err(e) = snapshot_and_prune(&EngineClient::new(url), &job).await {
+                let busy = super::backup::backup_in_progress(&rec.ds, &v.metadata.name).await?;
+                let run = match (job.spec.task, busy) {
+                    (JobTask::Backup, Some(running)) => {
+                        message = format!("volume {}: backup {running} still runs; skipped", v.metadata.name);
+                        continue;
+                    }
+                    (JobTask::Backup, None) => {
+                        snapshot_and_back_up(rec, &EngineClient::new(url), &job, v).await
+                    }
+                    (JobTask::Snapshot, busy) => {
+                        snapshot_and_prune(&EngineClient::new(url), &job, busy.is_none()).await
+                    }
+                };
+                if let Err(e) = run {
                     rec.events.warning(
                         "recurringjob",
                         &job.metadata.name,
@@ -63,6 +78,12 @@ pub(super) async fn run_due_jobs(rec: &Reconciler, volumes: &[Volume]) -> Result
                         format!("volume {}: {e}", v.metadata.name),
                     );
                     message = e.to_string();
+                }
+                // Mirror what the run left (its new snapshot, pruned ones) into the store.
+                if let Err(e) =
+                    crate::snapshots::refresh(&rec.ds, &v.metadata.name, &EngineClient::new(url)).await
+                {
+                    rec.events.warning("volume", &v.metadata.name, "SnapshotSyncFailed", e.to_string());
                 }
             }
         }
@@ -86,11 +107,50 @@ pub(super) async fn run_due_jobs(rec: &Reconciler, volumes: &[Volume]) -> Result
     Ok(())
 }
 
-async fn snapshot_and_prune(engine: &EngineClient, job: &RecurringJob) -> Result<()> {
-    let name = format!("{}-{}", job.metadata.name, chrono::Utc::now().format("%Y%m%d%H%M%S%3f"));
+/// Labels of what a job creates: its own labels and `recurring-job.corral.io=<job>`.
+fn job_labels(job: &RecurringJob) -> BTreeMap<String, String> {
     let mut labels: BTreeMap<String, String> = job.spec.labels.clone();
     labels.insert(JOB_LABEL.into(), job.metadata.name.clone());
-    engine.snapshot_create(Some(&name), &labels).await?;
+    labels
+}
+
+fn snapshot_name(job: &RecurringJob) -> String {
+    format!("{}-{}", job.metadata.name, chrono::Utc::now().format("%Y%m%d%H%M%S%3f"))
+}
+
+/// Take a snapshot and request its backup; retention happens when the backup completes.
+async fn snapshot_and_back_up(
+    rec: &Reconciler,
+    engine: &EngineClient,
+    job: &RecurringJob,
+    v: &Volume,
+) -> Result<()> {
+    let labels = job_labels(job);
+    let snapshot = engine.snapshot_create(Some(&snapshot_name(job)), &labels).await?;
+    let b = super::backup::request_backup(
+        &rec.ds,
+        &v.metadata.name,
+        &snapshot,
+        labels,
+        Some(job.metadata.name.clone()),
+    )
+    .await?;
+    rec.events.normal(
+        "recurringjob",
+        &job.metadata.name,
+        "BackupRequested",
+        format!("backup {} of volume {} (snapshot {snapshot})", b.metadata.name, v.metadata.name),
+    );
+    Ok(())
+}
+
+/// Take a snapshot; remove the job's oldest beyond `retain` when `may_prune` (no backup of the
+/// volume reads its replicas).
+async fn snapshot_and_prune(engine: &EngineClient, job: &RecurringJob, may_prune: bool) -> Result<()> {
+    engine.snapshot_create(Some(&snapshot_name(job)), &job_labels(job)).await?;
+    if !may_prune {
+        return Ok(());
+    }
     let mut mine: Vec<_> = engine
         .snapshots()
         .await?

@@ -16,9 +16,11 @@ use futures::StreamExt;
 use crate::error::Result;
 use crate::events::EventLog;
 
+pub(crate) mod backup;
 mod jobs;
 mod volume;
 
+pub use backup::{backup_in_progress, backup_job_name, restore_job_name, size_from_backup, PROGRESS_PREFIX};
 pub use jobs::JOB_LABEL;
 
 pub use volume::{engine_instance_name, replica_instance_name};
@@ -34,6 +36,10 @@ pub struct Reconciler {
     pub(crate) events: Arc<EventLog>,
     pub(crate) wake: Arc<tokio::sync::Notify>,
     pub(crate) restarts: Arc<parking_lot::Mutex<std::collections::HashMap<String, std::time::Instant>>>,
+    /// Pass counters for `/metrics`.
+    pub(crate) stats: Arc<crate::api::ManagerStats>,
+    /// What the volume reconciler remembers of each attached volume between passes.
+    pub(crate) volume_cache: Arc<parking_lot::Mutex<std::collections::HashMap<String, volume::VolumeCache>>>,
 }
 
 impl Reconciler {
@@ -124,9 +130,12 @@ impl Reconciler {
         Ok(())
     }
 
-    /// One pass over every volume, then the recurring jobs that are due.
+    /// One pass over every volume, then the backups, then the recurring jobs that are due.
     pub(crate) async fn pass(&self) -> Result<()> {
         volume::pass(self).await?;
+        if let Err(e) = backup::pass(self).await {
+            tracing::warn!(error = %e, "backup pass failed");
+        }
         let volumes: Vec<corral_store::resources::Volume> = self.ds.list().await?;
         jobs::run_due_jobs(self, &volumes).await
     }
@@ -157,7 +166,11 @@ pub(crate) async fn run(
     let wake = rec.wake.clone();
     let watcher = tokio::spawn(async move {
         if let Ok(mut s) = store_watch {
-            while s.next().await.is_some() {
+            while let Some(ev) = s.next().await {
+                // Events explain changes; they are not changes to reconcile.
+                if ev.is_ok_and(|e| e.record().kind == corral_store::Kind::Event) {
+                    continue;
+                }
                 wake.notify_one();
             }
         }
@@ -181,9 +194,11 @@ pub(crate) async fn run(
         if let Err(e) = rec.reconcile_node(default_disk.as_deref(), &im_url).await {
             rec.events.warning("node", &rec.node, "ReconcileFailed", e.to_string());
         }
+        let started = std::time::Instant::now();
         if let Err(e) = rec.pass().await {
             tracing::warn!(error = %e, "reconcile pass failed");
         }
+        rec.stats.pass_done(started.elapsed());
         tokio::select! {
             () = rec.wake.notified() => {
                 // Let a burst of changes settle into one pass.

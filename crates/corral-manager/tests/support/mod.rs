@@ -47,8 +47,11 @@ impl Cluster {
         mc.listen = "127.0.0.1:0".parse().unwrap();
         mc.default_disk = Some(dir.path().join("disk"));
         mc.resync = Duration::from_millis(500);
+        // The scheduler ignores how full the host's disk is: a shared test machine may be below the
+        // default 10% `storage-minimal-available-percentage`, which these tests are not about.
+        mc.initial_settings = vec![("storage-minimal-available-percentage".into(), "0".into())];
         if soft_anti_affinity {
-            mc.initial_settings = vec![("replica-soft-anti-affinity".into(), "true".into())];
+            mc.initial_settings.push(("replica-soft-anti-affinity".into(), "true".into()));
         }
         let manager = Manager::start(mc, store).await.unwrap();
         let url = format!("http://{}", manager.local_addr());

@@ -3,6 +3,14 @@
 //! Targets are `s3://bucket@region/path` (credentials and endpoint from `AWS_*` variables, as Longhorn),
 //! `file:///dir` or `vfs:///dir`. A backup is addressed by its URL `<target>?backup=<name>&volume=<volume>`.
 //! Progress bars appear on stderr when stdout is a terminal; `--json` prints one JSON document on stdout.
+//!
+//! Two forms share the command. The offline forms work on a replica directory and a target directly
+//! (`create --replica-dir … --target …`, `ls --target …`, `inspect`, `restore`, `rm`, `rm-volume`,
+//! `verify`). The cluster forms go through the manager's API (`--url`, default `$CORRAL_URL` or
+//! `http://127.0.0.1:9500`): `target set URL`, `create VOLUME [--snapshot S] [--wait]`,
+//! `ls [VOLUME]`. `--replica-dir` (create) and `--target` (ls) select the offline form.
+//! `--progress-lines` (hidden) prints `progress: N` lines on stderr: the manager runs backup and
+//! restore jobs with it and follows their progress through the instance manager's log.
 
 use std::collections::BTreeMap;
 use std::io::IsTerminal;
@@ -16,6 +24,8 @@ use corral_backup::{
     BackupTarget, BackupUrl, BlockSize, Compression, CreateOptions, LockTimings, NoProgress, Progress,
     RestoreDestination, RestoreOptions, TerminalProgress,
 };
+
+mod cluster;
 
 #[derive(Args)]
 pub struct BackupArgs {
@@ -31,20 +41,46 @@ pub struct BackupArgs {
         default_value_t = 2000
     )]
     lock_check_wait_ms: u64,
+    /// The manager's API (for the cluster forms: target set, create VOLUME, ls [VOLUME]).
+    #[arg(long, global = true, env = "CORRAL_URL", default_value = "http://127.0.0.1:9500")]
+    url: String,
+    /// Print `progress: N` (percent) lines on stderr.
+    #[arg(long, global = true, hide = true)]
+    progress_lines: bool,
     #[command(subcommand)]
     command: BackupCommand,
 }
 
 #[derive(Subcommand)]
+enum TargetCommand {
+    /// Set the cluster's backup target (through the API).
+    Set {
+        /// s3://bucket@region/path, file:///path or vfs:///path.
+        #[arg(value_name = "URL")]
+        target_url: String,
+    },
+    /// Show the cluster's backup target (through the API).
+    Get,
+}
+
+#[derive(Subcommand)]
 enum BackupCommand {
-    /// Back up one snapshot of a replica directory; prints the backup URL.
+    /// The cluster's backup target (through the API).
+    #[command(subcommand)]
+    Target(TargetCommand),
+    /// Back up a volume of the cluster (`create VOLUME`, through the API), or one snapshot of a
+    /// replica directory (`create --replica-dir DIR --snapshot S --target URL`); prints the backup URL.
     Create(CreateArgs),
-    /// List the backup volumes of a target, or the backups of one volume.
+    /// List backup volumes or one volume's backups: of the cluster's target (through the API), or of
+    /// the target given with --target.
     Ls {
-        /// Backup target URL.
-        #[arg(long)]
-        target: String,
         /// List this volume's backups.
+        #[arg(value_name = "VOLUME")]
+        volume_name: Option<String>,
+        /// Backup target URL (offline form).
+        #[arg(long)]
+        target: Option<String>,
+        /// List this volume's backups (same as VOLUME).
         #[arg(long)]
         volume: Option<String>,
     },
@@ -76,15 +112,21 @@ enum BackupCommand {
 
 #[derive(Args)]
 struct CreateArgs {
-    /// Replica directory holding the snapshot.
+    /// Volume of the cluster to back up (through the API; not with --replica-dir).
+    #[arg(value_name = "VOLUME", conflicts_with = "replica_dir")]
+    volume_name: Option<String>,
+    /// Replica directory holding the snapshot (offline form; needs --snapshot and --target).
+    #[arg(long, requires_all = ["snapshot", "target"])]
+    replica_dir: Option<PathBuf>,
+    /// Snapshot name (through the API: default a new snapshot of the attached volume).
     #[arg(long)]
-    replica_dir: PathBuf,
-    /// Snapshot name.
+    snapshot: Option<String>,
+    /// Backup target URL (offline form).
+    #[arg(long, requires = "replica_dir")]
+    target: Option<String>,
+    /// Wait until the backup completed (through the API) and print its URL.
     #[arg(long)]
-    snapshot: String,
-    /// Backup target URL.
-    #[arg(long)]
-    target: String,
+    wait: bool,
     /// Backup volume name (default: the replica directory's name).
     #[arg(long)]
     volume: Option<String>,
@@ -146,8 +188,39 @@ pub fn run(args: BackupArgs) -> anyhow::Result<ExitCode> {
     runtime.block_on(run_async(args))
 }
 
-fn progress_for(json: bool) -> Box<dyn Progress> {
-    if !json && std::io::stdout().is_terminal() {
+/// `progress: N` lines on stderr whenever the whole percentage grows (for the manager's jobs).
+#[derive(Default)]
+struct LineProgress {
+    total: std::sync::atomic::AtomicU64,
+    done: std::sync::atomic::AtomicU64,
+    printed: std::sync::atomic::AtomicU64,
+}
+
+impl Progress for LineProgress {
+    fn begin(&self, _operation: &str, total_bytes: u64) {
+        self.total.store(total_bytes, std::sync::atomic::Ordering::Relaxed);
+        eprintln!("{}0", corral_manager::reconcile::PROGRESS_PREFIX);
+    }
+
+    fn advance(&self, bytes: u64) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let done = self.done.fetch_add(bytes, Relaxed) + bytes;
+        let total = self.total.load(Relaxed).max(1);
+        let pct = (done.saturating_mul(100) / total).min(100);
+        if self.printed.fetch_max(pct, Relaxed) < pct {
+            eprintln!("{}{pct}", corral_manager::reconcile::PROGRESS_PREFIX);
+        }
+    }
+
+    fn finish(&self) {
+        eprintln!("{}100", corral_manager::reconcile::PROGRESS_PREFIX);
+    }
+}
+
+fn progress_for(json: bool, lines: bool) -> Box<dyn Progress> {
+    if lines {
+        Box::new(LineProgress::default())
+    } else if !json && std::io::stdout().is_terminal() {
         Box::new(TerminalProgress::new())
     } else {
         Box::new(NoProgress)
@@ -181,9 +254,24 @@ async fn run_async(args: BackupArgs) -> anyhow::Result<ExitCode> {
     let timings =
         LockTimings { check_wait: Duration::from_millis(args.lock_check_wait_ms), ..LockTimings::default() };
     match args.command {
+        BackupCommand::Target(t) => return cluster::target(&args.url, t, json).await,
+        BackupCommand::Create(c) if c.replica_dir.is_none() => {
+            let volume = c.volume_name.or(c.volume).context(
+                "give the VOLUME to back up through the API, or --replica-dir, --snapshot and --target",
+            )?;
+            let labels = parse_labels(&c.labels)?;
+            return cluster::create(&args.url, &volume, c.snapshot.as_deref(), &labels, c.wait, json).await;
+        }
+        BackupCommand::Ls { volume_name, target: None, volume } => {
+            return cluster::ls(&args.url, volume_name.or(volume).as_deref(), json).await;
+        }
         BackupCommand::Create(c) => {
-            let target = BackupTarget::open(&c.target)?;
-            let mut opts = CreateOptions::new(c.replica_dir, c.snapshot);
+            let (Some(replica_dir), Some(snapshot), Some(target)) = (c.replica_dir, c.snapshot, c.target)
+            else {
+                anyhow::bail!("the offline form needs --replica-dir, --snapshot and --target");
+            };
+            let target = BackupTarget::open(&target)?;
+            let mut opts = CreateOptions::new(replica_dir, snapshot);
             opts.volume = c.volume;
             opts.name = c.name;
             opts.compression = c.compression.as_deref().map(Compression::parse).transpose()?;
@@ -192,7 +280,7 @@ async fn run_async(args: BackupArgs) -> anyhow::Result<ExitCode> {
             opts.labels = parse_labels(&c.labels)?;
             opts.concurrency = c.concurrency;
             opts.lock_timings = timings;
-            let progress = progress_for(json);
+            let progress = progress_for(json, args.progress_lines);
             let report = corral_backup::create_backup(&target, opts, progress.as_ref()).await?;
             if json {
                 print_json(&report)?;
@@ -210,9 +298,9 @@ async fn run_async(args: BackupArgs) -> anyhow::Result<ExitCode> {
                 println!("{}", report.url);
             }
         }
-        BackupCommand::Ls { target, volume } => {
+        BackupCommand::Ls { volume_name, target: Some(target), volume } => {
             let target = BackupTarget::open(&target)?;
-            match volume {
+            match volume_name.or(volume) {
                 None => {
                     let volumes = corral_backup::list_volumes(&target).await?;
                     if json {
@@ -271,7 +359,7 @@ async fn run_async(args: BackupArgs) -> anyhow::Result<ExitCode> {
                 _ => anyhow::bail!("give exactly one of --to-file and --to-replica-dir"),
             };
             let opts = RestoreOptions { concurrency: r.concurrency, lock_timings: timings };
-            let progress = progress_for(json);
+            let progress = progress_for(json, args.progress_lines);
             let report = corral_backup::restore_backup(
                 &target,
                 &url.volume,
@@ -330,7 +418,7 @@ async fn run_async(args: BackupArgs) -> anyhow::Result<ExitCode> {
                 (None, Some(t), Some(vol)) => (BackupTarget::open(&t)?, vol, None),
                 _ => anyhow::bail!("give a backup URL, or --target and --volume"),
             };
-            let progress = progress_for(json);
+            let progress = progress_for(json, args.progress_lines);
             let report = corral_backup::verify(
                 &target,
                 &volume,

@@ -61,6 +61,7 @@ impl Quickstart {
             ports: ports.into(),
         };
         q.wait_healthy();
+        relax_disk_space(&q);
         q
     }
 
@@ -245,4 +246,45 @@ pub fn endpoint(v: &Value) -> String {
 
 pub fn attached_healthy(v: &Value) -> bool {
     v["state"] == "attached" && v["robustness"] == "healthy" && v["endpoint"].is_string()
+}
+
+/// A minimal HTTP GET against `url` (`http://host:port`): status and body.
+pub fn http_get(url: &str, path: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let addr = url.trim_start_matches("http://").trim_end_matches('/');
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes()).unwrap();
+    let mut buf = String::new();
+    s.read_to_string(&mut buf).unwrap();
+    let (head, body) = buf.split_once("\r\n\r\n").unwrap_or((buf.as_str(), ""));
+    let status = head.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    (status, body.to_string())
+}
+
+/// The value of one Prometheus sample: `name{labels}` exactly as exposed (labels in order).
+pub fn metric(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .find_map(|l| l.strip_prefix(series).and_then(|rest| rest.strip_prefix(' ')))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+/// Directory of a replica listed in a volume's JSON, given its disk's path.
+pub fn replica_dir(disk_path: &Path, replica: &str) -> PathBuf {
+    disk_path.join("replicas").join(replica)
+}
+
+/// `corral replica info --dir DIR --json`.
+pub fn replica_info(dir: &Path) -> Value {
+    let out = Command::new(CORRAL).args(["replica", "info", "--json", "--dir"]).arg(dir).output().unwrap();
+    assert!(out.status.success(), "replica info {}: {}", dir.display(), String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// Let the scheduler ignore how full the host's disk is: a shared test machine may be below the
+/// default `storage-minimal-available-percentage` (10%), which these tests are not about. Every
+/// [`Quickstart::start_with`] does this.
+fn relax_disk_space(q: &Quickstart) {
+    q.corral(&["setting", "set", "storage-minimal-available-percentage", "0"]);
 }

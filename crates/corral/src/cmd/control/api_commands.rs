@@ -28,9 +28,10 @@ pub enum VolumeCommand {
     /// Create a volume.
     Create {
         name: String,
-        /// Size (bytes or with a unit: 256MiB, 10GiB); a multiple of 2 MiB.
-        #[arg(long)]
-        size: String,
+        /// Size (bytes or with a unit: 256MiB, 10GiB); a multiple of 2 MiB. With --from-backup
+        /// the default is the backup's volume size.
+        #[arg(long, required_unless_present = "from_backup")]
+        size: Option<String>,
         /// Number of replicas (default: the setting default-replica-count).
         #[arg(long)]
         replicas: Option<u32>,
@@ -340,13 +341,16 @@ pub async fn volume(cmd: VolumeCommand) -> anyhow::Result<ExitCode> {
             api,
         } => {
             let c = ApiClient::new(&api.url);
-            let size = parse_size(&size)?;
+            let size = size.as_deref().map(parse_size).transpose()?.unwrap_or(0);
             let mut label_map = serde_json::Map::new();
             for l in &labels {
                 let (k, v) = l.split_once('=').with_context(|| format!("label {l:?} is not k=v"))?;
                 label_map.insert(k.to_string(), json!(v));
             }
-            let mut body = json!({"name": name, "size": size, "labels": label_map});
+            let mut body = json!({"name": name, "labels": label_map});
+            if size > 0 {
+                body["size"] = json!(size);
+            }
             if let Some(n) = replicas {
                 body["numberOfReplicas"] = json!(n);
             }
