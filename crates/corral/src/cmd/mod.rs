@@ -4,3 +4,4 @@ pub mod control;
 pub mod engine;
 pub mod replica;
 pub mod size;
+pub mod wait_progress;

@@ -4,11 +4,11 @@ use std::collections::BTreeMap;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use corral_manager::api::BackupView;
 use corral_manager::client::ApiClient;
 
 use super::TargetCommand;
 use crate::cmd::size::format_size;
+use crate::cmd::wait_progress::WaitProgress;
 
 /// Longest `--wait` for a backup.
 const WAIT: Duration = Duration::from_secs(3600);
@@ -52,13 +52,6 @@ pub(super) async fn target(url: &str, cmd: TargetCommand, json: bool) -> anyhow:
     Ok(ExitCode::SUCCESS)
 }
 
-fn progress_line(b: &BackupView) {
-    use std::io::IsTerminal;
-    if std::io::stderr().is_terminal() {
-        eprint!("\r\x1b[2K{}: {} {}%", b.name, b.state, b.progress);
-    }
-}
-
 pub(super) async fn create(
     url: &str,
     volume: &str,
@@ -70,13 +63,13 @@ pub(super) async fn create(
     let c = ApiClient::new(url);
     let mut b = c.backup_create(volume, snapshot, labels).await?;
     if wait {
-        let r = c.wait_backup(volume, &b.name, WAIT, progress_line).await;
-        {
-            use std::io::IsTerminal;
-            if std::io::stderr().is_terminal() {
-                eprintln!();
-            }
-        }
+        let bar = WaitProgress::new();
+        let r = c
+            .wait_backup(volume, &b.name, WAIT, |b| {
+                bar.update(b.progress, format!("{}: {}", b.name, b.state))
+            })
+            .await;
+        bar.finish();
         b = r?;
     }
     if json {

@@ -11,6 +11,7 @@ use serde::Serialize;
 use serde_json::json;
 
 use crate::cmd::size::{format_size, parse_size};
+use crate::cmd::wait_progress::WaitProgress;
 
 /// Options every API command takes.
 #[derive(clap::Args, Clone)]
@@ -293,36 +294,30 @@ fn print_volume(v: &VolumeView, json: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// A one-line progress display on stderr while waiting (only when stderr is a terminal).
-fn progress_line(v: &VolumeView) {
-    use std::io::IsTerminal;
-    if !std::io::stderr().is_terminal() {
-        return;
-    }
-    let rebuilding: Vec<String> = v
-        .replicas
-        .iter()
-        .filter(|r| r.mode.is_some_and(|m| format!("{m:?}") == "WO"))
-        .map(|r| format!("{} {}%", r.name, r.rebuild_progress))
-        .collect();
-    eprint!(
-        "\r\x1b[2K{}: {} / {}{}",
-        v.name,
-        lower(&v.state),
-        lower(&v.robustness),
-        if rebuilding.is_empty() {
-            String::new()
+/// Progress while waiting on a volume: its state and health, and the rebuild of any WO replica.
+fn volume_progress(bar: &WaitProgress, v: &VolumeView) {
+    let rebuilding: Vec<&corral_manager::api::ReplicaView> =
+        v.replicas.iter().filter(|r| r.mode.is_some_and(|m| format!("{m:?}") == "WO")).collect();
+    let percent = if rebuilding.is_empty() {
+        if corral_manager::api::is_settled(v) {
+            100
         } else {
-            format!(" (rebuilding {})", rebuilding.join(", "))
+            0
         }
+    } else {
+        rebuilding.iter().map(|r| r.rebuild_progress).sum::<u32>() / rebuilding.len() as u32
+    };
+    let detail = rebuilding.iter().map(|r| format!("{} {}%", r.name, r.rebuild_progress)).collect::<Vec<_>>();
+    bar.update(
+        percent,
+        format!(
+            "{}: {} / {}{}",
+            v.name,
+            lower(&v.state),
+            lower(&v.robustness),
+            if detail.is_empty() { String::new() } else { format!(" (rebuilding {})", detail.join(", ")) }
+        ),
     );
-}
-
-fn end_progress() {
-    use std::io::IsTerminal;
-    if std::io::stderr().is_terminal() {
-        eprintln!();
-    }
 }
 
 const WAIT: Duration = Duration::from_secs(600);
@@ -365,8 +360,11 @@ pub async fn volume(cmd: VolumeCommand) -> anyhow::Result<ExitCode> {
             }
             let mut v = c.create_volume(body).await?;
             if wait {
-                let r = c.wait_volume(&name, WAIT, corral_manager::api::is_settled, progress_line).await;
-                end_progress();
+                let bar = WaitProgress::new();
+                let r = c
+                    .wait_volume(&name, WAIT, corral_manager::api::is_settled, |v| volume_progress(&bar, v))
+                    .await;
+                bar.finish();
                 v = r?;
             }
             print_volume(&v, api.json)?;
@@ -386,15 +384,16 @@ pub async fn volume(cmd: VolumeCommand) -> anyhow::Result<ExitCode> {
             let c = ApiClient::new(&api.url);
             let mut v = c.attach(&name, node.as_deref(), maintenance).await?;
             if wait {
+                let bar = WaitProgress::new();
                 let r = c
                     .wait_volume(
                         &name,
                         WAIT,
                         |v| v.state == corral_store::resources::VolumeState::Attached && v.endpoint.is_some(),
-                        progress_line,
+                        |v| volume_progress(&bar, v),
                     )
                     .await;
-                end_progress();
+                bar.finish();
                 v = r?;
             }
             if api.json {
@@ -409,15 +408,16 @@ pub async fn volume(cmd: VolumeCommand) -> anyhow::Result<ExitCode> {
             let c = ApiClient::new(&api.url);
             let mut v = c.detach(&name).await?;
             if wait {
+                let bar = WaitProgress::new();
                 let r = c
                     .wait_volume(
                         &name,
                         WAIT,
                         |v| v.state == corral_store::resources::VolumeState::Detached,
-                        progress_line,
+                        |v| volume_progress(&bar, v),
                     )
                     .await;
-                end_progress();
+                bar.finish();
                 v = r?;
             }
             print_volume(&v, api.json)?;
