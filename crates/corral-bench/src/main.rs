@@ -18,6 +18,7 @@
 //! uses O_DIRECT. Benchmarks are never timed tests; nothing here asserts a speed.
 
 mod fio;
+mod scale;
 mod targets;
 
 use std::path::PathBuf;
@@ -61,6 +62,23 @@ fn parse(args: &[String]) -> Option<Options> {
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().map(String::as_str) == Some("scale") {
+        // `corral-bench scale [--volumes N] ...`: see scale.rs.
+        let corral = std::env::var_os("CORRAL_BIN").map(PathBuf::from).unwrap_or_else(|| {
+            std::env::current_exe().ok().and_then(|e| Some(e.parent()?.join("corral"))).unwrap_or_default()
+        });
+        let Some(o) = scale::parse(&args[1..], corral) else {
+            eprintln!("usage: corral-bench scale [--volumes N] [--size-mib MIB] [--idle-secs S] [--dir DIR] [--corral PATH]");
+            return ExitCode::from(2);
+        };
+        return match scale::run(&o) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("corral-bench scale: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     if args.first().map(String::as_str) != Some("engine") {
         return usage();
     }

@@ -107,16 +107,47 @@ pub(crate) struct Shared {
     pub(crate) admin: tokio::sync::Mutex<()>,
     pub(crate) rebuild: Mutex<crate::rebuild::RebuildTracker>,
     pub(crate) frontend: Mutex<Option<Arc<dyn Frontend>>>,
+    /// Completed client I/O, for `info` (and the manager's metrics).
+    pub(crate) io: IoCounters,
 }
 
-fn link_failure(
-    timeout: Duration,
-    r: std::result::Result<LinkResult<()>, tokio::time::error::Elapsed>,
-) -> Option<LinkError> {
-    match r {
-        Ok(Ok(())) => None,
-        Ok(Err(e)) => Some(e),
-        Err(_) => Some(LinkError::new(LinkErrorKind::Timeout, format!("no answer within {timeout:?}"))),
+/// Cumulative counts of completed client reads and writes (relaxed atomics: statistics only).
+#[derive(Default)]
+pub(crate) struct IoCounters {
+    pub(crate) read_ops: AtomicU64,
+    pub(crate) write_ops: AtomicU64,
+    pub(crate) read_bytes: AtomicU64,
+    pub(crate) write_bytes: AtomicU64,
+}
+
+/// How long a replica may take to answer a fanned-out request.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Limit {
+    /// A data request: the replica timeout. Links that enforce it themselves
+    /// ([`ReplicaLink::times_out_data_requests`]) get no extra timer.
+    Data,
+    /// A control request with its own limit (never enforced by the link).
+    Control(Duration),
+}
+
+impl Engine {
+    /// Runs one link call within `limit`; a call that runs out of time fails with `Timeout`.
+    pub(crate) async fn bounded<T>(
+        &self,
+        limit: Limit,
+        link: &Arc<dyn ReplicaLink>,
+        call: BoxFuture<'_, LinkResult<T>>,
+    ) -> LinkResult<T> {
+        let after = match limit {
+            // The link's own deadline scan replaces a timer per request on the hot path.
+            Limit::Data if link.times_out_data_requests() => return call.await,
+            Limit::Data => self.shared.config.replica_timeout,
+            Limit::Control(after) => after,
+        };
+        match tokio::time::timeout(after, call).await {
+            Ok(result) => result,
+            Err(_) => Err(LinkError::new(LinkErrorKind::Timeout, format!("no answer within {after:?}"))),
+        }
     }
 }
 
@@ -144,6 +175,7 @@ impl Engine {
                 admin: tokio::sync::Mutex::new(()),
                 rebuild: Mutex::new(Default::default()),
                 frontend: Mutex::new(None),
+                io: IoCounters::default(),
             }),
         }
     }
@@ -212,7 +244,7 @@ impl Engine {
     where
         F: Fn(&'a Arc<dyn ReplicaLink>) -> BoxFuture<'a, LinkResult<()>>,
     {
-        self.fan_out_within(op, slots, self.shared.config.replica_timeout, f).await
+        self.fan_out_modal(op, slots, Limit::Data, |_, l| f(l)).await
     }
 
     /// [`Self::fan_out`] with an explicit per-replica time limit (control operations take longer).
@@ -226,7 +258,7 @@ impl Engine {
     where
         F: Fn(&'a Arc<dyn ReplicaLink>) -> BoxFuture<'a, LinkResult<()>>,
     {
-        self.fan_out_modal(op, slots, timeout, |_, l| f(l)).await
+        self.fan_out_modal(op, slots, Limit::Control(timeout), |_, l| f(l)).await
     }
 
     /// [`Self::fan_out_within`] where the request may depend on the replica's mode (RW or WO).
@@ -234,7 +266,7 @@ impl Engine {
         &'a self,
         op: &'static str,
         slots: &'a [Arc<ReplicaSlot>],
-        timeout: Duration,
+        limit: Limit,
         f: F,
     ) -> Result<()>
     where
@@ -247,8 +279,7 @@ impl Engine {
         if count == 1 {
             // One replica: no join machinery.
             if let Some((slot, link)) = slots.iter().find_map(|s| s.writable_link().map(|l| (s, l))) {
-                let r = tokio::time::timeout(timeout, f(slot.mode(), link)).await;
-                if let Some(err) = link_failure(timeout, r) {
+                if let Err(err) = self.bounded(limit, link, f(slot.mode(), link)).await {
                     if err.kind == LinkErrorKind::NoSpace {
                         return Err(EngineError::new(ErrorKind::NoSpace, op, err.message));
                     }
@@ -260,8 +291,8 @@ impl Engine {
                 .iter()
                 .filter_map(|s| s.writable_link().map(|l| (s, l)))
                 .map(|(slot, link)| {
-                    let call = f(slot.mode(), link);
-                    async move { (slot, link_failure(timeout, tokio::time::timeout(timeout, call).await)) }
+                    let call = self.bounded(limit, link, f(slot.mode(), link));
+                    async move { (slot, call.await.err()) }
                 })
                 .collect::<Vec<_>>();
             let results = join_all(calls).await;
@@ -311,15 +342,9 @@ impl Engine {
             if rw.is_empty() {
                 return Err(EngineError::unavailable(op, "no healthy replica left: the volume is faulted"));
             }
-            let timeout = self.shared.config.replica_timeout;
+            let limit = Limit::Control(self.shared.config.replica_timeout);
             let results = join_all(rw.iter().map(|(slot, link)| async move {
-                (
-                    slot,
-                    link_failure(
-                        timeout,
-                        tokio::time::timeout(timeout, link.set_generation(generation)).await,
-                    ),
-                )
+                (slot, self.bounded(limit, link, link.set_generation(generation)).await.err())
             }))
             .await;
             for (slot, err) in results {
@@ -356,20 +381,22 @@ impl Engine {
     /// Reads `len` bytes at `off` from one RW replica (round robin), failing over to the others.
     pub async fn read(&self, off: u64, len: usize) -> Result<Bytes> {
         self.check_range("read", off, len as u64)?;
-        self.read_unchecked(off, len).await
+        let data = self.read_unchecked(off, len).await?;
+        self.shared.io.read_ops.fetch_add(1, Ordering::Relaxed);
+        self.shared.io.read_bytes.fetch_add(len as u64, Ordering::Relaxed);
+        Ok(data)
     }
 
     async fn read_unchecked(&self, off: u64, len: usize) -> Result<Bytes> {
         let slots = self.slots();
-        let timeout = self.shared.config.replica_timeout;
         let count = slots.len();
         let start = self.shared.next_read.fetch_add(1, Ordering::Relaxed);
         for attempt in 0..count {
             let slot = &slots[(start + attempt) % count];
             let Some(link) = slot.readable_link() else { continue };
-            match tokio::time::timeout(timeout, link.read(off, len)).await {
-                Ok(Ok(data)) if data.len() == len => return Ok(data),
-                Ok(Ok(data)) => self.fail_replica(
+            match self.bounded(Limit::Data, link, link.read(off, len)).await {
+                Ok(data) if data.len() == len => return Ok(data),
+                Ok(data) => self.fail_replica(
                     slot,
                     "read",
                     &LinkError::new(
@@ -377,12 +404,7 @@ impl Engine {
                         format!("short read: {} of {len} bytes", data.len()),
                     ),
                 ),
-                Ok(Err(err)) => self.fail_replica(slot, "read", &err),
-                Err(_) => self.fail_replica(
-                    slot,
-                    "read",
-                    &LinkError::new(LinkErrorKind::Timeout, format!("no answer within {timeout:?}")),
-                ),
+                Err(err) => self.fail_replica(slot, "read", &err),
             }
         }
         Err(EngineError::unavailable(
@@ -409,6 +431,8 @@ impl Engine {
         if fua {
             self.fan_out("flush", &slots, |l| l.flush()).await?;
         }
+        self.shared.io.write_ops.fetch_add(1, Ordering::Relaxed);
+        self.shared.io.write_bytes.fetch_add(data.len() as u64, Ordering::Relaxed);
         Ok(())
     }
 
@@ -446,14 +470,13 @@ impl Engine {
         }
         let _gate = self.shared.gate.read().await;
         let slots = self.slots();
-        let timeout = self.shared.config.replica_timeout;
         // A WO replica gets zero *data* instead: its own trim / write-zeroes decides between punching
         // and zero-filling from lower layers that are not copied yet, and a punched block would later
         // show the copied snapshot data through.
         let send = |o: u64, n: u64| {
             let slots = &slots;
             async move {
-                self.fan_out_modal(op, slots, timeout, |mode, l| match mode {
+                self.fan_out_modal(op, slots, Limit::Data, |mode, l| match mode {
                     Mode::WriteOnly => write_zero_data(l, o, n),
                     _ if trim => l.unmap(o, n),
                     _ => l.write_zeroes(o, n),

@@ -25,8 +25,9 @@
 //!
 //! # Threading model
 //! Everything runs on the tokio runtime of the caller. The data path spawns no task per request: a
-//! request fans out to the replica links with `join_all` inside the frontend's own task, each link call
-//! bounded by a timer. Writes hold a shared async gate; snapshot points (snapshot, rebuild start and end,
+//! request fans out to the replica links with `join_all` inside the frontend's own task. Each data call
+//! is bounded by the replica timeout: links over `corral-wire` enforce it themselves with one deadline
+//! scan per replica client (no timer per request); other links get a timer from the engine. Writes hold a shared async gate; snapshot points (snapshot, rebuild start and end,
 //! revert, expand) take it exclusively, which drains in-flight writes briefly. Replica membership is an
 //! `Arc<Vec<…>>` swapped under a short lock; modes are atomics. A rebuild runs in one background task.
 //!

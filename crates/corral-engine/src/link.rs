@@ -8,112 +8,20 @@
 //! Futures are boxed (`BoxFuture`): one small allocation per replica per request, which keeps the engine
 //! free of generic parameters and costs far less than the network round trip it wraps.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use bytes::Bytes;
 use futures::future::BoxFuture;
-use serde::{Deserialize, Serialize};
 
-/// Durable facts a replica reports at `Hello`/`Info`; the start-up decision is made from these.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct RecoveryFacts {
-    /// Volume size in bytes.
-    pub size: u64,
-    /// Count of mutating requests applied (persisted at flush and clean close).
-    pub revision: u64,
-    /// Engine-assigned epoch, persisted immediately when set.
-    pub generation: u64,
-    /// The replica was not closed cleanly.
-    pub dirty: bool,
-    /// The replica is (or was, when interrupted) the target of a rebuild.
-    pub rebuilding: bool,
-    /// Name of the head file.
-    pub head: String,
-    /// Snapshot names from the head's parent to the root.
-    pub chain: Vec<String>,
-}
-
-/// One snapshot (a "layer") as a replica lists it. The head is listed with name `volume-head`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct SnapshotInfo {
-    /// Snapshot name.
-    pub name: String,
-    /// Parent snapshot, if any.
-    pub parent: Option<String>,
-    /// Child snapshots (and the head).
-    pub children: Vec<String>,
-    /// Marked removed (data still in the chain until purge).
-    pub removed: bool,
-    /// Created by a user (false for system snapshots such as rebuild points).
-    pub user_created: bool,
-    /// RFC 3339 creation time.
-    pub created: String,
-    /// Allocated bytes.
-    pub size: u64,
-    /// User labels.
-    pub labels: BTreeMap<String, String>,
-}
+/// The replica's types are the data protocol's own (`corral-wire`), used as they are: a replica's
+/// durable facts at `Hello`/`Info` (the start-up decision reads `generation`, `revision`,
+/// `was_dirty_at_open`, `rebuilding` and `size`), a snapshot as a replica lists it, an allocated
+/// extent, a snapshot request, and the stable error kinds (`Closed` for a lost connection, `Timeout`
+/// for a replica that did not answer in time).
+pub use corral_wire::{ErrorKind as LinkErrorKind, Extent, RecoveryFacts, SnapshotInfo, SnapshotRequest};
 
 /// Name under which replicas list their head.
 pub const HEAD_NAME: &str = "volume-head";
-
-/// An allocated byte range of a layer file.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Extent {
-    /// Start.
-    pub offset: u64,
-    /// Length.
-    pub len: u64,
-}
-
-impl Extent {
-    /// One past the last byte.
-    pub fn end(&self) -> u64 {
-        self.offset + self.len
-    }
-}
-
-/// Options of a snapshot.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct SnapshotOptions {
-    /// User snapshot (true) or system snapshot (false).
-    pub user_created: bool,
-    /// Labels.
-    pub labels: BTreeMap<String, String>,
-    /// RFC 3339 creation time; `None` = now on the replica. The engine passes one time to all replicas.
-    pub created: Option<String>,
-}
-
-/// Stable class of a replica-side failure (contract B's error kinds plus transport failures).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub enum LinkErrorKind {
-    /// Named thing absent.
-    NotFound,
-    /// Exists already.
-    AlreadyExists,
-    /// Beyond the end.
-    OutOfRange,
-    /// Bad argument.
-    InvalidArgument,
-    /// On-disk data failed a check.
-    Corrupt,
-    /// Held by another engine.
-    Busy,
-    /// Disk I/O failed.
-    Io,
-    /// Out of space.
-    NoSpace,
-    /// Malformed frame.
-    Protocol,
-    /// The connection is gone.
-    Disconnected,
-    /// No answer in time (set by the engine's timeout).
-    Timeout,
-}
 
 /// A failure reported by or about one replica.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -159,7 +67,7 @@ pub trait ReplicaLink: Send + Sync + 'static {
     /// Durably sets the rebuilding flag.
     fn set_rebuilding(&self, rebuilding: bool) -> BoxFuture<'_, LinkResult<()>>;
     /// Takes a snapshot of the head.
-    fn snapshot(&self, name: String, opts: SnapshotOptions) -> BoxFuture<'_, LinkResult<()>>;
+    fn snapshot(&self, request: SnapshotRequest) -> BoxFuture<'_, LinkResult<()>>;
     /// Lists snapshots and the head.
     fn list_snapshots(&self) -> BoxFuture<'_, LinkResult<Vec<SnapshotInfo>>>;
     /// Marks a snapshot removed.
@@ -184,8 +92,14 @@ pub trait ReplicaLink: Send + Sync + 'static {
     fn punch_layer(&self, name: String, off: u64, len: u64) -> BoxFuture<'_, LinkResult<()>>;
     /// Makes the chain under the head exactly `chain` (root first).
     fn finish_rebuild(&self, chain: Vec<SnapshotInfo>) -> BoxFuture<'_, LinkResult<()>>;
-    /// Closes the connections (best effort; further calls fail with `Disconnected`).
+    /// Closes the connections (best effort; further calls fail with `Closed`).
     fn close(&self);
+    /// True when the link itself fails a data request (read, write, unmap, write-zeroes, flush) that
+    /// gets no answer within the engine's replica timeout, with kind `Timeout`. The engine then arms no
+    /// timer of its own per request; otherwise it bounds every data call itself.
+    fn times_out_data_requests(&self) -> bool {
+        false
+    }
 }
 
 /// Opens links to replicas by address, performing the `Hello` handshake.

@@ -19,7 +19,7 @@ use sha2::{Digest, Sha256};
 
 use crate::link::{
     Connector, Extent, LinkError, LinkErrorKind, LinkResult, RecoveryFacts, ReplicaLink, SnapshotInfo,
-    SnapshotOptions, HEAD_NAME,
+    SnapshotRequest, HEAD_NAME,
 };
 
 const BS: u64 = 4096;
@@ -107,7 +107,9 @@ fn facts_of(s: &ReplicaState) -> RecoveryFacts {
         size: s.size,
         revision: s.revision,
         generation: s.generation,
+        // An in-memory replica has no open/close cycle: "dirty now" and "found dirty" are one flag.
         dirty: s.dirty,
+        was_dirty_at_open: s.dirty,
         rebuilding: s.rebuilding,
         head: "volume-head-000.img".into(),
         chain: s.chain.iter().rev().cloned().collect(),
@@ -219,7 +221,7 @@ impl MemoryLink {
                 futures::future::pending::<()>().await;
             }
             if self.closed.load(Ordering::SeqCst) || self.replica.down.load(Ordering::SeqCst) {
-                return Err(LinkError::new(LinkErrorKind::Disconnected, "replica is down"));
+                return Err(LinkError::new(LinkErrorKind::Closed, "replica is down"));
             }
             // Yield once so that fan-outs really interleave, as over a network.
             tokio::task::yield_now().await;
@@ -305,7 +307,8 @@ impl ReplicaLink for MemoryLink {
             Ok(())
         })
     }
-    fn snapshot(&self, name: String, opts: SnapshotOptions) -> BoxFuture<'_, LinkResult<()>> {
+    fn snapshot(&self, request: SnapshotRequest) -> BoxFuture<'_, LinkResult<()>> {
+        let SnapshotRequest { name, user_created, labels, created } = request;
         self.op(move |s| {
             if s.layers.contains_key(&name) {
                 return Err(LinkError::new(LinkErrorKind::AlreadyExists, name));
@@ -314,9 +317,9 @@ impl ReplicaLink for MemoryLink {
             let info = SnapshotInfo {
                 name: name.clone(),
                 parent: s.chain.last().cloned(),
-                user_created: opts.user_created,
-                labels: opts.labels,
-                created: opts.created.unwrap_or_default(),
+                user_created,
+                labels,
+                created: created.unwrap_or_default(),
                 size: blocks.len() as u64 * BS,
                 ..Default::default()
             };
@@ -488,11 +491,11 @@ impl MemoryCluster {
 impl Connector for MemoryCluster {
     fn connect(&self, address: String) -> BoxFuture<'_, LinkResult<(Arc<dyn ReplicaLink>, RecoveryFacts)>> {
         async move {
-            let replica = self.get(&address).ok_or_else(|| {
-                LinkError::new(LinkErrorKind::Disconnected, format!("nothing at {address}"))
-            })?;
+            let replica = self
+                .get(&address)
+                .ok_or_else(|| LinkError::new(LinkErrorKind::Closed, format!("nothing at {address}")))?;
             if replica.down.load(Ordering::SeqCst) {
-                return Err(LinkError::new(LinkErrorKind::Disconnected, format!("{address} is down")));
+                return Err(LinkError::new(LinkErrorKind::Closed, format!("{address} is down")));
             }
             let facts = replica.facts();
             let link: Arc<dyn ReplicaLink> = Arc::new(MemoryLink { replica, closed: AtomicBool::new(false) });

@@ -3,13 +3,14 @@
 //! stream (snapshot, revert, expand) also take the I/O gate exclusively, which drains in-flight writes.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
 use crate::engine::{Engine, BLOCK};
 use crate::error::{EngineError, ErrorKind, Result};
-use crate::link::{LinkError, LinkErrorKind, SnapshotInfo, SnapshotOptions, HEAD_NAME};
+use crate::link::{LinkError, LinkErrorKind, SnapshotInfo, SnapshotRequest, HEAD_NAME};
 use crate::replica_set::{Mode, ReplicaSlot, ReplicaStatus};
 
 /// Overall health of the volume.
@@ -46,6 +47,18 @@ pub struct EngineInfo {
     pub replicas: usize,
     /// RW replicas.
     pub healthy_replicas: usize,
+    /// Client reads completed since the engine started.
+    #[serde(default)]
+    pub read_ops: u64,
+    /// Client writes completed since the engine started.
+    #[serde(default)]
+    pub write_ops: u64,
+    /// Bytes of those reads.
+    #[serde(default)]
+    pub read_bytes: u64,
+    /// Bytes of those writes.
+    #[serde(default)]
+    pub write_bytes: u64,
 }
 
 /// Checks a volume or snapshot name: `^[a-z0-9][a-z0-9._-]{0,62}$`.
@@ -105,6 +118,10 @@ impl Engine {
             generation: self.generation(),
             replicas: slots.len(),
             healthy_replicas: healthy,
+            read_ops: self.shared.io.read_ops.load(Ordering::Relaxed),
+            write_ops: self.shared.io.write_ops.load(Ordering::Relaxed),
+            read_bytes: self.shared.io.read_bytes.load(Ordering::Relaxed),
+            write_bytes: self.shared.io.write_bytes.load(Ordering::Relaxed),
         }
     }
 
@@ -127,7 +144,7 @@ impl Engine {
             return Err(EngineError::conflict(OP, format!("{address} is the last healthy replica")));
         }
         // Counted as a drop, so the next acknowledged write first bumps the generation past it.
-        self.fail_replica(slot, OP, &LinkError::new(LinkErrorKind::Disconnected, "removed by request"));
+        self.fail_replica(slot, OP, &LinkError::new(LinkErrorKind::Closed, "removed by request"));
         let remaining: Vec<Arc<ReplicaSlot>> =
             slots.iter().filter(|s| s.address != address).cloned().collect();
         *self.shared.slots.write() = Arc::new(remaining);
@@ -204,12 +221,11 @@ impl Engine {
         labels: BTreeMap<String, String>,
     ) -> Result<()> {
         let _gate = self.shared.gate.write().await;
-        let opts = SnapshotOptions { user_created, labels, created: Some(now_rfc3339()) };
+        let request =
+            SnapshotRequest { name: name.to_string(), user_created, labels, created: Some(now_rfc3339()) };
         let slots = self.slots();
-        self.fan_out_within(op, &slots, self.shared.config.control_timeout, |l| {
-            l.snapshot(name.to_string(), opts.clone())
-        })
-        .await
+        self.fan_out_within(op, &slots, self.shared.config.control_timeout, |l| l.snapshot(request.clone()))
+            .await
     }
 
     /// Marks a snapshot removed on every replica (its data stays until purge).

@@ -283,9 +283,14 @@ impl Engine {
             let name = uuid::Uuid::new_v4().to_string();
             let _gate = self.shared.gate.write().await;
             let slots = self.slots();
-            let opts = crate::link::SnapshotOptions { user_created: false, labels: BTreeMap::new(), created: Some(crate::operations::now_rfc3339()) };
-            self.fan_out_within(OP, &slots, limit, |l| l.snapshot(name.clone(), opts.clone())).await?;
-            timed(limit, link.snapshot(name.clone(), opts.clone())).await.map_err(fail)?;
+            let request = crate::link::SnapshotRequest {
+                name: name.clone(),
+                user_created: false,
+                labels: BTreeMap::new(),
+                created: Some(crate::operations::now_rfc3339()),
+            };
+            self.fan_out_within(OP, &slots, limit, |l| l.snapshot(request.clone())).await?;
+            timed(limit, link.snapshot(request.clone())).await.map_err(fail)?;
             let slot = ReplicaSlot::new(address.to_string(), Some(link.clone()), Mode::WriteOnly);
             let mut list: Vec<Arc<ReplicaSlot>> = slots.iter().filter(|s| s.address != address).cloned().collect();
             list.push(slot.clone());
@@ -460,7 +465,7 @@ impl Engine {
         if slot.mode() != Mode::WriteOnly {
             return Err(CopyFailure {
                 side: Side::Target,
-                error: LinkError::new(LinkErrorKind::Disconnected, "target left the volume"),
+                error: LinkError::new(LinkErrorKind::Closed, "target left the volume"),
             });
         }
         let limit = self.shared.config.control_timeout;

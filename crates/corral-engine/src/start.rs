@@ -48,8 +48,9 @@ pub fn decide(facts: &[Option<RecoveryFacts>]) -> Vec<Verdict> {
         .collect();
     let open =
         |v: &[Option<Verdict>]| -> Vec<usize> { (0..facts.len()).filter(|&i| v[i].is_none()).collect() };
-    let get =
-        |i: usize| facts[i].as_ref().map(|f| (f.generation, f.revision, f.dirty, f.size)).unwrap_or_default();
+    let get = |i: usize| {
+        facts[i].as_ref().map(|f| (f.generation, f.revision, f.was_dirty_at_open, f.size)).unwrap_or_default()
+    };
 
     let candidates = open(&verdicts);
     if let Some(max_gen) = candidates.iter().map(|&i| get(i).0).max() {

@@ -52,6 +52,22 @@ async fn wait_all_rw(engine: &Engine) {
 }
 
 #[tokio::test]
+async fn info_counts_completed_client_reads_and_writes() {
+    let (_c, _replicas, engine) = cluster_engine(2).await;
+    engine.write(0, Bytes::from(vec![1u8; 4096]), false).await.unwrap();
+    engine.write(8192, Bytes::from(vec![2u8; 100]), true).await.unwrap();
+    engine.read(0, 512).await.unwrap();
+    // Refused requests are not counted.
+    assert!(engine.read(SIZE, 1).await.is_err());
+    let info = engine.info();
+    assert_eq!((info.write_ops, info.write_bytes), (2, 4196));
+    assert_eq!((info.read_ops, info.read_bytes), (1, 512));
+    let json = serde_json::to_value(&info).unwrap();
+    assert_eq!(json["writeBytes"], 4196, "{json}");
+    assert_eq!(json["readOps"], 1, "{json}");
+}
+
+#[tokio::test]
 async fn writes_reach_every_replica_and_reads_rotate() {
     let (_c, replicas, engine) = cluster_engine(3).await;
     let data = pattern(1, 10_000);
@@ -114,7 +130,7 @@ async fn reads_fail_over_to_another_replica() {
 }
 
 fn facts(generation: u64, revision: u64, dirty: bool) -> Option<RecoveryFacts> {
-    Some(RecoveryFacts { size: SIZE, generation, revision, dirty, ..Default::default() })
+    Some(RecoveryFacts { size: SIZE, generation, revision, was_dirty_at_open: dirty, ..Default::default() })
 }
 
 #[test]

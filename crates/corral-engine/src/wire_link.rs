@@ -10,66 +10,11 @@ use futures::future::BoxFuture;
 use futures::FutureExt;
 
 use crate::link::{
-    Connector, Extent, LinkError, LinkErrorKind, LinkResult, RecoveryFacts, ReplicaLink, SnapshotInfo,
-    SnapshotOptions,
+    Connector, Extent, LinkError, LinkResult, RecoveryFacts, ReplicaLink, SnapshotInfo, SnapshotRequest,
 };
 
 fn link_error(e: WireError) -> LinkError {
-    use corral_wire::ErrorKind as W;
-    let kind = match e.kind() {
-        W::NotFound => LinkErrorKind::NotFound,
-        W::AlreadyExists => LinkErrorKind::AlreadyExists,
-        W::OutOfRange => LinkErrorKind::OutOfRange,
-        W::InvalidArgument => LinkErrorKind::InvalidArgument,
-        W::Corrupt => LinkErrorKind::Corrupt,
-        W::Busy => LinkErrorKind::Busy,
-        W::Io => LinkErrorKind::Io,
-        W::NoSpace => LinkErrorKind::NoSpace,
-        W::Protocol => LinkErrorKind::Protocol,
-        W::Timeout => LinkErrorKind::Timeout,
-        W::Closed => LinkErrorKind::Disconnected,
-    };
-    LinkError::new(kind, e.to_string())
-}
-
-fn facts(f: corral_wire::RecoveryFacts) -> RecoveryFacts {
-    RecoveryFacts {
-        size: f.size,
-        revision: f.revision,
-        generation: f.generation,
-        // A served replica is always dirty while open; what tells of an unclean stop is the flag as it
-        // was found at open.
-        dirty: f.was_dirty_at_open,
-        rebuilding: f.rebuilding,
-        head: f.head,
-        chain: f.chain,
-    }
-}
-
-fn info_from(s: corral_wire::SnapshotInfo) -> SnapshotInfo {
-    SnapshotInfo {
-        name: s.name,
-        parent: s.parent,
-        children: s.children,
-        removed: s.removed,
-        user_created: s.user_created,
-        created: s.created,
-        size: s.size,
-        labels: s.labels,
-    }
-}
-
-fn info_to(s: SnapshotInfo) -> corral_wire::SnapshotInfo {
-    corral_wire::SnapshotInfo {
-        name: s.name,
-        parent: s.parent,
-        children: s.children,
-        removed: s.removed,
-        user_created: s.user_created,
-        created: s.created,
-        size: s.size,
-        labels: s.labels,
-    }
+    LinkError::new(e.kind(), e.to_string())
 }
 
 /// A link to a replica process.
@@ -97,7 +42,7 @@ impl ReplicaLink for WireLink {
         self.client.ping().map(|r| r.map_err(link_error)).boxed()
     }
     fn info(&self) -> BoxFuture<'_, LinkResult<RecoveryFacts>> {
-        self.client.info().map(|r| r.map(facts).map_err(link_error)).boxed()
+        self.client.info().map(|r| r.map_err(link_error)).boxed()
     }
     fn set_generation(&self, generation: u64) -> BoxFuture<'_, LinkResult<()>> {
         self.client.set_generation(generation).map(|r| r.map_err(link_error)).boxed()
@@ -108,20 +53,11 @@ impl ReplicaLink for WireLink {
     fn set_rebuilding(&self, rebuilding: bool) -> BoxFuture<'_, LinkResult<()>> {
         self.client.set_rebuilding(rebuilding).map(|r| r.map_err(link_error)).boxed()
     }
-    fn snapshot(&self, name: String, opts: SnapshotOptions) -> BoxFuture<'_, LinkResult<()>> {
-        let request = corral_wire::SnapshotRequest {
-            name,
-            user_created: opts.user_created,
-            labels: opts.labels,
-            created: opts.created,
-        };
-        async move { self.client.snapshot(request).await.map_err(link_error) }.boxed()
+    fn snapshot(&self, request: SnapshotRequest) -> BoxFuture<'_, LinkResult<()>> {
+        self.client.snapshot(request).map(|r| r.map_err(link_error)).boxed()
     }
     fn list_snapshots(&self) -> BoxFuture<'_, LinkResult<Vec<SnapshotInfo>>> {
-        self.client
-            .list_snapshots()
-            .map(|r| r.map(|v| v.into_iter().map(info_from).collect()).map_err(link_error))
-            .boxed()
+        self.client.list_snapshots().map(|r| r.map_err(link_error)).boxed()
     }
     fn mark_removed(&self, name: String) -> BoxFuture<'_, LinkResult<()>> {
         async move { self.client.mark_removed(&name).await.map_err(link_error) }.boxed()
@@ -136,11 +72,7 @@ impl ReplicaLink for WireLink {
         self.client.expand(size).map(|r| r.map_err(link_error)).boxed()
     }
     fn layer_extents(&self, name: String) -> BoxFuture<'_, LinkResult<Vec<Extent>>> {
-        async move {
-            let list = self.client.layer_extents(&name).await.map_err(link_error)?;
-            Ok(list.into_iter().map(|e| Extent { offset: e.offset, len: e.len }).collect())
-        }
-        .boxed()
+        async move { self.client.layer_extents(&name).await.map_err(link_error) }.boxed()
     }
     fn read_layer(&self, name: String, off: u64, len: usize) -> BoxFuture<'_, LinkResult<Bytes>> {
         async move { self.client.read_layer(&name, off, len as u64).await.map_err(link_error) }.boxed()
@@ -149,7 +81,7 @@ impl ReplicaLink for WireLink {
         async move { self.client.layer_checksum(&name, off, len).await.map_err(link_error) }.boxed()
     }
     fn begin_layer(&self, info: SnapshotInfo) -> BoxFuture<'_, LinkResult<()>> {
-        async move { self.client.begin_layer(&info_to(info)).await.map_err(link_error) }.boxed()
+        async move { self.client.begin_layer(&info).await.map_err(link_error) }.boxed()
     }
     fn write_layer(&self, name: String, off: u64, data: Bytes) -> BoxFuture<'_, LinkResult<()>> {
         async move { self.client.write_layer(&name, off, data).await.map_err(link_error) }.boxed()
@@ -158,14 +90,14 @@ impl ReplicaLink for WireLink {
         async move { self.client.punch_layer(&name, off, len).await.map_err(link_error) }.boxed()
     }
     fn finish_rebuild(&self, chain: Vec<SnapshotInfo>) -> BoxFuture<'_, LinkResult<()>> {
-        async move {
-            let chain: Vec<corral_wire::SnapshotInfo> = chain.into_iter().map(info_to).collect();
-            self.client.finish_rebuild(&chain).await.map_err(link_error)
-        }
-        .boxed()
+        async move { self.client.finish_rebuild(&chain).await.map_err(link_error) }.boxed()
     }
     fn close(&self) {
         self.client.close();
+    }
+    fn times_out_data_requests(&self) -> bool {
+        // The connector gives every client the engine's replica timeout (see `WireConnector`).
+        true
     }
 }
 
@@ -198,9 +130,9 @@ impl Connector for WireConnector {
                 ..ClientOptions::default()
             };
             let client = ReplicaClient::connect_with(&address, options).await.map_err(link_error)?;
-            let f = client.hello(&self.engine_id, true).await.map_err(link_error)?;
+            let facts = client.hello(&self.engine_id, true).await.map_err(link_error)?;
             let link: Arc<dyn ReplicaLink> = Arc::new(WireLink { client });
-            Ok((link, facts(f)))
+            Ok((link, facts))
         }
         .boxed()
     }

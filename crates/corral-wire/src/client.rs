@@ -5,6 +5,10 @@
 //! the encoded frame for the writer, and awaits the slot; the reader matches answers to slots by id, in
 //! whatever order the replica sends them. Calls are spread over the connections round-robin.
 //!
+//! Timeouts cost no timer per request: a timed request records when it was sent, and one watchdog task
+//! per client looks for the oldest unanswered one a few times per timeout period (so a request fails
+//! between 1× and about 1.25× the timeout after it was sent, never earlier).
+//!
 //! Failure is all-or-nothing: when any connection fails (reset, EOF, protocol violation, or a data
 //! request that times out), the whole client is closed and every pending and future call fails at once
 //! with [`ErrorKind::Closed`](crate::ErrorKind::Closed) (or `Timeout` for the one that timed out). The
@@ -13,7 +17,7 @@
 use std::hash::{BuildHasher, Hasher};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::{Buf, Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
@@ -26,7 +30,7 @@ use crate::messages::{
     decode_extents, decode_json, Extent, Hello, RecoveryFacts, SnapshotInfo, SnapshotRequest,
 };
 use crate::outbound::Outbound;
-use crate::pending::{Answer, Pending};
+use crate::pending::{Answer, Failure, Pending};
 
 /// How a [`ReplicaClient`] connects and when it gives up.
 #[derive(Debug, Clone)]
@@ -170,6 +174,9 @@ impl ReplicaClient {
                 }
             }
         }
+        if let Some(after) = shared.options.request_timeout {
+            tokio::spawn(watch_deadlines(shared.clone(), after));
+        }
         let close_on_drop = Arc::new(CloseOnDrop(shared.clone()));
         Ok(ReplicaClient { shared, _close_on_drop: close_on_drop })
     }
@@ -206,7 +213,10 @@ impl ReplicaClient {
         let connection = &shared.connections[index];
         let (mut header, payload) = request.encode(0)?;
         drop(request);
-        let request_id = connection.pending.insert(op as u8).map_err(|reason| shared.closed_error(reason))?;
+        let timed = shared.options.request_timeout.filter(|_| op.is_data());
+        let sent = timed.map(|_| Instant::now());
+        let request_id =
+            connection.pending.insert(op as u8, sent).map_err(|reason| shared.closed_error(reason))?;
         header.request_id = request_id;
         // The waiter exists before the frame is queued, so a dropped call always cleans up its slot.
         let waiter = connection.pending.wait(request_id);
@@ -215,23 +225,18 @@ impl ReplicaClient {
             let reason = shared.close_reason.lock().clone().unwrap_or_else(|| "closed".into());
             return Err(shared.closed_error(reason));
         }
-        let answer = match shared.options.request_timeout.filter(|_| op.is_data()) {
-            Some(after) => match tokio::time::timeout(after, waiter).await {
-                Ok(answer) => answer,
-                Err(_) => {
-                    let err = WireError::Timeout {
-                        op: op.name(),
-                        request_id,
-                        addr: shared.address.to_string(),
-                        after,
-                    };
-                    shared.fail(&err.to_string());
-                    return Err(err);
-                }
-            },
-            None => waiter.await,
-        }
-        .map_err(|reason| shared.closed_error(reason))?;
+        let answer = match waiter.await {
+            Ok(answer) => answer,
+            Err(Failure::Closed(reason)) => return Err(shared.closed_error(reason)),
+            Err(Failure::TimedOut) => {
+                return Err(WireError::Timeout {
+                    op: op.name(),
+                    request_id,
+                    addr: shared.address.to_string(),
+                    after: timed.unwrap_or_default(),
+                })
+            }
+        };
         if answer.header.status != 0 {
             return Err(WireError::Remote {
                 op: op.name(),
@@ -422,6 +427,30 @@ async fn connect_socket(address: &Address) -> Result<Socket> {
             Ok(Socket::Tcp(stream))
         }
         Address::Unix(path) => Ok(Socket::Unix(tokio::net::UnixStream::connect(path).await.map_err(io_err)?)),
+    }
+}
+
+/// The client's watchdog: fails the client when a timed request has waited `after` (see the module doc).
+async fn watch_deadlines(shared: Arc<Shared>, after: Duration) {
+    let period = (after / 8).clamp(Duration::from_millis(1), Duration::from_secs(1));
+    let mut ticks = tokio::time::interval(period);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = ticks.tick() => {}
+            () = shared.closed.cancelled() => return,
+        }
+        let now = Instant::now();
+        let late = shared.connections.iter().find_map(|connection| connection.pending.overdue(now, after));
+        if let Some((request_id, op_code, waker)) = late {
+            let op = crate::frame::Op::from_code(op_code).map_or("request", crate::frame::Op::name);
+            let err = WireError::Timeout { op, request_id, addr: shared.address.to_string(), after };
+            shared.fail(&err.to_string());
+            if let Some(waker) = waker {
+                waker.wake();
+            }
+            return;
+        }
     }
 }
 

@@ -4,14 +4,17 @@
 //!   frame, so answers may come back in any order.
 //! - [`ReplicaClient`]: the engine's async client. Several connections per replica (default 2), one
 //!   reader and one writer task per connection, a slab of pending requests, no task spawned and no
-//!   allocation beyond the payload per request; a data-request timeout that closes the client.
+//!   allocation beyond the payload per request; a data-request timeout that closes the client, enforced
+//!   by one watchdog scan per client instead of a timer per request.
 //! - [`serve`] / [`serve_with`]: the replica's server loop over a [`ReplicaService`], for TCP and unix
 //!   sockets; session rules (`Hello`, one engine at a time, take-over) are enforced here.
 //! - [`messages`]: the control bodies (JSON) and Corral's wire copies of the replica's types.
 //!
-//! Threading model: the client and the server's connection handling are tokio tasks; the server runs
-//! the synchronous [`ReplicaService`] calls on its own pool of worker threads, never on the reactor.
-//! Every type here is `Send + Sync`.
+//! Threading model: the client and the server's connection handling are tokio tasks. The server serves
+//! small reads and writes inline on the connection's task (a blocking `pread`/`pwrite` of at most
+//! [`ServeOptions::inline_max`] bytes, answers batched into one vectored write) and runs everything that
+//! may block for long (flush, trim, FUA, large data, control operations) on its own pool of worker
+//! threads. Every type here is `Send + Sync`.
 //!
 //! ```no_run
 //! # async fn example<S: corral_wire::ReplicaService>(service: std::sync::Arc<S>) -> corral_wire::Result<()> {
@@ -34,6 +37,7 @@ pub mod messages;
 mod outbound;
 mod pending;
 pub mod server;
+mod worker_pool;
 
 pub use address::{Address, Listener};
 /// Re-exported so users of the client need no direct `bytes` dependency.

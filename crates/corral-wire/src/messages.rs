@@ -67,6 +67,13 @@ pub struct Extent {
     pub len: u64,
 }
 
+impl Extent {
+    /// One past the last byte (saturating).
+    pub fn end(&self) -> u64 {
+        self.offset.saturating_add(self.len)
+    }
+}
+
 /// The body of `Hello`, the first request on every connection.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]

@@ -4,10 +4,14 @@
 //! a late or forged response for an old request can never complete a newer one. A caller that stops
 //! waiting (timeout, dropped future) leaves its slot *abandoned*; the reader frees it when the answer
 //! comes, or [`Pending::fail_all`] frees it when the connection dies.
+//!
+//! Timeouts: a timed request records when it was sent; the client's watchdog asks [`Pending::overdue`]
+//! a few times per timeout period for the oldest one (one scan instead of a timer per request).
 
 use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll, Waker};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use parking_lot::Mutex;
@@ -21,10 +25,19 @@ pub(crate) struct Answer {
     pub(crate) payload: Bytes,
 }
 
+/// Why a request got no answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Failure {
+    /// The connection closed (the reason of the first failure).
+    Closed(String),
+    /// This request was the one found overdue by the watchdog.
+    TimedOut,
+}
+
 enum SlotState {
     Free,
-    Waiting { op_code: u8, waker: Option<Waker> },
-    Done(Result<Answer, String>),
+    Waiting { op_code: u8, waker: Option<Waker>, sent: Option<Instant> },
+    Done(Result<Answer, Failure>),
     Abandoned,
 }
 
@@ -69,8 +82,8 @@ pub(crate) struct Pending {
 
 impl Pending {
     /// Reserves a slot for a request of type `op_code`; returns its request id, or the reason the
-    /// connection is closed.
-    pub(crate) fn insert(&self, op_code: u8) -> Result<u64, String> {
+    /// connection is closed. `sent` is set for requests the watchdog must time.
+    pub(crate) fn insert(&self, op_code: u8, sent: Option<Instant>) -> Result<u64, String> {
         let mut table = self.table.lock();
         if let Some(reason) = &table.closed {
             return Err(reason.clone());
@@ -85,7 +98,7 @@ impl Pending {
             }
         };
         let slot = &mut table.slots[index as usize];
-        slot.state = SlotState::Waiting { op_code, waker: None };
+        slot.state = SlotState::Waiting { op_code, waker: None, sent };
         Ok(u64::from(slot.generation) << 32 | u64::from(index))
     }
 
@@ -99,7 +112,7 @@ impl Pending {
             _ => return Err(MatchError::UnknownRequest(request_id)),
         };
         match &mut slot.state {
-            SlotState::Waiting { op_code, waker } => {
+            SlotState::Waiting { op_code, waker, .. } => {
                 let expected = *op_code | crate::frame::RESPONSE_BIT;
                 if answer.header.msg_type != expected {
                     return Err(MatchError::WrongType { request_id, expected, got: answer.header.msg_type });
@@ -131,7 +144,7 @@ impl Pending {
             match &mut table.slots[index].state {
                 SlotState::Waiting { waker, .. } => {
                     wakers.extend(waker.take());
-                    table.slots[index].state = SlotState::Done(Err(reason.to_string()));
+                    table.slots[index].state = SlotState::Done(Err(Failure::Closed(reason.to_string())));
                 }
                 SlotState::Abandoned => table.release(index as u32),
                 SlotState::Free | SlotState::Done(_) => {}
@@ -141,6 +154,33 @@ impl Pending {
         for waker in wakers {
             waker.wake();
         }
+    }
+
+    /// The oldest timed request sent at least `after` before `now`: its slot is completed with
+    /// [`Failure::TimedOut`] and its id, op code and waker are returned. The caller wakes the waiter
+    /// once it has closed the client, so the caller of the request sees the client closed.
+    pub(crate) fn overdue(&self, now: Instant, after: Duration) -> Option<(u64, u8, Option<Waker>)> {
+        let mut table = self.table.lock();
+        let mut oldest: Option<(usize, Instant)> = None;
+        for (index, slot) in table.slots.iter().enumerate() {
+            if let SlotState::Waiting { sent: Some(sent), .. } = slot.state {
+                if oldest.is_none_or(|(_, at)| sent < at) {
+                    oldest = Some((index, sent));
+                }
+            }
+        }
+        let (index, sent) = oldest?;
+        if now.saturating_duration_since(sent) < after {
+            return None;
+        }
+        let slot = &mut table.slots[index];
+        let request_id = u64::from(slot.generation) << 32 | index as u64;
+        let SlotState::Waiting { op_code, waker, .. } =
+            std::mem::replace(&mut slot.state, SlotState::Done(Err(Failure::TimedOut)))
+        else {
+            return None;
+        };
+        Some((request_id, op_code, waker))
     }
 
     /// Number of requests waiting for an answer (for tests and metrics).
@@ -164,7 +204,7 @@ pub(crate) struct AnswerFuture<'a> {
 }
 
 impl Future for AnswerFuture<'_> {
-    type Output = Result<Answer, String>;
+    type Output = Result<Answer, Failure>;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let (index, generation) = split_id(self.request_id);
@@ -173,7 +213,7 @@ impl Future for AnswerFuture<'_> {
         else {
             drop(table);
             self.finished = true;
-            return Poll::Ready(Err("request slot lost".to_string()));
+            return Poll::Ready(Err(Failure::Closed("request slot lost".to_string())));
         };
         match &mut slot.state {
             SlotState::Waiting { waker, .. } => {
@@ -190,13 +230,13 @@ impl Future for AnswerFuture<'_> {
                 self.finished = true;
                 match state {
                     SlotState::Done(result) => Poll::Ready(result),
-                    _ => Poll::Ready(Err("request slot in an impossible state".to_string())),
+                    _ => Poll::Ready(Err(Failure::Closed("request slot in an impossible state".to_string()))),
                 }
             }
             SlotState::Free | SlotState::Abandoned => {
                 drop(table);
                 self.finished = true;
-                Poll::Ready(Err("request slot lost".to_string()))
+                Poll::Ready(Err(Failure::Closed("request slot lost".to_string())))
             }
         }
     }
@@ -233,14 +273,14 @@ mod tests {
     #[tokio::test]
     async fn answers_reach_their_waiters_and_slots_are_reused_with_a_new_generation() {
         let pending = Pending::default();
-        let first = pending.insert(Op::Read as u8).unwrap();
-        let second = pending.insert(Op::Write as u8).unwrap();
+        let first = pending.insert(Op::Read as u8, None).unwrap();
+        let second = pending.insert(Op::Write as u8, None).unwrap();
         assert_ne!(first, second);
         pending.complete(answer_for(second, Op::Write)).unwrap();
         pending.complete(answer_for(first, Op::Read)).unwrap();
         assert_eq!(pending.wait(first).await.unwrap().header.request_id, first);
         assert_eq!(pending.wait(second).await.unwrap().header.request_id, second);
-        let reused = pending.insert(Op::Read as u8).unwrap();
+        let reused = pending.insert(Op::Read as u8, None).unwrap();
         assert_eq!(reused & 0xffff_ffff, second & 0xffff_ffff, "slot reused");
         assert_ne!(reused, second, "generation changed");
         // An answer carrying the old id of the reused slot is refused.
@@ -250,28 +290,48 @@ mod tests {
     #[tokio::test]
     async fn wrong_response_type_is_refused() {
         let pending = Pending::default();
-        let id = pending.insert(Op::Read as u8).unwrap();
+        let id = pending.insert(Op::Read as u8, None).unwrap();
         assert!(matches!(pending.complete(answer_for(id, Op::Write)), Err(MatchError::WrongType { .. })));
     }
 
     #[tokio::test]
     async fn abandoned_slots_are_freed_by_the_late_answer() {
         let pending = Pending::default();
-        let id = pending.insert(Op::Flush as u8).unwrap();
+        let id = pending.insert(Op::Flush as u8, None).unwrap();
         drop(pending.wait(id));
         assert_eq!(pending.in_flight(), 0);
         pending.complete(answer_for(id, Op::Flush)).unwrap();
-        let next = pending.insert(Op::Flush as u8).unwrap();
+        let next = pending.insert(Op::Flush as u8, None).unwrap();
         assert_eq!(next & 0xffff_ffff, id & 0xffff_ffff);
+    }
+
+    #[tokio::test]
+    async fn only_the_oldest_timed_request_past_its_deadline_is_overdue() {
+        let pending = Pending::default();
+        let start = Instant::now();
+        let untimed = pending.insert(Op::Purge as u8, None).unwrap();
+        let old = pending.insert(Op::Write as u8, Some(start)).unwrap();
+        let young = pending.insert(Op::Read as u8, Some(start + Duration::from_millis(500))).unwrap();
+        let after = Duration::from_secs(1);
+        assert!(pending.overdue(start + Duration::from_millis(999), after).is_none());
+        let (id, op, _) = pending.overdue(start + after, after).unwrap();
+        assert_eq!((id, op), (old, Op::Write as u8));
+        assert_eq!(pending.wait(old).await.unwrap_err(), Failure::TimedOut);
+        // The younger one is not overdue yet; the untimed one never is.
+        assert!(pending.overdue(start + Duration::from_millis(1499), after).is_none());
+        let (id, op, _) = pending.overdue(start + Duration::from_secs(3600), after).unwrap();
+        assert_eq!((id, op), (young, Op::Read as u8));
+        assert!(pending.overdue(start + Duration::from_secs(3600), after).is_none());
+        assert_eq!(pending.in_flight(), 1, "the untimed request {untimed} is still waiting");
     }
 
     #[tokio::test]
     async fn fail_all_fails_waiters_and_refuses_new_requests() {
         let pending = Pending::default();
-        let id = pending.insert(Op::Read as u8).unwrap();
+        let id = pending.insert(Op::Read as u8, None).unwrap();
         let waiter = pending.wait(id);
         pending.fail_all("connection reset");
-        assert_eq!(waiter.await.unwrap_err(), "connection reset");
-        assert_eq!(pending.insert(Op::Read as u8).unwrap_err(), "connection reset");
+        assert_eq!(waiter.await.unwrap_err(), Failure::Closed("connection reset".into()));
+        assert_eq!(pending.insert(Op::Read as u8, None).unwrap_err(), "connection reset");
     }
 }

@@ -1,27 +1,35 @@
 //! The replica's side: [`serve`] accepts connections and runs requests on a [`ReplicaService`].
 //!
-//! Threading: each connection is one tokio task that reads frames and one writer (joined in the same
-//! task). Decoded requests go to a fixed pool of worker threads (the service is synchronous and does
-//! blocking file I/O, which must never run on the reactor); data requests of one connection are therefore
-//! processed concurrently and answered out of order, each answer carrying its request id. A connection
-//! has at most [`ServeOptions::max_in_flight`] requests queued or running; beyond that its reader waits
-//! (back-pressure through TCP instead of unbounded memory).
+//! Threading: each connection is one tokio task that reads frames and writes answers (reader and writer
+//! joined in the same task). Small reads and writes (up to [`ServeOptions::inline_max`] bytes, no FUA)
+//! and pings are served **inline** on that task: a blocking `pread`/`pwrite` into the page cache takes
+//! microseconds, far less than handing the request to another thread and the answer back. Every whole
+//! frame already received is served this way, then all their answers leave in one vectored write, so
+//! under load many answers share one system call and at queue depth 1 nothing waits for a batch.
+//! Everything that may block for long (flush, unmap, write-zeroes, FUA writes, large data, every control
+//! operation) goes to a fixed pool of worker threads ([`crate::worker_pool`]), never blocking the
+//! reactor; those run concurrently and are answered out of order, each answer carrying its request id.
+//! The protocol never promised an order between requests in flight (the engine only sends a flush after
+//! the writes it covers were answered), so serving some requests inline changes no guarantee. A
+//! connection has at most [`ServeOptions::max_in_flight`] requests queued or running on the pool; beyond
+//! that its reader waits (back-pressure through TCP instead of unbounded memory).
 //!
 //! Session rules (see [`crate::Hello`]): the first request on a connection must be `Hello` (only `Ping` and
 //! `Info` are allowed before it). A replica serves one engine: a `Hello` from another engine (or another
 //! instance of the same engine id) is refused with `Busy` while the holder has connections, unless it
 //! asks `take_over`, in which case the holder's connections are closed and their requests already
-//! running finish before the new engine is answered. The claim ends when the holder's last connection
-//! closes.
+//! running finish before the new engine is answered (an inline request always completes before its
+//! connection notices the close, since it never yields). The claim ends when the holder's last
+//! connection closes.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
-use parking_lot::{Condvar, Mutex};
+use parking_lot::Mutex;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
@@ -29,10 +37,9 @@ use tokio_util::sync::CancellationToken;
 use crate::address::Listener;
 use crate::error::{ErrorKind, Result, WireError};
 use crate::frame::{response_header, Header, HeaderError, Op, Request, HEADER_LEN};
-use crate::messages::{
-    encode_extents, encode_json, Extent, Hello, RecoveryFacts, SnapshotInfo, SnapshotRequest,
-};
+use crate::messages::{Extent, Hello, RecoveryFacts, SnapshotInfo, SnapshotRequest};
 use crate::outbound::Outbound;
+use crate::worker_pool::{Job, JobQueue, WorkerPool};
 
 /// What a replica offers over the wire. Methods are synchronous and may block (file I/O, fsync); the
 /// server calls them from worker threads, several at a time. Errors should be
@@ -84,6 +91,13 @@ pub trait ReplicaService: Send + Sync + 'static {
     fn finish_rebuild(&self, chain: &[SnapshotInfo]) -> Result<()>;
 }
 
+/// Default of [`ServeOptions::inline_max`]: a 128 KiB `pwrite` into the page cache takes some tens of
+/// microseconds, still less than two thread hand-offs under load; bigger requests go to the pool so
+/// that one connection can keep several of them running at once.
+pub const DEFAULT_INLINE_MAX: usize = 128 << 10;
+/// Inline answers are sent once this many bytes of them are waiting, even if more frames are buffered.
+const INLINE_BATCH: usize = 256 << 10;
+
 /// Tuning of [`serve_with`].
 #[derive(Debug, Clone)]
 pub struct ServeOptions {
@@ -93,6 +107,9 @@ pub struct ServeOptions {
     pub max_in_flight: usize,
     /// How long a take-over waits for the old holder's running requests (default 30 s).
     pub take_over_drain: Duration,
+    /// Reads and writes of at most this many bytes (and without FUA) are served inline on the
+    /// connection's task instead of the worker pool (default 128 KiB; 0 sends everything to the pool).
+    pub inline_max: usize,
 }
 
 impl Default for ServeOptions {
@@ -102,6 +119,7 @@ impl Default for ServeOptions {
             workers: (2 * cpus).max(4),
             max_in_flight: 256,
             take_over_drain: Duration::from_secs(30),
+            inline_max: DEFAULT_INLINE_MAX,
         }
     }
 }
@@ -124,8 +142,8 @@ where
     F: Future<Output = ()>,
 {
     let pool = WorkerPool::start(service.clone(), options.workers.max(1))?;
-    drop(service);
     let server = Arc::new(Server {
+        service,
         jobs: pool.queue.clone(),
         options,
         claims: Mutex::new(Claims::default()),
@@ -159,6 +177,7 @@ where
     };
     server.stop.cancel();
     while tasks.join_next().await.is_some() {}
+    // The last reference to the service outside the pool.
     drop(server);
     // Requests already queued run to completion before the workers stop.
     let _ = tokio::task::spawn_blocking(move || pool.stop()).await;
@@ -197,34 +216,74 @@ struct Holder {
 }
 
 /// Per-connection state shared with the workers.
-struct ConnectionState {
+pub(crate) struct ConnectionState {
     id: u64,
-    out: Outbound,
-    /// Free slots for requests; a worker returns one after answering.
-    slots: Semaphore,
+    pub(crate) out: Outbound,
+    /// Free slots for pool requests; a worker returns one after answering.
+    pub(crate) slots: Semaphore,
     max_in_flight: usize,
     /// Closed by a take-over or by the server stopping.
     stop: CancellationToken,
     greeted: AtomicBool,
+    /// Set by a take-over before `stop`: no inline request may start once it is set.
+    revoked: AtomicBool,
+    /// True while the connection's task runs an inline request. With `revoked` this is a Dekker pair
+    /// (both SeqCst): a take-over either sees the request running and waits for it, or the connection
+    /// sees the revocation and does not start it; an old engine's write never lands after the new
+    /// engine was answered.
+    inline_busy: AtomicBool,
 }
 
 impl ConnectionState {
+    /// No request of this connection is running (on the pool or inline).
     fn idle(&self) -> bool {
-        self.slots.available_permits() >= self.max_in_flight
+        self.slots.available_permits() >= self.max_in_flight && !self.inline_busy.load(Ordering::SeqCst)
     }
 
-    fn push_error(&self, op_code: u8, request_id: u64, kind: ErrorKind, message: &str) {
+    fn revoke(&self) {
+        self.revoked.store(true, Ordering::SeqCst);
+        self.stop.cancel();
+    }
+
+    pub(crate) fn push_error(&self, op_code: u8, request_id: u64, kind: ErrorKind, message: &str) {
         let header = response_header(op_code, request_id, kind.code(), message.len() as u32);
         self.out.push_frame(&header, Bytes::copy_from_slice(message.as_bytes()));
     }
 
-    fn push_ok(&self, op_code: u8, request_id: u64, payload: Bytes) {
+    pub(crate) fn push_ok(&self, op_code: u8, request_id: u64, payload: Bytes) {
         let header = response_header(op_code, request_id, 0, payload.len() as u32);
         self.out.push_frame(&header, payload);
     }
 }
 
-struct Server {
+/// Answers built on the connection's task, sent together when no whole frame is left to serve.
+#[derive(Default)]
+struct InlineAnswers {
+    frames: BytesMut,
+}
+
+impl InlineAnswers {
+    fn push(&mut self, header: &Header, payload: &[u8]) {
+        self.frames.extend_from_slice(&header.to_bytes());
+        self.frames.extend_from_slice(payload);
+    }
+
+    fn push_error(&mut self, op_code: u8, request_id: u64, err: &WireError) {
+        let message = err.wire_message();
+        let header = response_header(op_code, request_id, err.kind().code(), message.len() as u32);
+        self.push(&header, message.as_bytes());
+    }
+
+    /// Hands what is waiting to the writer (joined in the same task: it runs as soon as the reader waits).
+    fn send(&mut self, state: &ConnectionState) {
+        if !self.frames.is_empty() {
+            state.out.push_raw(self.frames.split().freeze());
+        }
+    }
+}
+
+struct Server<S> {
+    service: Arc<S>,
     jobs: Arc<JobQueue>,
     options: ServeOptions,
     claims: Mutex<Claims>,
@@ -238,7 +297,7 @@ enum Next {
     Close,
 }
 
-impl Server {
+impl<S: ReplicaService> Server<S> {
     async fn run_connection<R, W>(self: Arc<Self>, reader: R, writer: W)
     where
         R: AsyncRead + Unpin + Send + 'static,
@@ -251,6 +310,8 @@ impl Server {
             max_in_flight: self.options.max_in_flight,
             stop: self.stop.child_token(),
             greeted: AtomicBool::new(false),
+            revoked: AtomicBool::new(false),
+            inline_busy: AtomicBool::new(false),
         });
         let reading = async {
             let stopped_by_peer = tokio::select! {
@@ -284,22 +345,42 @@ impl Server {
         }
     }
 
+    /// Reads and serves frames until the peer closes, the stream breaks, or a frame ends the connection.
     async fn read_requests<R: AsyncRead + Unpin>(&self, state: &Arc<ConnectionState>, mut reader: R) {
         let mut buffer = BytesMut::with_capacity(256 * 1024);
+        let mut inline = InlineAnswers::default();
         loop {
-            if !read_at_least(&mut reader, &mut buffer, HEADER_LEN).await {
+            let step = self.serve_buffered(state, &mut buffer, &mut inline).await;
+            // Nothing whole is left to serve: send the inline answers before waiting for the socket.
+            inline.send(state);
+            let Some(want) = step else { return };
+            if !read_more(&mut reader, &mut buffer, want).await {
                 return;
             }
-            let mut raw = [0u8; HEADER_LEN];
-            raw.copy_from_slice(&buffer[..HEADER_LEN]);
+        }
+    }
+
+    /// Serves every whole frame in `buffer`. Returns how many bytes the next frame needs to be whole, or
+    /// `None` when the connection must end.
+    async fn serve_buffered(
+        &self,
+        state: &Arc<ConnectionState>,
+        buffer: &mut BytesMut,
+        inline: &mut InlineAnswers,
+    ) -> Option<usize> {
+        loop {
+            let Some(raw) = buffer.first_chunk::<HEADER_LEN>().copied() else {
+                return Some(HEADER_LEN);
+            };
             let header = match Header::decode(&raw) {
                 Ok(header) => header,
                 Err(HeaderError::BadMagic(magic)) => {
                     tracing::warn!(connection = state.id, "closing connection: bad magic {magic:02x?}");
-                    return;
+                    return None;
                 }
                 Err(err) => {
                     if let Some(request_id) = err.request_id() {
+                        inline.send(state);
                         state.push_error(
                             raw[5] & !crate::frame::RESPONSE_BIT,
                             request_id,
@@ -308,19 +389,92 @@ impl Server {
                         );
                     }
                     tracing::warn!(connection = state.id, "closing connection: {err}");
-                    return;
+                    return None;
                 }
             };
             let total = HEADER_LEN + header.payload_len as usize;
-            if !read_at_least(&mut reader, &mut buffer, total).await {
-                return;
+            if buffer.len() < total {
+                return Some(total);
             }
+            state.inline_busy.store(true, Ordering::SeqCst);
+            if state.revoked.load(Ordering::SeqCst) {
+                state.inline_busy.store(false, Ordering::SeqCst);
+                return None;
+            }
+            let served = self.serve_inline(state, &header, &buffer[HEADER_LEN..total], inline);
+            state.inline_busy.store(false, Ordering::SeqCst);
+            if served {
+                buffer.advance(total);
+                if inline.frames.len() >= INLINE_BATCH {
+                    inline.send(state);
+                }
+                continue;
+            }
+            inline.send(state);
             let mut frame = buffer.split_to(total);
             frame.advance(HEADER_LEN);
-            match self.handle_frame(state, header, frame.freeze()).await {
-                Next::Continue => {}
-                Next::Close => return,
+            if let Next::Close = self.handle_frame(state, header, frame.freeze()).await {
+                return None;
             }
+        }
+    }
+
+    /// Serves a small read, a small non-FUA write or a ping on the spot; false if the frame is for the
+    /// general path (anything else, or any frame that would be refused).
+    fn serve_inline(
+        &self,
+        state: &ConnectionState,
+        header: &Header,
+        payload: &[u8],
+        inline: &mut InlineAnswers,
+    ) -> bool {
+        let limit = self.options.inline_max as u64;
+        let request_id = header.request_id;
+        let greeted = || state.greeted.load(Ordering::Acquire);
+        match header.msg_type {
+            code if code == Op::Ping as u8 && payload.is_empty() => {
+                inline.push(&response_header(code, request_id, 0, 0), &[]);
+                true
+            }
+            code if code == Op::Read as u8
+                && payload.is_empty()
+                && header.length <= limit
+                && limit > 0
+                && greeted() =>
+            {
+                // `length <= inline_max`, so it fits in memory and in the u32 payload length.
+                let len = header.length as usize;
+                let start = inline.frames.len();
+                inline.frames.resize(start + HEADER_LEN + len, 0);
+                match self.service.read(header.offset, &mut inline.frames[start + HEADER_LEN..]) {
+                    Ok(()) => {
+                        let answer = response_header(code, request_id, 0, len as u32);
+                        inline.frames[start..start + HEADER_LEN].copy_from_slice(&answer.to_bytes());
+                    }
+                    Err(err) => {
+                        inline.frames.truncate(start);
+                        tracing::debug!(request_id, "read failed: {err}");
+                        inline.push_error(code, request_id, &err);
+                    }
+                }
+                true
+            }
+            code if code == Op::Write as u8
+                && header.flags == 0
+                && payload.len() as u64 <= limit
+                && limit > 0
+                && greeted() =>
+            {
+                match self.service.write(header.offset, payload) {
+                    Ok(()) => inline.push(&response_header(code, request_id, 0, 0), &[]),
+                    Err(err) => {
+                        tracing::debug!(request_id, "write failed: {err}");
+                        inline.push_error(code, request_id, &err);
+                    }
+                }
+                true
+            }
+            _ => false,
         }
     }
 
@@ -398,7 +552,7 @@ impl Server {
         };
         // Writes of the old holder that are already running must land before the new engine proceeds.
         for old in &replaced {
-            old.stop.cancel();
+            old.revoke();
         }
         let deadline = tokio::time::Instant::now() + self.options.take_over_drain;
         while replaced.iter().any(|old| !old.idle()) && tokio::time::Instant::now() < deadline {
@@ -425,211 +579,11 @@ impl Server {
     }
 }
 
-/// Reads until `buffer` holds at least `want` bytes; false on EOF or error.
-async fn read_at_least<R: AsyncRead + Unpin>(reader: &mut R, buffer: &mut BytesMut, want: usize) -> bool {
+/// Reads more bytes into `buffer`, making room for a frame of `want` bytes; false on EOF or error.
+async fn read_more<R: AsyncRead + Unpin>(reader: &mut R, buffer: &mut BytesMut, want: usize) -> bool {
     const MIN_ROOM: usize = 64 * 1024;
-    while buffer.len() < want {
-        if buffer.capacity() - buffer.len() < MIN_ROOM || buffer.capacity() < want {
-            buffer.reserve(want.saturating_sub(buffer.len()).max(4 * MIN_ROOM));
-        }
-        match reader.read_buf(buffer).await {
-            Ok(0) | Err(_) => return false,
-            Ok(_) => {}
-        }
+    if buffer.capacity() - buffer.len() < MIN_ROOM || buffer.capacity() < want {
+        buffer.reserve(want.saturating_sub(buffer.len()).max(4 * MIN_ROOM));
     }
-    true
-}
-
-/// One decoded request for a worker.
-struct Job {
-    state: Arc<ConnectionState>,
-    request_id: u64,
-    request: Request,
-}
-
-#[derive(Default)]
-struct JobQueue {
-    jobs: Mutex<(VecDeque<Job>, bool)>,
-    available: Condvar,
-}
-
-impl JobQueue {
-    fn push(&self, job: Job) {
-        self.jobs.lock().0.push_back(job);
-        self.available.notify_one();
-    }
-
-    /// Next job; `None` once stopped and empty.
-    fn pop(&self) -> Option<Job> {
-        let mut jobs = self.jobs.lock();
-        loop {
-            if let Some(job) = jobs.0.pop_front() {
-                return Some(job);
-            }
-            if jobs.1 {
-                return None;
-            }
-            self.available.wait(&mut jobs);
-        }
-    }
-}
-
-struct WorkerPool {
-    queue: Arc<JobQueue>,
-    threads: Vec<std::thread::JoinHandle<()>>,
-}
-
-impl WorkerPool {
-    fn start<S: ReplicaService>(service: Arc<S>, workers: usize) -> Result<WorkerPool> {
-        let queue = Arc::new(JobQueue::default());
-        let mut threads = Vec::with_capacity(workers);
-        for index in 0..workers {
-            let queue = queue.clone();
-            let service = service.clone();
-            let thread = std::thread::Builder::new()
-                .name(format!("replica-worker-{index}"))
-                .spawn(move || {
-                    while let Some(job) = queue.pop() {
-                        run_job(&*service, job);
-                    }
-                })
-                .map_err(|source| WireError::Io { op: "spawn worker", addr: String::new(), source })?;
-            threads.push(thread);
-        }
-        Ok(WorkerPool { queue, threads })
-    }
-
-    fn stop(self) {
-        self.queue.jobs.lock().1 = true;
-        self.queue.available.notify_all();
-        for thread in self.threads {
-            let _ = thread.join();
-        }
-    }
-}
-
-/// The successful answer of a request.
-enum Reply {
-    Empty,
-    Payload(Bytes),
-    /// A whole frame already built (header included), for reads.
-    Frame(Bytes),
-}
-
-fn run_job<S: ReplicaService>(service: &S, job: Job) {
-    let Job { state, request_id, request } = job;
-    let op = request.op();
-    let result = execute(service, request_id, request);
-    match result {
-        Ok(Reply::Empty) => state.push_ok(op as u8, request_id, Bytes::new()),
-        Ok(Reply::Payload(payload)) => state.push_ok(op as u8, request_id, payload),
-        Ok(Reply::Frame(frame)) => {
-            state.out.push_raw(frame);
-        }
-        Err(err) => {
-            tracing::debug!(request_id, op = op.name(), "request failed: {err}");
-            state.push_error(op as u8, request_id, err.kind(), &err.wire_message());
-        }
-    }
-    state.slots.add_permits(1);
-}
-
-/// Reads `len` bytes with `fill` straight into a response frame (one allocation, no copy).
-fn read_frame(
-    op: Op,
-    request_id: u64,
-    len: u64,
-    fill: impl FnOnce(&mut [u8]) -> Result<()>,
-) -> Result<Reply> {
-    let len32 =
-        u32::try_from(len).map_err(|_| WireError::service(ErrorKind::InvalidArgument, "read too large"))?;
-    let mut frame = BytesMut::zeroed(HEADER_LEN + len as usize);
-    fill(&mut frame[HEADER_LEN..])?;
-    let header = response_header(op as u8, request_id, 0, len32);
-    header.encode(
-        <&mut [u8; HEADER_LEN]>::try_from(&mut frame[..HEADER_LEN])
-            .map_err(|_| WireError::Protocol("header slice".into()))?,
-    );
-    Ok(Reply::Frame(frame.freeze()))
-}
-
-fn json_reply<T: serde::Serialize>(value: &T) -> Result<Reply> {
-    Ok(Reply::Payload(Bytes::from(encode_json(value)?)))
-}
-
-fn execute<S: ReplicaService>(service: &S, request_id: u64, request: Request) -> Result<Reply> {
-    let op = request.op();
-    match request {
-        Request::Read { offset, len } => read_frame(op, request_id, len, |buf| service.read(offset, buf)),
-        Request::Write { offset, data, fua } => {
-            service.write(offset, &data)?;
-            if fua {
-                service.flush()?;
-            }
-            Ok(Reply::Empty)
-        }
-        Request::Unmap { offset, len, fua } => {
-            service.unmap(offset, len)?;
-            if fua {
-                service.flush()?;
-            }
-            Ok(Reply::Empty)
-        }
-        Request::WriteZeroes { offset, len, fua } => {
-            service.write_zeroes(offset, len)?;
-            if fua {
-                service.flush()?;
-            }
-            Ok(Reply::Empty)
-        }
-        Request::Flush => service.flush().map(|()| Reply::Empty),
-        Request::Ping => Ok(Reply::Empty),
-        Request::Hello(_) | Request::Info => json_reply(&service.info()?),
-        Request::SetGeneration(generation) => service.set_generation(generation).map(|()| Reply::Empty),
-        Request::SetRevision(revision) => service.set_revision(revision).map(|()| Reply::Empty),
-        Request::SetRebuilding(rebuilding) => service.set_rebuilding(rebuilding).map(|()| Reply::Empty),
-        Request::Snapshot(body) => service.snapshot(&body).map(|()| Reply::Empty),
-        Request::ListSnapshots => json_reply(&service.list_snapshots()?),
-        Request::MarkRemoved { name } => service.mark_removed(&name).map(|()| Reply::Empty),
-        Request::Purge => service.purge().map(|()| Reply::Empty),
-        Request::Revert { name } => service.revert(&name).map(|()| Reply::Empty),
-        Request::Expand { size } => service.expand(size).map(|()| Reply::Empty),
-        Request::LayerExtents { name, offset, len } => {
-            let end = if len == 0 { u64::MAX } else { offset.saturating_add(len) };
-            let clipped: Vec<Extent> = service
-                .layer_extents(&name)?
-                .into_iter()
-                .filter_map(|extent| {
-                    let start = extent.offset.max(offset);
-                    let stop = extent.offset.saturating_add(extent.len).min(end);
-                    (start < stop).then_some(Extent { offset: start, len: stop - start })
-                })
-                .collect();
-            let packed = encode_extents(&clipped);
-            if packed.len() > crate::frame::MAX_PAYLOAD as usize {
-                return Err(WireError::service(
-                    ErrorKind::InvalidArgument,
-                    format!(
-                        "layer {name} has {} extents in that range: ask for a smaller range",
-                        clipped.len()
-                    ),
-                ));
-            }
-            Ok(Reply::Payload(Bytes::from(packed)))
-        }
-        Request::ReadLayer { name, offset, len } => {
-            read_frame(op, request_id, len, |buf| service.read_layer(&name, offset, buf))
-        }
-        Request::LayerChecksum { name, offset, len } => {
-            Ok(Reply::Payload(Bytes::copy_from_slice(&service.layer_checksum(&name, offset, len)?)))
-        }
-        Request::BeginLayer(info) => service.begin_layer(&info).map(|()| Reply::Empty),
-        Request::WriteLayer { name, offset, data } => {
-            service.write_layer(&name, offset, &data).map(|()| Reply::Empty)
-        }
-        Request::PunchLayer { name, offset, len } => {
-            service.punch_layer(&name, offset, len).map(|()| Reply::Empty)
-        }
-        Request::FinishRebuild(chain) => service.finish_rebuild(&chain).map(|()| Reply::Empty),
-    }
+    matches!(reader.read_buf(buffer).await, Ok(n) if n > 0)
 }

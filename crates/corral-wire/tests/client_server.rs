@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use corral_wire::{ClientOptions, ErrorKind, ReplicaClient, SnapshotRequest};
+use corral_wire::{ClientOptions, ErrorKind, ReplicaClient, ServeOptions, SnapshotRequest};
 use rand::{Rng, SeedableRng};
 use support::{MemoryService, TestServer};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -65,6 +65,37 @@ async fn pipelined_writes_and_reads_match_a_model_over_unix() {
     let server = TestServer::start(MemoryService::new(SIZE), &address).await;
     assert!(server.address.starts_with("unix:///"), "{}", server.address);
     random_workload_matches_model(&server.address).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipelined_writes_and_reads_match_a_model_with_every_request_on_the_worker_pool() {
+    let options = ServeOptions { workers: 4, inline_max: 0, ..ServeOptions::default() };
+    let server = TestServer::start_with(MemoryService::new(SIZE), "tcp://127.0.0.1:0", options).await;
+    random_workload_matches_model(&server.address).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn small_writes_are_served_inline_and_fua_or_large_writes_on_the_worker_pool() {
+    let service = MemoryService::new(SIZE);
+    let server = TestServer::start(service.clone(), "tcp://127.0.0.1:0").await;
+    let client = ReplicaClient::connect(&server.address, 1).await.unwrap();
+    client.hello("engine-a", false).await.unwrap();
+    let ran_on = || service.last_write_thread.lock().clone().unwrap_or_default();
+    let on_pool = |name: &str| name.starts_with("replica-worker-");
+
+    client.write(4096, Bytes::from(vec![1u8; 4096])).await.unwrap();
+    assert!(!on_pool(&ran_on()), "a 4 KiB write went to the pool ({})", ran_on());
+    let limit = corral_wire::server::DEFAULT_INLINE_MAX;
+    client.write(0, Bytes::from(vec![2u8; limit])).await.unwrap();
+    assert!(!on_pool(&ran_on()), "a write of inline_max bytes went to the pool ({})", ran_on());
+    client.write(0, Bytes::from(vec![3u8; limit + 1])).await.unwrap();
+    assert!(on_pool(&ran_on()), "a write above inline_max ran inline ({})", ran_on());
+    client.write_fua(8192, Bytes::from(vec![4u8; 512])).await.unwrap();
+    assert!(on_pool(&ran_on()), "a FUA write ran inline ({})", ran_on());
+    assert_eq!(service.flushes.load(Ordering::SeqCst), 1, "the FUA write did not flush");
+    // Whichever path served them, the data is where it was written.
+    assert_eq!(client.read(0, limit as u64 + 1).await.unwrap()[..8192], [3u8; 8192][..]);
+    assert_eq!(client.read(8192, 512).await.unwrap()[..], [4u8; 512][..]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -19,6 +19,8 @@ pub struct MemoryService {
     pub flushes: AtomicU64,
     pub flush_delay: Mutex<Duration>,
     pub snapshots: Mutex<Vec<String>>,
+    /// Name of the thread that ran the last write (inline on the connection, or a pool worker).
+    pub last_write_thread: Mutex<Option<String>>,
 }
 
 impl MemoryService {
@@ -30,6 +32,7 @@ impl MemoryService {
             flushes: AtomicU64::new(0),
             flush_delay: Mutex::new(Duration::ZERO),
             snapshots: Mutex::new(Vec::new()),
+            last_write_thread: Mutex::new(None),
         })
     }
 }
@@ -53,6 +56,7 @@ impl ReplicaService for MemoryService {
     }
     fn write(&self, offset: u64, data: &[u8]) -> Result<()> {
         self.revision.fetch_add(1, Ordering::SeqCst);
+        *self.last_write_thread.lock() = std::thread::current().name().map(String::from);
         self.disk.write_at(data, offset).map_err(map)
     }
     fn unmap(&self, offset: u64, len: u64) -> Result<()> {
@@ -154,10 +158,17 @@ pub struct TestServer {
 
 impl TestServer {
     pub async fn start<S: ReplicaService>(service: Arc<S>, address: &str) -> TestServer {
+        Self::start_with(service, address, ServeOptions { workers: 4, ..ServeOptions::default() }).await
+    }
+
+    pub async fn start_with<S: ReplicaService>(
+        service: Arc<S>,
+        address: &str,
+        options: ServeOptions,
+    ) -> TestServer {
         let listener = Listener::bind(&Address::parse(address).unwrap()).await.unwrap();
         let address = listener.local_address().unwrap().to_string();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let options = ServeOptions { workers: 4, ..ServeOptions::default() };
         let task = tokio::spawn(corral_wire::serve_with(listener, service, options, async move {
             let _ = stopped.await;
         }));
