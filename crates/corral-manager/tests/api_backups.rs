@@ -12,12 +12,6 @@ use support::{assert_error, Cluster};
 
 const MIB: u64 = 1 << 20;
 
-/// The disks of test machines are often fuller than the default 10% free the scheduler wants.
-async fn allow_full_disks(c: &Cluster) {
-    let r = c.put("/v1/settings/storage-minimal-available-percentage", json!({"value": "0"})).await;
-    assert_eq!(r.0, 200, "{r:?}");
-}
-
 fn fixture(dir: &Path) {
     let local =
         Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/longhorn/backupstore-vfs.tar.gz");
@@ -46,7 +40,6 @@ async fn wait_for(c: &Cluster, path: &str, what: &str, pred: impl Fn(&Value) -> 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn backup_create_validates_and_a_failed_job_is_reported() {
     let c = Cluster::start(false).await;
-    allow_full_disks(&c).await;
     // No target: every backup route refuses clearly.
     let msg = assert_error(&c.post("/v1/volumes/vol/backups", json!({})).await, 409, "failed_precondition");
     assert!(msg.contains("no backup target"), "{msg}");
@@ -172,7 +165,6 @@ async fn backup_create_validates_and_a_failed_job_is_reported() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn listing_reads_the_target_and_from_backup_checks_the_size() {
     let c = Cluster::start(false).await;
-    allow_full_disks(&c).await;
     let store = tempfile::tempdir().unwrap();
     fixture(store.path());
     let target = format!("vfs://{}", store.path().display());

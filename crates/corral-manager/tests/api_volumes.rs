@@ -9,11 +9,6 @@ use support::{assert_error, Cluster};
 
 const MIB: u64 = 1 << 20;
 
-/// A one-node cluster (its support sets `storage-minimal-available-percentage` to 0).
-async fn start(soft_anti_affinity: bool) -> Cluster {
-    Cluster::start(soft_anti_affinity).await
-}
-
 async fn volume_names(c: &Cluster) -> Vec<String> {
     let (code, list) = c.get("/v1/volumes").await;
     assert_eq!(code, 200);
@@ -22,7 +17,7 @@ async fn volume_names(c: &Cluster) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn create_validates_every_field_and_changes_nothing_on_refusal() {
-    let c = start(false).await;
+    let c = Cluster::start(false).await;
     let ok = json!({"name": "v1", "size": 64 * MIB, "numberOfReplicas": 1});
     let cases: Vec<(Value, u16, &str, &str)> = vec![
         (json!({"name": "Bad_Name", "size": 64 * MIB}), 400, "invalid_argument", "invalid volume name"),
@@ -121,7 +116,7 @@ async fn create_validates_every_field_and_changes_nothing_on_refusal() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn volume_lifecycle_and_refused_actions() {
-    let c = start(true).await;
+    let c = Cluster::start(true).await;
     let (code, v) = c
         .post(
             "/v1/volumes",
@@ -288,7 +283,7 @@ async fn volume_lifecycle_and_refused_actions() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_replica_process_is_restarted_and_readded() {
-    let c = start(true).await;
+    let c = Cluster::start(true).await;
     assert_eq!(
         c.post("/v1/volumes", json!({"name": "v", "size": 16 * MIB, "numberOfReplicas": 2})).await.0,
         201
@@ -327,7 +322,7 @@ async fn a_killed_replica_process_is_restarted_and_readded() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restarted_manager_converges_without_duplicates() {
-    let c = start(true).await;
+    let c = Cluster::start(true).await;
     assert_eq!(
         c.post("/v1/volumes", json!({"name": "v", "size": 16 * MIB, "numberOfReplicas": 3})).await.0,
         201
@@ -384,7 +379,7 @@ async fn a_restarted_manager_converges_without_duplicates() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_recurring_snapshot_job_keeps_only_retain_snapshots() {
-    let c = start(true).await;
+    let c = Cluster::start(true).await;
     assert_eq!(c.post("/v1/volumes", json!({"name": "v", "size": 16 * MIB, "numberOfReplicas": 1, "labels": {"recurring-job-group.corral.io/gold": ""}})).await.0, 201);
     c.post("/v1/volumes/v/attach", json!({})).await;
     c.wait_volume("v", "attached", |v| v["state"] == "attached" && v["robustness"] == "healthy").await;

@@ -398,19 +398,7 @@ async fn start(rec: &Reconciler, b: &Backup, target_url: &str) -> Result<()> {
     for (k, val) in &b.spec.labels {
         args.extend(["--label".to_string(), format!("{k}={val}")]);
     }
-    let req = StartRequest {
-        name: backup_job_name(b.name()),
-        kind: InstanceKind::Job as i32,
-        args,
-        port_count: 0,
-        probe_host: String::new(),
-        requested_ports: vec![],
-    };
-    match rec.im.start(req).await {
-        Ok(_) => {}
-        Err(e) if e.kind() == corral_im::ErrorKind::AlreadyExists => {}
-        Err(e) => return Err(e.into()),
-    }
+    start_job(rec, backup_job_name(b.name()), args).await?;
     rec.events.normal(
         "backup",
         b.name(),
@@ -424,6 +412,24 @@ async fn start(rec: &Reconciler, b: &Backup, target_url: &str) -> Result<()> {
     })
     .await?;
     Ok(())
+}
+
+/// Starts `corral <args>` as job `name` under the instance manager. Returns false when a job of that
+/// name already exists (a restarted manager finds its job again).
+async fn start_job(rec: &Reconciler, name: String, args: Vec<String>) -> Result<bool> {
+    let req = StartRequest {
+        name,
+        kind: InstanceKind::Job as i32,
+        args,
+        port_count: 0,
+        probe_host: String::new(),
+        requested_ports: vec![],
+    };
+    match rec.im.start(req).await {
+        Ok(_) => Ok(true),
+        Err(e) if e.kind() == corral_im::ErrorKind::AlreadyExists => Ok(false),
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// Whether replica `r` of `v` must wait for its restore before its process starts; starts the
@@ -460,18 +466,8 @@ pub(super) async fn restore_pending(
                 "--json".into(),
                 "--progress-lines".into(),
             ];
-            let req = StartRequest {
-                name: job.clone(),
-                kind: InstanceKind::Job as i32,
-                args,
-                port_count: 0,
-                probe_host: String::new(),
-                requested_ports: vec![],
-            };
-            match rec.im.start(req).await {
-                Ok(_) => rec.events.normal("replica", r.name(), "Restoring", format!("from {url}")),
-                Err(e) if e.kind() == corral_im::ErrorKind::AlreadyExists => {}
-                Err(e) => return Err(e.into()),
+            if start_job(rec, job.clone(), args).await? {
+                rec.events.normal("replica", r.name(), "Restoring", format!("from {url}"));
             }
             Ok(true)
         }

@@ -686,25 +686,7 @@ async fn expand_offline(
             } else if !rec.may_start(&xname) {
                 return Ok(None);
             }
-            let mut args = vec![
-                "engine".to_string(),
-                "serve".into(),
-                "--volume".into(),
-                name.to_string(),
-                "--size".into(),
-                v.spec.size.to_string(),
-            ];
-            for r in &members {
-                if let Some(a) = &r.status.address {
-                    args.extend(["--replica".to_string(), a.clone()]);
-                }
-            }
-            args.extend([
-                "--nbd".to_string(),
-                "127.0.0.1:{port0}".into(),
-                "--listen".into(),
-                "127.0.0.1:{port1}".into(),
-            ]);
+            let args = engine_serve_args(name, v.spec.size, members.iter().copied());
             let req = StartRequest {
                 name: xname.clone(),
                 kind: InstanceKind::Engine as i32,
@@ -786,6 +768,33 @@ async fn sync_engine_replicas(
     }
 }
 
+/// Arguments of `corral engine serve` for `volume` of `size` bytes over the replicas that have an
+/// address; the NBD port and the control port are the instance manager's `{port0}` and `{port1}`.
+fn engine_serve_args<'a>(
+    volume: &str,
+    size: u64,
+    replicas: impl Iterator<Item = &'a Replica>,
+) -> Vec<String> {
+    let mut args = vec![
+        "engine".to_string(),
+        "serve".into(),
+        "--volume".into(),
+        volume.to_string(),
+        "--size".into(),
+        size.to_string(),
+    ];
+    for a in replicas.filter_map(|r| r.status.address.as_ref()) {
+        args.extend(["--replica".to_string(), a.clone()]);
+    }
+    args.extend([
+        "--nbd".to_string(),
+        "127.0.0.1:{port0}".into(),
+        "--listen".into(),
+        "127.0.0.1:{port1}".into(),
+    ]);
+    args
+}
+
 async fn start_engine(
     rec: &Reconciler,
     v: &Volume,
@@ -796,25 +805,7 @@ async fn start_engine(
     let name = v.name();
     let iname = engine_instance_name(name);
     let size = v.status.current_size.max(ready.iter().map(|r| r.spec.size).min().unwrap_or(v.spec.size));
-    let mut args = vec![
-        "engine".to_string(),
-        "serve".into(),
-        "--volume".into(),
-        name.to_string(),
-        "--size".into(),
-        size.to_string(),
-    ];
-    for r in ready {
-        if let Some(a) = &r.status.address {
-            args.extend(["--replica".to_string(), a.clone()]);
-        }
-    }
-    args.extend([
-        "--nbd".to_string(),
-        "127.0.0.1:{port0}".into(),
-        "--listen".into(),
-        "127.0.0.1:{port1}".into(),
-    ]);
+    let args = engine_serve_args(name, size, ready.iter().copied());
     // Same ports as last time when possible: clients reconnect to the endpoint they knew.
     let previous: Vec<u32> = engine
         .and_then(|e| e.status.endpoint.as_ref().zip(e.status.control_url.as_ref()))
