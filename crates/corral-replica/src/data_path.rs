@@ -154,8 +154,8 @@ impl Replica {
             let blk = pos / BS * BS;
             if pos == blk && end - pos >= BS {
                 let run_end = pos + (end - pos) / BS * BS;
-                head.file
-                    .write_all_at(&buf[(pos - offset) as usize..(run_end - offset) as usize], pos)
+                let run = &buf[(pos - offset) as usize..(run_end - offset) as usize];
+                fsutil::write_all_at_in_pieces(&head.file, run, pos)
                     .map_err(|e| ReplicaError::io("write", &head_path(), e).with_offset(pos))?;
                 pos = run_end;
             } else {

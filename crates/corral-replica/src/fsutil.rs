@@ -102,6 +102,45 @@ fn write_zeros(file: &File, offset: u64, len: u64) -> std::io::Result<()> {
     Ok(())
 }
 
+/// Largest piece of one buffered `pwrite` into a layer that takes live writes (see
+/// [`write_all_at_in_pieces`]).
+pub const WRITE_PIECE: u64 = 16 << 10;
+
+/// Writes `buf` at `offset` in pieces of at most [`WRITE_PIECE`] bytes, each ending on a multiple of it.
+///
+/// Why: since Linux 6.16 ext4 caches files in *large folios*, and a buffered write sizes the folios it
+/// creates after its own length, so one 1 MiB `pwrite` leaves up to 2 MiB folios behind. Every later
+/// small write into such a folio walks all of the folio's buffer heads (512 for 2 MiB), in
+/// `ext4_block_write_begin` and again at writeback, while writeback of the same folio touches them from
+/// the other core. Measured here (kernel 6.18, 2 cores, 3 replicas, fio 4 KiB random writes at QD32
+/// through the engine): after a 1 MiB sequential fill 13.8k IOPS with 46% of all CPU in
+/// `ext4_block_write_begin`; after a 16 KiB fill 47.4k IOPS. Writing in 16 KiB pieces keeps the head's
+/// folios at most 16 KiB whatever the client's request size, for a few more system calls per large
+/// write (a 1 MiB write becomes 64 `pwrite`s of about 2 µs each).
+pub fn write_all_at_in_pieces(file: &File, buf: &[u8], offset: u64) -> std::io::Result<()> {
+    use std::os::unix::fs::FileExt;
+    for (at, range) in write_pieces(offset, buf.len()) {
+        file.write_all_at(&buf[range], at)?;
+    }
+    Ok(())
+}
+
+/// The pieces of a write of `len` bytes at `offset`: (file offset, range of the buffer), none longer
+/// than [`WRITE_PIECE`] or crossing a multiple of it.
+fn write_pieces(offset: u64, len: usize) -> impl Iterator<Item = (u64, std::ops::Range<usize>)> {
+    let mut done = 0usize;
+    std::iter::from_fn(move || {
+        if done >= len {
+            return None;
+        }
+        let at = offset + done as u64;
+        let room = usize::try_from(WRITE_PIECE - at % WRITE_PIECE).unwrap_or(usize::MAX);
+        let range = done..done + room.min(len - done);
+        done = range.end;
+        Some((at, range))
+    })
+}
+
 const FS_IOC_FIEMAP: libc::c_ulong = 0xC020_660B;
 const FIEMAP_FLAG_SYNC: u32 = 0x1;
 const FIEMAP_EXTENT_LAST: u32 = 0x1;
@@ -197,6 +236,34 @@ mod tests {
             .open(dir.path().join("f"))
             .unwrap();
         (dir, f)
+    }
+
+    #[test]
+    fn write_pieces_cover_the_write_and_never_cross_a_piece_boundary() {
+        for (offset, len) in [(0u64, 0usize), (0, 4096), (4096, 1 << 20), (12288, 40960), (1 << 40, 3 << 20)]
+        {
+            let pieces: Vec<_> = write_pieces(offset, len).collect();
+            let mut next = 0usize;
+            for (at, range) in &pieces {
+                assert_eq!(range.start, next, "pieces are contiguous");
+                assert_eq!(*at, offset + range.start as u64);
+                assert!(range.len() as u64 <= WRITE_PIECE && !range.is_empty());
+                assert_eq!(at / WRITE_PIECE, (at + range.len() as u64 - 1) / WRITE_PIECE, "{at} {range:?}");
+                next = range.end;
+            }
+            assert_eq!(next, len);
+        }
+        assert_eq!(write_pieces(4096, 1 << 20).count(), 65);
+    }
+
+    #[test]
+    fn a_write_in_pieces_reads_back_like_one_write() {
+        let (_dir, f) = scratch_file();
+        let data: Vec<u8> = (0..(3 << 20) + 5000).map(|i| (i * 7 + i / 4093) as u8).collect();
+        write_all_at_in_pieces(&f, &data, 8192 + 17).unwrap();
+        let mut back = vec![0u8; data.len()];
+        f.read_exact_at(&mut back, 8192 + 17).unwrap();
+        assert!(back == data);
     }
 
     #[test]
