@@ -18,22 +18,60 @@ use crate::BLOCK_SIZE;
 
 const BS: u64 = BLOCK_SIZE;
 
+/// Whether a read may wait for the disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ReadMode {
+    /// An ordinary blocking read.
+    Wait,
+    /// Only from the page cache (`preadv2` with `RWF_NOWAIT`): stops, reporting "would block", as soon
+    /// as some of the data would have to come from the disk.
+    CachedOnly,
+}
+
 /// Reads `buf.len()` bytes at `offset`; bytes past the end of the file read as zeros (older layers
 /// keep their pre-expansion size).
 pub(crate) fn pread_full(file: &File, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
+    pread_full_in(file, buf, offset, ReadMode::Wait).map(|_| ())
+}
+
+/// [`pread_full`] in `mode`: `Ok(false)` when a [`ReadMode::CachedOnly`] read would have to wait (the
+/// buffer is then partly filled, and the caller must read again in [`ReadMode::Wait`]).
+fn pread_full_in(file: &File, buf: &mut [u8], offset: u64, mode: ReadMode) -> std::io::Result<bool> {
     let mut done = 0;
     while done < buf.len() {
-        match file.read_at(&mut buf[done..], offset + done as u64) {
+        let read = match mode {
+            ReadMode::Wait => file.read_at(&mut buf[done..], offset + done as u64),
+            ReadMode::CachedOnly => pread_nowait(file, &mut buf[done..], offset + done as u64),
+        };
+        match read {
             Ok(0) => {
                 buf[done..].fill(0);
-                return Ok(());
+                return Ok(true);
             }
             Ok(n) => done += n,
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Ok(false),
             Err(e) => return Err(e),
         }
     }
-    Ok(())
+    Ok(true)
+}
+
+/// One `preadv2(RWF_NOWAIT)`: what the page cache holds at `offset`, or `WouldBlock` if nothing there
+/// is cached. A short count means only part was cached (or the end of the file was reached).
+fn pread_nowait(file: &File, buf: &mut [u8], offset: u64) -> std::io::Result<usize> {
+    use std::os::fd::AsRawFd;
+    let Ok(offset) = libc::off_t::try_from(offset) else {
+        return Err(std::io::Error::from_raw_os_error(libc::EINVAL));
+    };
+    let iov = libc::iovec { iov_base: buf.as_mut_ptr().cast(), iov_len: buf.len() };
+    // SAFETY: `iov` describes `buf`, which is valid for writes of `buf.len()` bytes and outlives the
+    // call; the descriptor is borrowed from `file`, open for the duration of the call.
+    let n = unsafe { libc::preadv2(file.as_raw_fd(), &iov, 1, offset, libc::RWF_NOWAIT) };
+    if n < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(n as usize)
 }
 
 /// Held stripe locks (one in the common case of a request inside one 1 MiB region); they are only
@@ -87,18 +125,31 @@ impl Replica {
         self.read_live(&chain, buf, offset)
     }
 
+    /// [`Self::read_at`] if every byte is in the page cache; `Ok(false)` (and `buf` partly filled) as
+    /// soon as some would have to come from the disk. Never waits for the disk, so a server can run it
+    /// on a thread that must not block, and send only the misses to threads that may.
+    pub fn read_cached_at(&self, buf: &mut [u8], offset: u64) -> Result<bool> {
+        self.check_range("read", offset, buf.len() as u64)?;
+        let chain = self.chain.read();
+        self.read_live_in(&chain, buf, offset, ReadMode::CachedOnly)
+    }
+
     pub(crate) fn read_live(&self, chain: &Chain, buf: &mut [u8], offset: u64) -> Result<()> {
+        self.read_live_in(chain, buf, offset, ReadMode::Wait).map(|_| ())
+    }
+
+    fn read_live_in(&self, chain: &Chain, buf: &mut [u8], offset: u64, mode: ReadMode) -> Result<bool> {
         if buf.is_empty() {
-            return Ok(());
+            return Ok(true);
         }
         let (first, last) = blocks_of(offset, buf.len() as u64);
         // Fast path: the whole request has one owner (or none), so no piece list is built.
         let (run_end, owner) = self.maps.read().top.run_at(first);
         if run_end >= last {
-            return self.read_pieces(chain, &[(first, last, owner)], buf, offset);
+            return self.read_pieces_in(chain, &[(first, last, owner)], buf, offset, mode);
         }
         let pieces = self.maps.read().top.cover(first, last);
-        self.read_pieces(chain, &pieces, buf, offset)
+        self.read_pieces_in(chain, &pieces, buf, offset, mode)
     }
 
     /// Reads `buf` at `offset` from the owners given by `pieces` (block ranges covering the request).
@@ -109,6 +160,18 @@ impl Replica {
         buf: &mut [u8],
         offset: u64,
     ) -> Result<()> {
+        self.read_pieces_in(chain, pieces, buf, offset, ReadMode::Wait).map(|_| ())
+    }
+
+    /// [`Self::read_pieces`] in `mode`; `Ok(false)` when a cached-only read would have to wait.
+    fn read_pieces_in(
+        &self,
+        chain: &Chain,
+        pieces: &[(u64, u64, Option<LayerId>)],
+        buf: &mut [u8],
+        offset: u64,
+        mode: ReadMode,
+    ) -> Result<bool> {
         let end = offset + buf.len() as u64;
         for &(s, e, owner) in pieces {
             let bs = (s * BS).max(offset);
@@ -121,13 +184,16 @@ impl Replica {
                 None => dst.fill(0),
                 Some(id) => {
                     let layer = chain.layer(id)?;
-                    pread_full(&layer.file, dst, bs).map_err(|e| {
+                    let complete = pread_full_in(&layer.file, dst, bs, mode).map_err(|e| {
                         ReplicaError::io("read", &self.dir.join(&layer.file_name), e).with_offset(bs)
                     })?;
+                    if !complete {
+                        return Ok(false);
+                    }
                 }
             }
         }
-        Ok(())
+        Ok(true)
     }
 
     /// Writes `buf` at `offset` (any alignment).

@@ -120,6 +120,10 @@ impl ReplicaService for ServedReplica {
         self.replica.read_at(buf, offset).map_err(to_wire_error)
     }
 
+    fn read_if_cached(&self, offset: u64, buf: &mut [u8]) -> WireResult<bool> {
+        self.replica.read_cached_at(buf, offset).map_err(to_wire_error)
+    }
+
     fn write(&self, offset: u64, data: &[u8]) -> WireResult<()> {
         self.replica.write_at(data, offset).map_err(to_wire_error)
     }

@@ -11,9 +11,10 @@
 //! - [`messages`]: the control bodies (JSON) and Corral's wire copies of the replica's types.
 //!
 //! Threading model: the client and the server's connection handling are tokio tasks. The server serves
-//! small reads and writes inline on the connection's task (a blocking `pread`/`pwrite` of at most
-//! [`ServeOptions::inline_max`] bytes, answers batched into one vectored write) and runs everything that
-//! may block for long (flush, trim, FUA, large data, control operations) on its own pool of worker
+//! small reads and writes inline on the connection's task (a `pread`/`pwrite` of at most
+//! [`ServeOptions::inline_max`] bytes in the page cache, answers batched into one vectored write) and
+//! runs everything that may block for long (flush, trim, FUA, large data, reads that miss the page
+//! cache, control operations) on its own pool of worker
 //! threads. Every type here is `Send + Sync`.
 //!
 //! ```no_run

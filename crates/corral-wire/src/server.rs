@@ -2,8 +2,11 @@
 //!
 //! Threading: each connection is one tokio task that reads frames and writes answers (reader and writer
 //! joined in the same task). Small reads and writes (up to [`ServeOptions::inline_max`] bytes, no FUA)
-//! and pings are served **inline** on that task: a blocking `pread`/`pwrite` into the page cache takes
-//! microseconds, far less than handing the request to another thread and the answer back. Every whole
+//! and pings are served **inline** on that task: a `pread`/`pwrite` in the page cache takes
+//! microseconds, far less than handing the request to another thread and the answer back. A read is
+//! served inline only if the service can do it without waiting for the disk
+//! ([`ReplicaService::read_if_cached`]); a cache miss goes to the worker pool like large requests, so
+//! cold reads run many at a time instead of one per connection. Every whole
 //! frame already received is served this way, then all their answers leave in one vectored write, so
 //! under load many answers share one system call and at queue depth 1 nothing waits for a batch.
 //! Everything that may block for long (flush, unmap, write-zeroes, FUA writes, large data, every control
@@ -47,6 +50,13 @@ use crate::worker_pool::{Job, JobQueue, WorkerPool};
 pub trait ReplicaService: Send + Sync + 'static {
     /// Fills `buf` with the volume bytes at `offset`.
     fn read(&self, offset: u64, buf: &mut [u8]) -> Result<()>;
+    /// Fills `buf` like [`Self::read`] if that needs no wait for the disk; otherwise returns `Ok(false)`
+    /// at once (`buf` then holds anything) and the server runs the read on a worker thread instead. The
+    /// server calls this on the connection's task, so it must not block. The default reads through
+    /// [`Self::read`], which is right only for a service whose reads never wait (memory).
+    fn read_if_cached(&self, offset: u64, buf: &mut [u8]) -> Result<bool> {
+        self.read(offset, buf).map(|()| true)
+    }
     /// Writes `data` at `offset`.
     fn write(&self, offset: u64, data: &[u8]) -> Result<()>;
     /// Discards a range.
@@ -446,10 +456,16 @@ impl<S: ReplicaService> Server<S> {
                 let len = header.length as usize;
                 let start = inline.frames.len();
                 inline.frames.resize(start + HEADER_LEN + len, 0);
-                match self.service.read(header.offset, &mut inline.frames[start + HEADER_LEN..]) {
-                    Ok(()) => {
+                match self.service.read_if_cached(header.offset, &mut inline.frames[start + HEADER_LEN..]) {
+                    Ok(true) => {
                         let answer = response_header(code, request_id, 0, len as u32);
                         inline.frames[start..start + HEADER_LEN].copy_from_slice(&answer.to_bytes());
+                    }
+                    Ok(false) => {
+                        // Not in the page cache: a disk read must not hold up this connection's other
+                        // requests, so it goes to the worker pool.
+                        inline.frames.truncate(start);
+                        return false;
                     }
                     Err(err) => {
                         inline.frames.truncate(start);

@@ -99,6 +99,34 @@ async fn small_writes_are_served_inline_and_fua_or_large_writes_on_the_worker_po
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn small_reads_are_served_inline_when_cached_and_on_the_worker_pool_when_not() {
+    let service = MemoryService::new(SIZE);
+    let server = TestServer::start(service.clone(), "tcp://127.0.0.1:0").await;
+    let client = ReplicaClient::connect(&server.address, 1).await.unwrap();
+    client.hello("engine-a", false).await.unwrap();
+    let ran_on = || service.last_read_thread.lock().clone().unwrap_or_default();
+    let on_pool = |name: &str| name.starts_with("replica-worker-");
+    client.write(4096, Bytes::from(vec![7u8; 4096])).await.unwrap();
+
+    assert_eq!(client.read(4096, 4096).await.unwrap()[..], [7u8; 4096][..]);
+    assert!(!on_pool(&ran_on()), "a cached 4 KiB read went to the pool ({})", ran_on());
+    service.cold.store(true, Ordering::SeqCst);
+    assert_eq!(client.read(4096, 4096).await.unwrap()[..], [7u8; 4096][..]);
+    assert!(on_pool(&ran_on()), "a read that missed the cache ran inline ({})", ran_on());
+    // Reads after a miss in the same batch still get their own answers, in any order.
+    let reads: Vec<_> = (0..16u64)
+        .map(|i| {
+            let client = client.clone();
+            tokio::spawn(async move { client.read(i * 512, 512).await })
+        })
+        .collect();
+    for (i, read) in reads.into_iter().enumerate() {
+        let expected = if (8..16).contains(&i) { 7u8 } else { 0 };
+        assert_eq!(read.await.unwrap().unwrap()[..], [expected; 512][..], "read {i}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn control_operations_and_remote_errors_carry_their_kind() {
     let service = MemoryService::new(SIZE);
     let server = TestServer::start(service.clone(), "tcp://127.0.0.1:0").await;

@@ -1,7 +1,7 @@
 //! An in-memory [`ReplicaService`] for the client/server tests, and helpers to start a server.
 #![allow(dead_code)]
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -21,6 +21,10 @@ pub struct MemoryService {
     pub snapshots: Mutex<Vec<String>>,
     /// Name of the thread that ran the last write (inline on the connection, or a pool worker).
     pub last_write_thread: Mutex<Option<String>>,
+    /// Name of the thread that ran the last read.
+    pub last_read_thread: Mutex<Option<String>>,
+    /// While set, `read_if_cached` reports a cache miss (as a replica does for data on disk only).
+    pub cold: AtomicBool,
 }
 
 impl MemoryService {
@@ -33,6 +37,8 @@ impl MemoryService {
             flush_delay: Mutex::new(Duration::ZERO),
             snapshots: Mutex::new(Vec::new()),
             last_write_thread: Mutex::new(None),
+            last_read_thread: Mutex::new(None),
+            cold: AtomicBool::new(false),
         })
     }
 }
@@ -52,7 +58,14 @@ fn unsupported() -> WireError {
 
 impl ReplicaService for MemoryService {
     fn read(&self, offset: u64, buf: &mut [u8]) -> Result<()> {
+        *self.last_read_thread.lock() = std::thread::current().name().map(String::from);
         self.disk.read_at(buf, offset).map_err(map)
+    }
+    fn read_if_cached(&self, offset: u64, buf: &mut [u8]) -> Result<bool> {
+        if self.cold.load(Ordering::SeqCst) {
+            return Ok(false);
+        }
+        self.read(offset, buf).map(|()| true)
     }
     fn write(&self, offset: u64, data: &[u8]) -> Result<()> {
         self.revision.fetch_add(1, Ordering::SeqCst);
