@@ -110,6 +110,7 @@ fn facts_of(s: &ReplicaState) -> RecoveryFacts {
         // An in-memory replica has no open/close cycle: "dirty now" and "found dirty" are one flag.
         dirty: s.dirty,
         was_dirty_at_open: s.dirty,
+        unflushed_writes: false,
         rebuilding: s.rebuilding,
         head: "volume-head-000.img".into(),
         chain: s.chain.iter().rev().cloned().collect(),

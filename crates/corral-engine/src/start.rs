@@ -9,10 +9,13 @@
 //!    replica missed, so a replica that missed an acknowledged write always has a lower generation.
 //! 3. **Revision counter** next: among those, only the highest revision (persisted at flush and clean
 //!    close) remains.
-//! 4. **Dirty** last: if every remaining replica is clean, all are RW. If any is dirty (the engine or a
-//!    replica stopped without a clean close, so writes that were in flight and never acknowledged may have
-//!    reached some replicas and not others), one replica is RW — the first clean one, else the first in
-//!    the order given — and the others are stale, so that two RW replicas never disagree about a block.
+//! 4. **Dirty** last: if every remaining replica is clean, all are RW. A replica is dirty when it was
+//!    not closed cleanly (`was_dirty_at_open`: the replica process died) or applied writes after its
+//!    last flush (`unflushed_writes`: the replica stayed up but its engine stopped without the flush of a
+//!    graceful stop, e.g. it crashed). Either way, writes that were in flight and never acknowledged may
+//!    have reached some replicas and not others. Then one replica is RW — the first clean one, else the
+//!    first in the order given — and the others are stale, so that two RW replicas never disagree about
+//!    a block (reads spread over them would otherwise return one version, then the other).
 //!
 //! Stale replicas are never RW without a rebuild: they start as ERR and, with `auto_rebuild` (the
 //! default), are rebuilt one after the other in the background through the normal online rebuild, which
@@ -49,7 +52,10 @@ pub fn decide(facts: &[Option<RecoveryFacts>]) -> Vec<Verdict> {
     let open =
         |v: &[Option<Verdict>]| -> Vec<usize> { (0..facts.len()).filter(|&i| v[i].is_none()).collect() };
     let get = |i: usize| {
-        facts[i].as_ref().map(|f| (f.generation, f.revision, f.was_dirty_at_open, f.size)).unwrap_or_default()
+        facts[i]
+            .as_ref()
+            .map(|f| (f.generation, f.revision, f.was_dirty_at_open || f.unflushed_writes, f.size))
+            .unwrap_or_default()
     };
 
     let candidates = open(&verdicts);

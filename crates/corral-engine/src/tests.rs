@@ -150,6 +150,14 @@ fn the_start_rule_orders_generation_revision_dirty() {
     assert!(is_stale(&v[0]) && v[1] == up && is_stale(&v[2]));
     let v = decide(&[facts(4, 10, true), facts(4, 10, true)]);
     assert!(v[0] == up && is_stale(&v[1]));
+    // Writes after the last flush (the replicas stayed up, the engine crashed) count as dirty.
+    let unflushed = |generation, revision| {
+        facts(generation, revision, false).map(|f| RecoveryFacts { unflushed_writes: true, ..f })
+    };
+    let v = decide(&[unflushed(4, 10), unflushed(4, 10), unflushed(4, 10)]);
+    assert!(v[0] == up && is_stale(&v[1]) && is_stale(&v[2]), "{v:?}");
+    let v = decide(&[unflushed(4, 10), facts(4, 10, false)]);
+    assert!(is_stale(&v[0]) && v[1] == up, "{v:?}");
     // An interrupted rebuild target is never up to date, whatever its generation.
     let mut rebuilding = facts(9, 99, false);
     if let Some(f) = rebuilding.as_mut() {

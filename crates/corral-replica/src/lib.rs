@@ -119,6 +119,10 @@ pub struct RecoveryFacts {
     pub dirty: bool,
     /// `Dirty` as found at open: true means the previous writer did not close cleanly.
     pub was_dirty_at_open: bool,
+    /// Requests were applied since the last flush (the revision counter is ahead of the persisted
+    /// one). True after a writer stopped without flushing, such as an engine that crashed: writes that
+    /// were in flight then may have reached this replica and not others.
+    pub unflushed_writes: bool,
     /// Rebuild-target flag.
     pub rebuilding: bool,
     /// Head file name.

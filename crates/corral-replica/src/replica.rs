@@ -402,11 +402,16 @@ impl Replica {
 
     /// Revision, generation, flags and chain, for choosing the newest replica at engine start.
     pub fn recovery_facts(&self) -> RecoveryFacts {
+        let (revision, persisted) = {
+            let persisted = self.persisted_revision.lock();
+            (self.revision.load(Ordering::Acquire), *persisted)
+        };
         let chain = self.chain.read();
         let volume = self.volume.lock();
         RecoveryFacts {
             size: self.size(),
-            revision: self.revision.load(Ordering::Acquire),
+            revision,
+            unflushed_writes: revision > persisted,
             generation: self.state.lock().generation,
             dirty: volume.dirty,
             was_dirty_at_open: self.was_dirty,

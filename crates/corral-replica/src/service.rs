@@ -79,6 +79,7 @@ fn wire_facts(facts: RecoveryFacts) -> corral_wire::RecoveryFacts {
         generation: facts.generation,
         dirty: facts.dirty,
         was_dirty_at_open: facts.was_dirty_at_open,
+        unflushed_writes: facts.unflushed_writes,
         rebuilding: facts.rebuilding,
         head: facts.head,
         chain: facts.chain,

@@ -265,10 +265,11 @@ fn dirty_flag_and_recovery_facts() {
     let r = Replica::open(&dir).unwrap();
     assert!(vm().contains("\"Dirty\":true"));
     let f = r.recovery_facts();
-    assert!(f.dirty && !f.was_dirty_at_open);
+    assert!(f.dirty && !f.was_dirty_at_open && !f.unflushed_writes);
     assert_eq!(f.chain, vec!["s2".to_string(), "s1".to_string()]);
     assert_eq!(f.revision, 2);
     r.write_at(&[5; 10], 0).unwrap();
+    assert!(r.recovery_facts().unflushed_writes, "a write after the last flush is not reported");
     r.unmap(8192, 4096).unwrap();
     r.write_zeroes(0, 1).unwrap();
     assert_eq!(r.recovery_facts().revision, 5);
@@ -276,6 +277,7 @@ fn dirty_flag_and_recovery_facts() {
     assert_eq!(&std::fs::read(dir.join("revision.counter")).unwrap()[..2], b"2\0");
     r.flush().unwrap();
     assert_eq!(&std::fs::read(dir.join("revision.counter")).unwrap()[..2], b"5\0");
+    assert!(!r.recovery_facts().unflushed_writes, "a flush did not clear unflushed_writes");
     r.set_generation(9).unwrap();
     assert!(std::fs::read_to_string(dir.join("corral-state.json")).unwrap().contains("\"generation\":9"));
     r.set_rebuilding(true).unwrap();
@@ -284,7 +286,7 @@ fn dirty_flag_and_recovery_facts() {
     drop(r); // no clean close
     let r = Replica::open(&dir).unwrap();
     let f = r.recovery_facts();
-    assert!(f.was_dirty_at_open && f.rebuilding);
+    assert!(f.was_dirty_at_open && f.rebuilding && !f.unflushed_writes);
     assert_eq!((f.revision, f.generation), (100, 9));
     r.set_rebuilding(false).unwrap();
     r.close().unwrap();

@@ -28,6 +28,11 @@ pub struct RecoveryFacts {
     /// cleanly, so its revision counter may lag behind the writes it applied.
     #[serde(default)]
     pub was_dirty_at_open: bool,
+    /// Requests were applied since the last flush: the previous writer (an engine that crashed, for
+    /// instance) stopped without flushing, so writes in flight then may have reached this replica and
+    /// not others.
+    #[serde(default)]
+    pub unflushed_writes: bool,
     /// True while the replica is the target of an unfinished rebuild.
     pub rebuilding: bool,
     /// File name of the head layer.

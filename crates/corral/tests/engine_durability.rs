@@ -147,3 +147,68 @@ fn a_stale_replica_is_rebuilt_automatically_at_start() {
         );
     }
 }
+
+/// Writes round `round` to every `step`-th block without a flush and leaves without a clean
+/// disconnect: acknowledged writes that no flush covered yet.
+fn write_round_unflushed(engine: &EngineProc, round: u64, step: u64) {
+    let (host, port) = engine.nbd_tcp();
+    let mut c = NbdClient::connect(&host, port).unwrap();
+    for b in (0..BLOCKS).step_by(step as usize) {
+        c.write(b * 4096, &block_data(b, round, 4096), false).unwrap();
+    }
+}
+
+#[test]
+fn after_an_engine_crash_with_unflushed_writes_one_replica_serves_until_the_others_are_resynced() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut rs = replicas(dir.path(), 3, SIZE);
+    let mut engine = EngineProc::start("vol-unflushed", SIZE, &addresses(&rs), "127.0.0.1:0", &[]);
+    write_round(&engine, 1, 1);
+    write_round_unflushed(&engine, 2, 4);
+    // Only the engine dies; the replicas keep what they applied, which after a real crash with writes
+    // in flight may differ between them.
+    engine.kill9();
+    let engine =
+        EngineProc::start("vol-unflushed", SIZE, &addresses(&rs), "127.0.0.1:0", &["--no-auto-rebuild"]);
+    let modes: Vec<String> = rs.iter().map(|r| engine.mode_of(&r.address)).collect();
+    assert_eq!(
+        modes.iter().filter(|m| *m == "RW").count(),
+        1,
+        "after a crash with unflushed writes exactly one replica may serve: {modes:?}"
+    );
+    let serving = modes.iter().position(|m| m == "RW").unwrap();
+    // The acknowledged writes are there (the replicas never went down).
+    check_round(&engine, 2, 4, 3);
+    for (i, r) in rs.iter().enumerate() {
+        if i != serving {
+            engine.cli_ok(&["replica", "add", &r.address, "--wait"]);
+            assert_eq!(engine.mode_of(&r.address), "RW");
+        }
+    }
+    // Each resynced replica alone holds every byte.
+    let others: Vec<usize> = (0..rs.len()).filter(|&i| i != serving).collect();
+    rs[serving].kill9();
+    rs[others[0]].kill9();
+    let (host, port) = engine.nbd_tcp();
+    let mut c = NbdClient::connect(&host, port).unwrap();
+    for b in 0..BLOCKS {
+        let round = if b % 4 == 0 { 2 } else { 1 };
+        assert!(c.read(b * 4096, 4096).unwrap() == block_data(b, round, 4096), "block {b} wrong");
+    }
+    c.disconnect();
+}
+
+#[test]
+fn after_an_engine_crash_with_everything_flushed_every_replica_serves_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let rs = replicas(dir.path(), 3, SIZE);
+    let mut engine = EngineProc::start("vol-flushed", SIZE, &addresses(&rs), "127.0.0.1:0", &[]);
+    write_round(&engine, 1, 2);
+    engine.kill9();
+    let engine =
+        EngineProc::start("vol-flushed", SIZE, &addresses(&rs), "127.0.0.1:0", &["--no-auto-rebuild"]);
+    for r in &rs {
+        assert_eq!(engine.mode_of(&r.address), "RW", "{:?}", engine.replicas());
+    }
+    check_round(&engine, 1, 2, 3);
+}

@@ -91,6 +91,7 @@ impl ReplicaService for MemoryService {
             generation: self.generation.load(Ordering::SeqCst),
             dirty: true,
             was_dirty_at_open: false,
+            unflushed_writes: false,
             rebuilding: false,
             head: "volume-head-000.img".into(),
             chain: self.snapshots.lock().iter().rev().cloned().collect(),
