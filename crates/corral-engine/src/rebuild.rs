@@ -3,7 +3,9 @@
 //! 1. **Prepare** (admin lock, writes drained): connect, mark the target `rebuilding` (durably), take one
 //!    system snapshot (UUID, `user_created = false`) on every RW replica and on the target at the same
 //!    point of the write stream, and add the target as WO. From then on every write reaches its head, and
-//!    everything older lives in snapshot layers that no longer change on the source.
+//!    everything older lives in snapshot layers that no longer change on the source. Several targets
+//!    (the stale replicas found at start) are prepared together behind the same snapshot, then copied
+//!    one after another.
 //! 2. **Copy** (in the background): for every layer of an RW source, removed ones included, root first:
 //!    `BeginLayer` on the target (which keeps an existing file, for reuse), punch what the target holds
 //!    and the source does not, then walk the source's allocated extents in windows of `rebuild_batch`
@@ -219,23 +221,26 @@ impl Engine {
     /// `replica add`: prepares the rebuild (the target is WO when this returns) and copies in the
     /// background. Progress shows in [`Engine::replicas`].
     pub async fn add_replica(&self, address: &str) -> Result<()> {
-        let slot = self.prepare_rebuild(address).await?;
+        let targets = self.prepare_rebuild(&[address.to_string()]).await?;
         let engine = self.clone();
         tokio::spawn(async move {
-            engine.run_rebuild(slot).await;
+            engine.run_rebuilds(targets).await;
         });
         Ok(())
     }
 
-    /// Rebuilds the given replicas one after another in a background task (used at start for stale ones).
+    /// Rebuilds the given replicas in a background task (used at start for stale ones). They are
+    /// prepared together, so one system snapshot marks the same point on the sources and on every
+    /// target: each target's own data then sits in a layer of the same name as the source's and is
+    /// reused window by window. (Prepared one after another, the second target would lack the first
+    /// rebuild's snapshot and receive a full copy of everything written since the last common one.)
+    /// Then they are copied one after another.
     pub(crate) fn rebuild_in_background(&self, addresses: Vec<String>) {
         let engine = self.clone();
         tokio::spawn(async move {
-            for address in addresses {
-                match engine.prepare_rebuild(&address).await {
-                    Ok(slot) => engine.run_rebuild(slot).await,
-                    Err(e) => tracing::warn!(replica = %address, error = %e, "automatic rebuild not started"),
-                }
+            match engine.prepare_rebuild(&addresses).await {
+                Ok(targets) => engine.run_rebuilds(targets).await,
+                Err(e) => tracing::warn!(replicas = ?addresses, error = %e, "automatic rebuild not started"),
             }
         });
     }
@@ -245,9 +250,17 @@ impl Engine {
         self.shared.rebuild.lock().last.clone()
     }
 
-    async fn prepare_rebuild(&self, address: &str) -> Result<Arc<ReplicaSlot>> {
+    /// Makes every target of `addresses` WO behind one system snapshot (see
+    /// [`Self::rebuild_in_background`]). A target that cannot be prepared is left out (and reported
+    /// when none is left); nothing is left half-added.
+    async fn prepare_rebuild(&self, addresses: &[String]) -> Result<Vec<Arc<ReplicaSlot>>> {
         const OP: &str = "replica add";
-        validate_address(OP, address)?;
+        for (i, address) in addresses.iter().enumerate() {
+            validate_address(OP, address)?;
+            if addresses[..i].contains(address) {
+                return Err(EngineError::invalid(OP, format!("replica {address} is given twice")));
+            }
+        }
         let _admin = self.shared.admin.lock().await;
         if let Some(active) = self.shared.rebuild.lock().active.clone() {
             return Err(EngineError::conflict(
@@ -255,6 +268,70 @@ impl Engine {
                 format!("replica {active} is being rebuilt; one rebuild at a time"),
             ));
         }
+        if !self.slots().iter().any(|s| s.mode() == Mode::ReadWrite) {
+            return Err(EngineError::unavailable(OP, "no healthy replica to rebuild from"));
+        }
+        let mut first_error = None;
+        let mut connected = Vec::with_capacity(addresses.len());
+        for address in addresses {
+            match self.connect_target(address).await {
+                Ok(link) => connected.push((address, link)),
+                Err(e) => {
+                    tracing::warn!(replica = %address, error = %e, "rebuild target not prepared");
+                    first_error.get_or_insert(e);
+                }
+            }
+        }
+        let limit = self.shared.config.control_timeout;
+        let name = uuid::Uuid::new_v4().to_string();
+        let _gate = self.shared.gate.write().await;
+        let slots = self.slots();
+        let request = crate::link::SnapshotRequest {
+            name: name.clone(),
+            user_created: false,
+            labels: BTreeMap::new(),
+            created: Some(crate::operations::now_rfc3339()),
+        };
+        if !connected.is_empty() {
+            if let Err(e) = self.fan_out_within(OP, &slots, limit, |l| l.snapshot(request.clone())).await {
+                for (_, link) in &connected {
+                    link.close();
+                }
+                return Err(e);
+            }
+        }
+        let mut targets = Vec::with_capacity(connected.len());
+        for (address, link) in connected {
+            match timed(limit, link.snapshot(request.clone())).await {
+                Ok(()) => targets.push(ReplicaSlot::new(address.clone(), Some(link), Mode::WriteOnly)),
+                Err(e) => {
+                    link.close();
+                    tracing::warn!(replica = %address, error = %e, "rebuild target not prepared");
+                    first_error.get_or_insert(EngineError::new(
+                        ErrorKind::Io,
+                        OP,
+                        format!("replica {address}: {e}"),
+                    ));
+                }
+            }
+        }
+        if targets.is_empty() {
+            return Err(first_error.unwrap_or_else(|| EngineError::invalid(OP, "no replica to add")));
+        }
+        let mut list: Vec<Arc<ReplicaSlot>> =
+            slots.iter().filter(|s| !targets.iter().any(|t| t.address == s.address)).cloned().collect();
+        list.extend(targets.iter().cloned());
+        *self.shared.slots.write() = Arc::new(list);
+        let names: Vec<&str> = targets.iter().map(|t| t.address.as_str()).collect();
+        self.shared.rebuild.lock().active = Some(names.join(", "));
+        tracing::info!(volume = %self.volume(), replicas = ?names, snapshot = %name, "rebuild started; replicas are WO");
+        Ok(targets)
+    }
+
+    /// Connects to a rebuild target, grows it to the volume's size and marks it `rebuilding`
+    /// (durably). The caller holds the admin lock.
+    async fn connect_target(&self, address: &str) -> Result<Arc<dyn ReplicaLink>> {
+        const OP: &str = "replica add";
         if let Some(existing) = self.slots().iter().find(|s| s.address == address) {
             if existing.mode() != Mode::Error {
                 return Err(EngineError::new(
@@ -264,9 +341,6 @@ impl Engine {
                 ));
             }
         }
-        if !self.slots().iter().any(|s| s.mode() == Mode::ReadWrite) {
-            return Err(EngineError::unavailable(OP, "no healthy replica to rebuild from"));
-        }
         let limit = self.shared.config.control_timeout;
         let fail = |e: LinkError| EngineError::new(ErrorKind::Io, OP, format!("replica {address}: {e}"));
         let (link, facts) =
@@ -274,36 +348,32 @@ impl Engine {
         let size = self.size();
         let result = async {
             if facts.size > size {
-                return Err(EngineError::invalid(OP, format!("replica {address} holds {} bytes, more than the volume's {size}", facts.size)));
+                return Err(EngineError::invalid(
+                    OP,
+                    format!("replica {address} holds {} bytes, more than the volume's {size}", facts.size),
+                ));
             }
             if facts.size < size {
                 timed(limit, link.expand(size)).await.map_err(fail)?;
             }
-            timed(limit, link.set_rebuilding(true)).await.map_err(fail)?;
-            let name = uuid::Uuid::new_v4().to_string();
-            let _gate = self.shared.gate.write().await;
-            let slots = self.slots();
-            let request = crate::link::SnapshotRequest {
-                name: name.clone(),
-                user_created: false,
-                labels: BTreeMap::new(),
-                created: Some(crate::operations::now_rfc3339()),
-            };
-            self.fan_out_within(OP, &slots, limit, |l| l.snapshot(request.clone())).await?;
-            timed(limit, link.snapshot(request.clone())).await.map_err(fail)?;
-            let slot = ReplicaSlot::new(address.to_string(), Some(link.clone()), Mode::WriteOnly);
-            let mut list: Vec<Arc<ReplicaSlot>> = slots.iter().filter(|s| s.address != address).cloned().collect();
-            list.push(slot.clone());
-            *self.shared.slots.write() = Arc::new(list);
-            self.shared.rebuild.lock().active = Some(address.to_string());
-            tracing::info!(volume = %self.volume(), replica = %address, snapshot = %name, "rebuild started; replica is WO");
-            Ok(slot)
+            timed(limit, link.set_rebuilding(true)).await.map_err(fail)
         }
         .await;
-        if result.is_err() {
-            link.close();
+        match result {
+            Ok(()) => Ok(link),
+            Err(e) => {
+                link.close();
+                Err(e)
+            }
         }
-        result
+    }
+
+    /// Copies to each prepared target in turn, then ends the rebuild.
+    async fn run_rebuilds(&self, targets: Vec<Arc<ReplicaSlot>>) {
+        for slot in targets {
+            self.run_rebuild(slot).await;
+        }
+        self.shared.rebuild.lock().active = None;
     }
 
     async fn run_rebuild(&self, slot: Arc<ReplicaSlot>) {
@@ -329,9 +399,7 @@ impl Engine {
             seconds: started.elapsed().as_secs_f64(),
         };
         tracing::info!(volume = %self.volume(), ?report, "rebuild ended");
-        let mut tracker = self.shared.rebuild.lock();
-        tracker.active = None;
-        tracker.last = Some(report);
+        self.shared.rebuild.lock().last = Some(report);
     }
 
     async fn copy_and_finish(

@@ -194,6 +194,31 @@ async fn a_stale_replica_is_rebuilt_at_start_and_never_read_before() {
     assert!(engine.last_rebuild().unwrap().succeeded);
 }
 
+/// After an unclean stop every replica but one is stale; they are rebuilt behind one shared system
+/// snapshot, so each reuses the data it already holds instead of the second one receiving a full copy.
+#[tokio::test]
+async fn stale_replicas_found_at_start_are_rebuilt_together_and_reuse_their_data() {
+    let (cluster, replicas, engine) = cluster_engine(3).await;
+    engine.write(0, Bytes::from(pattern(1, 1 << 20)), true).await.unwrap();
+    drop(engine);
+    for r in &replicas {
+        r.restart();
+    }
+    let engine = Engine::start(config(), cluster.clone(), &addrs(3)).await.unwrap();
+    assert_eq!(modes(&engine).iter().filter(|m| **m == Mode::ReadWrite).count(), 1, "{:?}", modes(&engine));
+    wait_all_rw(&engine).await;
+    let report = engine.last_rebuild().unwrap();
+    assert!(report.succeeded, "{report:?}");
+    assert_eq!(
+        (report.copied_bytes, report.reused_bytes),
+        (0, 1 << 20),
+        "the last target copied: {report:?}"
+    );
+    for r in &replicas {
+        assert_eq!(r.read_volume(0, 1 << 20), pattern(1, 1 << 20));
+    }
+}
+
 /// Online rebuild with writes (many of them smaller than a block) flowing, then the originals die: the
 /// rebuilt replica alone holds every byte.
 #[tokio::test]
