@@ -99,3 +99,89 @@ pub fn run(job: &Job, target: &Target<'_>, size: u64, runtime: u64) -> Result<Me
         lat_us: side["clat_ns"]["mean"].as_f64().unwrap_or(0.0) / 1000.0,
     })
 }
+
+/// The median of `values` (sorted in place): the middle value, or the mean of the two middle values when
+/// the count is even. NaN when `values` is empty.
+pub fn median(values: &mut [f64]) -> f64 {
+    values.sort_by(f64::total_cmp);
+    let n = values.len();
+    if n == 0 {
+        return f64::NAN;
+    }
+    // For odd n both indices are the middle one.
+    (values[(n - 1) / 2] + values[n / 2]) / 2.0
+}
+
+/// Per-job medians of several runs of the job list (`runs[run][job]`): IOPS, MiB/s and latency each
+/// taken as their own median. A job missing from some run is the median of the runs that have it.
+pub fn median_per_job(runs: &[Vec<Measured>]) -> Vec<Measured> {
+    let jobs = runs.iter().map(Vec::len).max().unwrap_or(0);
+    (0..jobs)
+        .map(|j| {
+            let column: Vec<&Measured> = runs.iter().filter_map(|r| r.get(j)).collect();
+            let field = |f: fn(&Measured) -> f64| {
+                let mut values: Vec<f64> = column.iter().map(|m| f(m)).collect();
+                median(&mut values)
+            };
+            Measured { iops: field(|m| m.iops), mib_s: field(|m| m.mib_s), lat_us: field(|m| m.lat_us) }
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn median_of_odd_count_is_the_middle_value() {
+        assert_eq!(median(&mut [5.0, 1.0, 3.0]), 3.0);
+        assert_eq!(median(&mut [9.0, 2.0, 7.0, 4.0, 100.0]), 7.0);
+    }
+
+    #[test]
+    fn median_of_even_count_is_the_mean_of_the_two_middle_values() {
+        assert_eq!(median(&mut [4.0, 1.0, 3.0, 2.0]), 2.5);
+        assert_eq!(median(&mut [10.0, 20.0]), 15.0);
+    }
+
+    #[test]
+    fn median_of_one_value_is_that_value() {
+        assert_eq!(median(&mut [42.5]), 42.5);
+    }
+
+    #[test]
+    fn median_of_nothing_is_nan() {
+        assert!(median(&mut []).is_nan());
+    }
+
+    fn m(iops: f64, mib_s: f64, lat_us: f64) -> Measured {
+        Measured { iops, mib_s, lat_us }
+    }
+
+    #[test]
+    fn median_per_job_takes_each_field_on_its_own() {
+        // Three runs of two jobs; the fields' medians come from different runs.
+        let runs = vec![
+            vec![m(100.0, 1.0, 30.0), m(5.0, 50.0, 7.0)],
+            vec![m(300.0, 3.0, 10.0), m(1.0, 10.0, 9.0)],
+            vec![m(200.0, 9.0, 20.0), m(3.0, 30.0, 8.0)],
+        ];
+        let med = median_per_job(&runs);
+        assert_eq!(med.len(), 2);
+        assert_eq!((med[0].iops, med[0].mib_s, med[0].lat_us), (200.0, 3.0, 20.0));
+        assert_eq!((med[1].iops, med[1].mib_s, med[1].lat_us), (3.0, 30.0, 8.0));
+    }
+
+    #[test]
+    fn median_per_job_of_even_runs_and_of_one_run() {
+        let runs = vec![vec![m(100.0, 1.0, 10.0)], vec![m(200.0, 3.0, 30.0)]];
+        let med = median_per_job(&runs);
+        assert_eq!((med[0].iops, med[0].mib_s, med[0].lat_us), (150.0, 2.0, 20.0));
+
+        let one = vec![vec![m(7.0, 8.0, 9.0), m(1.0, 2.0, 3.0)]];
+        let med = median_per_job(&one);
+        assert_eq!(med.len(), 2);
+        assert_eq!((med[1].iops, med[1].mib_s, med[1].lat_us), (1.0, 2.0, 3.0));
+        assert!(median_per_job(&[]).is_empty());
+    }
+}

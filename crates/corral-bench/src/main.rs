@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! cargo build --release -p corral -p corral-bench
-//! target/release/corral-bench engine [--runtime SECS] [--size GIB] [--dir DIR] [--rebuild-gib GIB]
+//! target/release/corral-bench engine [--runtime SECS] [--size GIB] [--dir DIR] [--rebuild-gib GIB] [--repeat N]
 //! ```
 //! (`cargo run --release -p corral-bench -- engine` works too once `corral` is built in release.)
 //!
@@ -12,6 +12,11 @@
 //! and QD32, 4 KiB random read QD1 and QD32, 1 MiB sequential read (QD8). Then it measures the online
 //! rebuild of a volume whose data lies in alternating 4 KiB blocks. It prints one table with the replica
 //! count, sync mode and `direct=1` next to each figure, and the ratios against qemu-nbd.
+//!
+//! `--repeat N` (default 1) runs each target's whole job list N times (the target is started once, and
+//! every round begins with the filling 1 MiB write) and reports each figure as the median of the N runs
+//! (mean of the two middle runs for even N), with the per-run min–max range of the QD32 ratios against
+//! qemu-nbd under the table. The rebuild is measured once.
 //!
 //! Sync mode: none of the fio jobs flushes (no `fsync=`), for every target alike. Corral's replicas and
 //! qemu-nbd (`--cache=writeback`, its default) write through the page cache; the plain-file baseline
@@ -30,10 +35,12 @@ struct Options {
     rebuild_gib: u64,
     dir: PathBuf,
     corral: PathBuf,
+    /// Runs of each target's job list; the table shows medians. At least 1.
+    repeat: usize,
 }
 
 fn usage() -> ExitCode {
-    eprintln!("usage: corral-bench engine [--runtime SECS] [--size GIB] [--rebuild-gib GIB] [--dir DIR] [--corral PATH]");
+    eprintln!("usage: corral-bench engine [--runtime SECS] [--size GIB] [--rebuild-gib GIB] [--dir DIR] [--corral PATH] [--repeat N]");
     ExitCode::from(2)
 }
 
@@ -45,6 +52,7 @@ fn parse(args: &[String]) -> Option<Options> {
         rebuild_gib: 4,
         dir: PathBuf::from("target/bench-engine"),
         corral: std::env::var_os("CORRAL_BIN").map(PathBuf::from).unwrap_or_else(|| exe_dir.join("corral")),
+        repeat: 1,
     };
     let mut it = args.iter();
     while let Some(a) = it.next() {
@@ -54,6 +62,7 @@ fn parse(args: &[String]) -> Option<Options> {
             "--rebuild-gib" => o.rebuild_gib = it.next()?.parse().ok()?,
             "--dir" => o.dir = PathBuf::from(it.next()?),
             "--corral" => o.corral = PathBuf::from(it.next()?),
+            "--repeat" => o.repeat = it.next()?.parse().ok().filter(|&n| n >= 1)?,
             _ => return None,
         }
     }

@@ -137,13 +137,24 @@ fn make_file(path: &Path, size: u64) -> Result<(), BenchError> {
     f.set_len(size).map_err(|e| tool_error("truncate", e.to_string()))
 }
 
-fn run_jobs(label: &str, target: Target<'_>, size: u64, runtime: u64) -> Result<Vec<Measured>, BenchError> {
-    let mut out = Vec::new();
-    for job in &JOBS {
-        eprintln!("  {label}: {}", job.name);
-        out.push(fio::run(job, &target, size, runtime)?);
+/// Runs the whole job list `o.repeat` times against one started target: `runs[run][job]`. Every round
+/// begins with the 1 MiB sequential write, which (re)fills the target.
+fn run_jobs(label: &str, target: Target<'_>, o: &Options) -> Result<Vec<Vec<Measured>>, BenchError> {
+    let size = o.size_gib << 30;
+    let mut runs = Vec::with_capacity(o.repeat);
+    for round in 1..=o.repeat {
+        let mut out = Vec::with_capacity(JOBS.len());
+        for job in &JOBS {
+            if o.repeat > 1 {
+                eprintln!("  {label} (run {round}/{}): {}", o.repeat, job.name);
+            } else {
+                eprintln!("  {label}: {}", job.name);
+            }
+            out.push(fio::run(job, &target, size, o.runtime)?);
+        }
+        runs.push(out);
     }
-    Ok(out)
+    Ok(runs)
 }
 
 fn fresh_dir(path: &Path) -> Result<PathBuf, BenchError> {
@@ -159,6 +170,23 @@ fn cell(job: &fio::Job, m: &Measured) -> String {
         format!("{:.0} IOPS {:.0} µs", m.iops, m.lat_us)
     } else {
         format!("{:.1}k IOPS", m.iops / 1000.0)
+    }
+}
+
+/// The min–max range over runs of `corral` IOPS / `qemu` IOPS for job `job`, run i against run i.
+fn ratio_range(corral: &[Vec<Measured>], qemu: &[Vec<Measured>], job: usize) -> String {
+    let ratios: Vec<f64> = corral
+        .iter()
+        .zip(qemu)
+        .filter_map(|(c, q)| Some((c.get(job)?.iops, q.get(job)?.iops)))
+        .filter(|&(_, q)| q > 0.0)
+        .map(|(c, q)| c / q)
+        .collect();
+    let min = ratios.iter().copied().min_by(f64::total_cmp);
+    let max = ratios.iter().copied().max_by(f64::total_cmp);
+    match (min, max) {
+        (Some(min), Some(max)) => format!("{min:.2}–{max:.2}×"),
+        _ => "-".into(),
     }
 }
 
@@ -192,34 +220,40 @@ pub fn run_engine_bench(o: &Options) -> Result<(), BenchError> {
 
     let file = root.join("plain.raw");
     make_file(&file, size)?;
-    let plain = run_jobs("file direct=1", Target::File(&file), size, o.runtime)?;
+    let plain = fio::median_per_job(&run_jobs("file direct=1", Target::File(&file), o)?);
     let _ = std::fs::remove_file(&file);
 
     let qfile = root.join("qemu.raw");
     make_file(&qfile, size)?;
-    let qemu = {
+    let qemu_runs = {
         let (_q, uri) = start_qemu_nbd(&qfile)?;
-        run_jobs("qemu-nbd", Target::Nbd(&uri), size, o.runtime)?
+        run_jobs("qemu-nbd", Target::Nbd(&uri), o)?
     };
     let _ = std::fs::remove_file(&qfile);
 
-    let mut corral = Vec::new();
+    // Runs (`[run][job]`) of Corral with 1 replica, then with 3.
+    let mut corral_runs = Vec::new();
     for replicas in [1usize, 3] {
         let dir = fresh_dir(&root.join(format!("corral{replicas}")))?;
         let c = start_corral(o, &dir, replicas, size)?;
-        corral.push(run_jobs(
-            &format!("corral {replicas} replica(s)"),
-            Target::Nbd(&c.nbd),
-            size,
-            o.runtime,
-        )?);
+        corral_runs.push(run_jobs(&format!("corral {replicas} replica(s)"), Target::Nbd(&c.nbd), o)?);
         drop(c);
         let _ = std::fs::remove_dir_all(&dir);
     }
+    let (Some(one_runs), Some(three_runs)) = (corral_runs.first(), corral_runs.get(1)) else {
+        return Err(tool_error("corral", "missing Corral results"));
+    };
+    let qemu = fio::median_per_job(&qemu_runs);
+    let corral = [fio::median_per_job(one_runs), fio::median_per_job(three_runs)];
 
     println!();
+    let medians = if o.repeat > 1 {
+        format!("; each figure is the median of {} runs", o.repeat)
+    } else {
+        String::new()
+    };
     println!(
-        "Engine benchmark: fio {}s per job, {} GiB, same disk; no job flushes (no fsync=).",
+        "Engine benchmark: fio {}s per job, {} GiB, same disk; no job flushes (no fsync=){medians}.",
         o.runtime, o.size_gib
     );
     println!("file: fio io_uring direct=1 on a plain file (the disk's limit). qemu-nbd: raw file, --cache=writeback, fio nbd engine.");
@@ -240,6 +274,24 @@ pub fn run_engine_bench(o: &Options) -> Result<(), BenchError> {
             ratio(&corral[0][i], &qemu[i]),
             ratio(&corral[1][i], &qemu[i]),
         );
+    }
+    if o.repeat > 1 {
+        // Per-run spread of the QD32 ratios (run i of Corral against run i of qemu-nbd).
+        let ranges: Vec<String> = JOBS
+            .iter()
+            .enumerate()
+            .filter(|(_, job)| job.bs == 4096 && job.qd == 32)
+            .map(|(i, job)| {
+                format!(
+                    "{}: 3 replicas / qemu-nbd {}, 1 replica / qemu-nbd {}",
+                    job.name,
+                    ratio_range(three_runs, &qemu_runs, i),
+                    ratio_range(one_runs, &qemu_runs, i)
+                )
+            })
+            .collect();
+        println!();
+        println!("Ratio range over the {} runs (min–max): {}.", o.repeat, ranges.join("; "));
     }
     let qd1 = 1;
     println!();
