@@ -282,6 +282,9 @@ impl Engine {
                 }
             }
         }
+        if connected.is_empty() {
+            return Err(first_error.unwrap_or_else(|| EngineError::invalid(OP, "no replica to add")));
+        }
         let limit = self.shared.config.control_timeout;
         let name = uuid::Uuid::new_v4().to_string();
         let _gate = self.shared.gate.write().await;
@@ -292,13 +295,11 @@ impl Engine {
             labels: BTreeMap::new(),
             created: Some(crate::operations::now_rfc3339()),
         };
-        if !connected.is_empty() {
-            if let Err(e) = self.fan_out_within(OP, &slots, limit, |l| l.snapshot(request.clone())).await {
-                for (_, link) in &connected {
-                    link.close();
-                }
-                return Err(e);
+        if let Err(e) = self.fan_out_within(OP, &slots, limit, |l| l.snapshot(request.clone())).await {
+            for (_, link) in &connected {
+                link.close();
             }
+            return Err(e);
         }
         let mut targets = Vec::with_capacity(connected.len());
         for (address, link) in connected {
