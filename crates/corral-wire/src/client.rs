@@ -75,11 +75,12 @@ impl Shared {
                 *current = Some(reason.to_string());
             }
         }
+        // Closed first: a caller woken below with `Closed` must already see `is_closed()`.
+        self.closed.cancel();
         for connection in &self.connections {
             connection.pending.fail_all(reason);
             connection.out.abort();
         }
-        self.closed.cancel();
     }
 
     fn closed_error(&self, reason: String) -> WireError {
