@@ -14,8 +14,7 @@
 //! small reads and writes inline on the connection's task (a `pread`/`pwrite` of at most
 //! [`ServeOptions::inline_max`] bytes in the page cache, answers batched into one vectored write) and
 //! runs everything that may block for long (flush, trim, FUA, large data, reads that miss the page
-//! cache, control operations) on its own pool of worker
-//! threads. Every type here is `Send + Sync`.
+//! cache, control operations) on its own pool of worker threads. Every type here is `Send + Sync`.
 //!
 //! ```no_run
 //! # async fn example<S: corral_wire::ReplicaService>(service: std::sync::Arc<S>) -> corral_wire::Result<()> {
