@@ -9,12 +9,24 @@ pub struct PortAllocator {
     range: RangeInclusive<u16>,
     used: BTreeSet<u16>,
     cursor: u16,
+    bindable: fn(u16) -> bool,
+}
+
+/// Whether a port can be bound on the loopback address right now.
+fn bindable_on_loopback(port: u16) -> bool {
+    std::net::TcpListener::bind(("127.0.0.1", port)).is_ok()
 }
 
 impl PortAllocator {
     pub fn new(range: RangeInclusive<u16>) -> Self {
+        Self::with_probe(range, bindable_on_loopback)
+    }
+
+    /// An allocator that asks `bindable` whether a port is free on the machine (tests use a
+    /// probe that does not depend on what other processes hold).
+    pub fn with_probe(range: RangeInclusive<u16>, bindable: fn(u16) -> bool) -> Self {
         let cursor = *range.start();
-        PortAllocator { range, used: BTreeSet::new(), cursor }
+        PortAllocator { range, used: BTreeSet::new(), cursor, bindable }
     }
 
     pub fn range(&self) -> &RangeInclusive<u16> {
@@ -39,7 +51,7 @@ impl PortAllocator {
             if self.used.contains(&port) || out.contains(&port) {
                 continue;
             }
-            if std::net::TcpListener::bind(("127.0.0.1", port)).is_err() {
+            if !(self.bindable)(port) {
                 continue;
             }
             out.push(port);
@@ -58,7 +70,7 @@ impl PortAllocator {
             if !self.range.contains(p) || self.used.contains(p) || !seen.insert(*p) {
                 return None;
             }
-            if std::net::TcpListener::bind(("127.0.0.1", *p)).is_err() {
+            if !(self.bindable)(*p) {
                 return None;
             }
         }
@@ -78,9 +90,16 @@ impl PortAllocator {
 mod tests {
     use super::*;
 
+    /// The allocator's own bookkeeping, independent of what other processes on the machine
+    /// hold (the fixed ranges below lie in the kernel's ephemeral range, where a concurrent
+    /// test's outgoing connection may own a port at any moment).
+    fn every_port_is_free(_: u16) -> bool {
+        true
+    }
+
     #[test]
     fn allocates_distinct_ports_and_reuses_released_ones_last() {
-        let mut a = PortAllocator::new(41000..=41009);
+        let mut a = PortAllocator::with_probe(41000..=41009, every_port_is_free);
         let first = a.allocate(4).unwrap();
         assert_eq!(first.len(), 4);
         let second = a.allocate(6).unwrap();
@@ -98,7 +117,7 @@ mod tests {
 
     #[test]
     fn exact_ports_only_when_free_and_in_range() {
-        let mut a = PortAllocator::new(41100..=41109);
+        let mut a = PortAllocator::with_probe(41100..=41109, every_port_is_free);
         assert_eq!(a.allocate_exact(&[41105, 41101]), Some(vec![41105, 41101]));
         assert_eq!(a.allocate_exact(&[41105]), None, "held");
         assert_eq!(a.allocate_exact(&[41200]), None, "outside the range");
