@@ -16,7 +16,7 @@
 //! `--repeat N` (default 1) runs each target's whole job list N times (the target is started once, and
 //! every round begins with the filling 1 MiB write) and reports each figure as the median of the N runs
 //! (mean of the two middle runs for even N), with the per-run min–max range of the QD32 ratios against
-//! qemu-nbd under the table. The rebuild is measured once.
+//! qemu-nbd under the table. The rebuild is measured once; `--rebuild-gib 0` skips it.
 //!
 //! Sync mode: none of the fio jobs flushes (no `fsync=`), for every target alike. Corral's replicas and
 //! qemu-nbd (`--cache=writeback`, its default) write through the page cache; the plain-file baseline

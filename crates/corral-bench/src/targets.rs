@@ -302,7 +302,9 @@ pub fn run_engine_bench(o: &Options) -> Result<(), BenchError> {
         corral[0][qd1].lat_us - qemu[qd1].lat_us
     );
 
-    rebuild_bench(o, &root)?;
+    if o.rebuild_gib > 0 {
+        rebuild_bench(o, &root)?;
+    }
     let _ = std::fs::remove_dir_all(&root);
     Ok(())
 }
