@@ -4,6 +4,8 @@
 //! Both sides use buffered I/O (page cache) on the same filesystem, one thread issuing requests
 //! back to back (queue depth 1) unless stated; the write phases end with one fdatasync, counted in the
 //! time. Memory is measured with a counting global allocator (bytes held after `open` minus before).
+// A benchmark stops at its first failure, naming the step.
+#![allow(clippy::expect_used)]
 
 use corral_replica::{CreateOptions, Replica, SnapshotOptions};
 use std::alloc::{GlobalAlloc, Layout, System};
