@@ -10,7 +10,9 @@ use futures::future::{join_all, BoxFuture};
 use parking_lot::{Mutex, RwLock};
 
 use crate::error::{EngineError, ErrorKind, Result};
-use crate::link::{Connector, LinkError, LinkErrorKind, LinkResult, ReplicaLink};
+use corral_wire::{ErrorKind as WireErrorKind, ReplicaProtocol, Result as WireResult, WireError};
+
+use crate::connector::Connector;
 use crate::replica_set::{Mode, ReplicaSlot, SlotList};
 
 /// Block size inside replicas; writes are widened to it while a WO replica exists.
@@ -23,7 +25,7 @@ const STRIPES: usize = 256;
 /// Zero data for WO replicas (see [`Engine::zero`]).
 static ZERO_CHUNK: [u8; 1 << 20] = [0u8; 1 << 20];
 
-fn write_zero_data(link: &Arc<dyn ReplicaLink>, off: u64, len: u64) -> BoxFuture<'_, LinkResult<()>> {
+fn write_zero_data(link: &Arc<dyn ReplicaProtocol>, off: u64, len: u64) -> BoxFuture<'_, WireResult<()>> {
     Box::pin(async move {
         let mut done = 0u64;
         while done < len {
@@ -135,9 +137,9 @@ impl Engine {
     pub(crate) async fn bounded<T>(
         &self,
         limit: Limit,
-        link: &Arc<dyn ReplicaLink>,
-        call: BoxFuture<'_, LinkResult<T>>,
-    ) -> LinkResult<T> {
+        link: &Arc<dyn ReplicaProtocol>,
+        call: BoxFuture<'_, WireResult<T>>,
+    ) -> WireResult<T> {
         let after = match limit {
             // The link's own deadline scan replaces a timer per request on the hot path.
             Limit::Data if link.times_out_data_requests() => return call.await,
@@ -146,7 +148,7 @@ impl Engine {
         };
         match tokio::time::timeout(after, call).await {
             Ok(result) => result,
-            Err(_) => Err(LinkError::new(LinkErrorKind::Timeout, format!("no answer within {after:?}"))),
+            Err(_) => Err(WireError::service(WireErrorKind::Timeout, format!("no answer within {after:?}"))),
         }
     }
 }
@@ -218,7 +220,7 @@ impl Engine {
 
     /// Sets a replica ERR and closes its link. The drop is counted *before* the mode changes, so any
     /// write that no longer sees the replica also sees the drop and waits for the generation bump.
-    pub(crate) fn fail_replica(&self, slot: &ReplicaSlot, op: &str, err: &LinkError) {
+    pub(crate) fn fail_replica(&self, slot: &ReplicaSlot, op: &str, err: &WireError) {
         if slot.mode() == Mode::Error {
             return;
         }
@@ -242,7 +244,7 @@ impl Engine {
         f: F,
     ) -> Result<()>
     where
-        F: Fn(&'a Arc<dyn ReplicaLink>) -> BoxFuture<'a, LinkResult<()>>,
+        F: Fn(&'a Arc<dyn ReplicaProtocol>) -> BoxFuture<'a, WireResult<()>>,
     {
         self.fan_out_modal(op, slots, Limit::Data, |_, l| f(l)).await
     }
@@ -256,7 +258,7 @@ impl Engine {
         f: F,
     ) -> Result<()>
     where
-        F: Fn(&'a Arc<dyn ReplicaLink>) -> BoxFuture<'a, LinkResult<()>>,
+        F: Fn(&'a Arc<dyn ReplicaProtocol>) -> BoxFuture<'a, WireResult<()>>,
     {
         self.fan_out_modal(op, slots, Limit::Control(timeout), |_, l| f(l)).await
     }
@@ -270,7 +272,7 @@ impl Engine {
         f: F,
     ) -> Result<()>
     where
-        F: Fn(Mode, &'a Arc<dyn ReplicaLink>) -> BoxFuture<'a, LinkResult<()>>,
+        F: Fn(Mode, &'a Arc<dyn ReplicaProtocol>) -> BoxFuture<'a, WireResult<()>>,
     {
         let count = slots.iter().filter(|s| s.writable_link().is_some()).count();
         if count == 0 {
@@ -280,8 +282,8 @@ impl Engine {
             // One replica: no join machinery.
             if let Some((slot, link)) = slots.iter().find_map(|s| s.writable_link().map(|l| (s, l))) {
                 if let Err(err) = self.bounded(limit, link, f(slot.mode(), link)).await {
-                    if err.kind == LinkErrorKind::NoSpace {
-                        return Err(EngineError::new(ErrorKind::NoSpace, op, err.message));
+                    if err.kind() == WireErrorKind::NoSpace {
+                        return Err(EngineError::from_replica(ErrorKind::NoSpace, op, &slot.address, err));
                     }
                     self.fail_replica(slot, op, &err);
                 }
@@ -299,7 +301,7 @@ impl Engine {
             let failed: Vec<_> = results.iter().filter_map(|(s, e)| e.as_ref().map(|e| (s, e))).collect();
             if !failed.is_empty()
                 && failed.len() == results.len()
-                && failed.iter().all(|(_, e)| e.kind == LinkErrorKind::NoSpace)
+                && failed.iter().all(|(_, e)| e.kind() == WireErrorKind::NoSpace)
             {
                 return Err(EngineError::new(ErrorKind::NoSpace, op, "no space left on any replica"));
             }
@@ -394,13 +396,13 @@ impl Engine {
         for attempt in 0..count {
             let slot = &slots[(start + attempt) % count];
             let Some(link) = slot.readable_link() else { continue };
-            match self.bounded(Limit::Data, link, link.read(off, len)).await {
+            match self.bounded(Limit::Data, link, link.read(off, len as u64)).await {
                 Ok(data) if data.len() == len => return Ok(data),
                 Ok(data) => self.fail_replica(
                     slot,
                     "read",
-                    &LinkError::new(
-                        LinkErrorKind::Protocol,
+                    &WireError::service(
+                        WireErrorKind::Protocol,
                         format!("short read: {} of {len} bytes", data.len()),
                     ),
                 ),

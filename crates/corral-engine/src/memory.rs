@@ -1,5 +1,5 @@
 //! In-memory replicas with fault injection: a model of a replica (head + snapshot layers at 4 KiB
-//! granularity, recovery facts) behind the same [`ReplicaLink`] face as a remote replica, so the engine's
+//! granularity, recovery facts) behind the same [`ReplicaProtocol`] face as a remote replica, so the engine's
 //! replicator, failure handling, start-up decision and rebuild are unit-tested without processes.
 //!
 //! The model reproduces the one behaviour that matters for rebuild correctness: a write smaller than a
@@ -17,10 +17,12 @@ use futures::FutureExt;
 use parking_lot::Mutex;
 use sha2::{Digest, Sha256};
 
-use crate::link::{
-    Connector, Extent, LinkError, LinkErrorKind, LinkResult, RecoveryFacts, ReplicaLink, SnapshotInfo,
-    SnapshotRequest, HEAD_NAME,
+use corral_wire::{
+    ErrorKind as WireErrorKind, Extent, RecoveryFacts, ReplicaProtocol, Result as WireResult, SnapshotInfo,
+    SnapshotRequest, WireError, HEAD_NAME,
 };
+
+use crate::connector::Connector;
 
 const BS: u64 = 4096;
 type Block = Box<[u8; BS as usize]>;
@@ -194,14 +196,14 @@ fn extents_of(blocks: &Blocks) -> Vec<Extent> {
     out
 }
 
-fn not_found(what: &str) -> LinkError {
-    LinkError::new(LinkErrorKind::NotFound, format!("no layer {what}"))
+fn not_found(what: &str) -> WireError {
+    WireError::service(WireErrorKind::NotFound, format!("no layer {what}"))
 }
 
-fn check(s: &ReplicaState, off: u64, len: u64) -> LinkResult<()> {
+fn check(s: &ReplicaState, off: u64, len: u64) -> WireResult<()> {
     match off.checked_add(len) {
         Some(end) if end <= s.size => Ok(()),
-        _ => Err(LinkError::new(LinkErrorKind::OutOfRange, format!("{off}+{len} beyond {}", s.size))),
+        _ => Err(WireError::service(WireErrorKind::OutOfRange, format!("{off}+{len} beyond {}", s.size))),
     }
 }
 
@@ -215,14 +217,14 @@ impl MemoryLink {
     /// Runs `f` on the state unless the replica is down, the link closed, or the replica hangs.
     fn op<T: Send + 'static>(
         &self,
-        f: impl FnOnce(&mut ReplicaState) -> LinkResult<T> + Send + 'static,
-    ) -> BoxFuture<'_, LinkResult<T>> {
+        f: impl FnOnce(&mut ReplicaState) -> WireResult<T> + Send + 'static,
+    ) -> BoxFuture<'_, WireResult<T>> {
         async move {
             if self.replica.hang.load(Ordering::SeqCst) {
                 futures::future::pending::<()>().await;
             }
             if self.closed.load(Ordering::SeqCst) || self.replica.down.load(Ordering::SeqCst) {
-                return Err(LinkError::new(LinkErrorKind::Closed, "replica is down"));
+                return Err(WireError::service(WireErrorKind::Closed, "replica is down"));
             }
             // Yield once so that fan-outs really interleave, as over a network.
             tokio::task::yield_now().await;
@@ -233,16 +235,16 @@ impl MemoryLink {
     }
 }
 
-impl ReplicaLink for MemoryLink {
-    fn read(&self, off: u64, len: usize) -> BoxFuture<'_, LinkResult<Bytes>> {
+impl ReplicaProtocol for MemoryLink {
+    fn read(&self, off: u64, len: u64) -> BoxFuture<'_, WireResult<Bytes>> {
         self.op(move |s| {
-            check(s, off, len as u64)?;
-            let mut out = vec![0u8; len];
+            check(s, off, len)?;
+            let mut out = vec![0u8; len as usize];
             read_through(s, &mut out, off);
             Ok(Bytes::from(out))
         })
     }
-    fn write(&self, off: u64, data: Bytes) -> BoxFuture<'_, LinkResult<()>> {
+    fn write(&self, off: u64, data: Bytes) -> BoxFuture<'_, WireResult<()>> {
         let replica = self.replica.clone();
         self.op(move |s| {
             check(s, off, data.len() as u64)?;
@@ -252,10 +254,10 @@ impl ReplicaLink for MemoryLink {
             Ok(())
         })
     }
-    fn unmap(&self, off: u64, len: u64) -> BoxFuture<'_, LinkResult<()>> {
+    fn unmap(&self, off: u64, len: u64) -> BoxFuture<'_, WireResult<()>> {
         self.write_zeroes(off, len)
     }
-    fn write_zeroes(&self, off: u64, len: u64) -> BoxFuture<'_, LinkResult<()>> {
+    fn write_zeroes(&self, off: u64, len: u64) -> BoxFuture<'_, WireResult<()>> {
         self.op(move |s| {
             check(s, off, len)?;
             // Like the real replica: whole blocks no lower layer holds are punched from the head (they
@@ -281,38 +283,38 @@ impl ReplicaLink for MemoryLink {
             Ok(())
         })
     }
-    fn flush(&self) -> BoxFuture<'_, LinkResult<()>> {
+    fn flush(&self) -> BoxFuture<'_, WireResult<()>> {
         self.op(|_| Ok(()))
     }
-    fn ping(&self) -> BoxFuture<'_, LinkResult<()>> {
+    fn ping(&self) -> BoxFuture<'_, WireResult<()>> {
         self.op(|_| Ok(()))
     }
-    fn info(&self) -> BoxFuture<'_, LinkResult<RecoveryFacts>> {
+    fn info(&self) -> BoxFuture<'_, WireResult<RecoveryFacts>> {
         self.op(|s| Ok(facts_of(s)))
     }
-    fn set_generation(&self, generation: u64) -> BoxFuture<'_, LinkResult<()>> {
+    fn set_generation(&self, generation: u64) -> BoxFuture<'_, WireResult<()>> {
         self.op(move |s| {
             s.generation = generation;
             Ok(())
         })
     }
-    fn set_revision(&self, revision: u64) -> BoxFuture<'_, LinkResult<()>> {
+    fn set_revision(&self, revision: u64) -> BoxFuture<'_, WireResult<()>> {
         self.op(move |s| {
             s.revision = revision;
             Ok(())
         })
     }
-    fn set_rebuilding(&self, rebuilding: bool) -> BoxFuture<'_, LinkResult<()>> {
+    fn set_rebuilding(&self, rebuilding: bool) -> BoxFuture<'_, WireResult<()>> {
         self.op(move |s| {
             s.rebuilding = rebuilding;
             Ok(())
         })
     }
-    fn snapshot(&self, request: SnapshotRequest) -> BoxFuture<'_, LinkResult<()>> {
+    fn snapshot(&self, request: SnapshotRequest) -> BoxFuture<'_, WireResult<()>> {
         let SnapshotRequest { name, user_created, labels, created } = request;
         self.op(move |s| {
             if s.layers.contains_key(&name) {
-                return Err(LinkError::new(LinkErrorKind::AlreadyExists, name));
+                return Err(WireError::service(WireErrorKind::AlreadyExists, name));
             }
             let blocks = std::mem::take(&mut s.head);
             let info = SnapshotInfo {
@@ -329,7 +331,7 @@ impl ReplicaLink for MemoryLink {
             Ok(())
         })
     }
-    fn list_snapshots(&self) -> BoxFuture<'_, LinkResult<Vec<SnapshotInfo>>> {
+    fn list_snapshots(&self) -> BoxFuture<'_, WireResult<Vec<SnapshotInfo>>> {
         self.op(|s| {
             let mut out: Vec<SnapshotInfo> = s.layers.values().map(|l| l.info.clone()).collect();
             out.push(SnapshotInfo {
@@ -341,14 +343,14 @@ impl ReplicaLink for MemoryLink {
             Ok(out)
         })
     }
-    fn mark_removed(&self, name: String) -> BoxFuture<'_, LinkResult<()>> {
+    fn mark_removed(&self, name: String) -> BoxFuture<'_, WireResult<()>> {
         self.op(move |s| {
             let layer = s.layers.get_mut(&name).ok_or_else(|| not_found(&name))?;
             layer.info.removed = true;
             Ok(())
         })
     }
-    fn purge(&self) -> BoxFuture<'_, LinkResult<()>> {
+    fn purge(&self) -> BoxFuture<'_, WireResult<()>> {
         self.op(|s| {
             // A removed layer is folded into its child layer in the chain; the newest layer (child = head)
             // stays, as in Longhorn.
@@ -376,7 +378,7 @@ impl ReplicaLink for MemoryLink {
             Ok(())
         })
     }
-    fn revert(&self, name: String) -> BoxFuture<'_, LinkResult<()>> {
+    fn revert(&self, name: String) -> BoxFuture<'_, WireResult<()>> {
         self.op(move |s| {
             let pos = s.chain.iter().position(|n| *n == name).ok_or_else(|| not_found(&name))?;
             s.chain.truncate(pos + 1);
@@ -384,27 +386,27 @@ impl ReplicaLink for MemoryLink {
             Ok(())
         })
     }
-    fn expand(&self, size: u64) -> BoxFuture<'_, LinkResult<()>> {
+    fn expand(&self, size: u64) -> BoxFuture<'_, WireResult<()>> {
         self.op(move |s| {
             if size < s.size {
-                return Err(LinkError::new(LinkErrorKind::InvalidArgument, "shrink"));
+                return Err(WireError::service(WireErrorKind::InvalidArgument, "shrink"));
             }
             s.size = size;
             Ok(())
         })
     }
-    fn layer_extents(&self, name: String) -> BoxFuture<'_, LinkResult<Vec<Extent>>> {
+    fn layer_extents(&self, name: String) -> BoxFuture<'_, WireResult<Vec<Extent>>> {
         self.op(move |s| Ok(extents_of(&s.layers.get(&name).ok_or_else(|| not_found(&name))?.blocks)))
     }
-    fn read_layer(&self, name: String, off: u64, len: usize) -> BoxFuture<'_, LinkResult<Bytes>> {
+    fn read_layer(&self, name: String, off: u64, len: u64) -> BoxFuture<'_, WireResult<Bytes>> {
         self.op(move |s| {
             let layer = s.layers.get(&name).ok_or_else(|| not_found(&name))?;
-            let mut out = vec![0u8; len];
+            let mut out = vec![0u8; len as usize];
             read_raw(&layer.blocks, &mut out, off);
             Ok(Bytes::from(out))
         })
     }
-    fn layer_checksum(&self, name: String, off: u64, len: u64) -> BoxFuture<'_, LinkResult<[u8; 32]>> {
+    fn layer_checksum(&self, name: String, off: u64, len: u64) -> BoxFuture<'_, WireResult<[u8; 32]>> {
         self.op(move |s| {
             let layer = s.layers.get(&name).ok_or_else(|| not_found(&name))?;
             let mut out = vec![0u8; len as usize];
@@ -412,21 +414,21 @@ impl ReplicaLink for MemoryLink {
             Ok(Sha256::digest(&out).into())
         })
     }
-    fn begin_layer(&self, info: SnapshotInfo) -> BoxFuture<'_, LinkResult<()>> {
+    fn begin_layer(&self, info: SnapshotInfo) -> BoxFuture<'_, WireResult<()>> {
         self.op(move |s| {
             let layer = s.layers.entry(info.name.clone()).or_default();
             layer.info = info;
             Ok(())
         })
     }
-    fn write_layer(&self, name: String, off: u64, data: Bytes) -> BoxFuture<'_, LinkResult<()>> {
+    fn write_layer(&self, name: String, off: u64, data: Bytes) -> BoxFuture<'_, WireResult<()>> {
         self.op(move |s| {
             let layer = s.layers.get_mut(&name).ok_or_else(|| not_found(&name))?;
             write_raw(&mut layer.blocks, &data, off);
             Ok(())
         })
     }
-    fn punch_layer(&self, name: String, off: u64, len: u64) -> BoxFuture<'_, LinkResult<()>> {
+    fn punch_layer(&self, name: String, off: u64, len: u64) -> BoxFuture<'_, WireResult<()>> {
         self.op(move |s| {
             let layer = s.layers.get_mut(&name).ok_or_else(|| not_found(&name))?;
             let mut b = off.div_ceil(BS);
@@ -437,7 +439,7 @@ impl ReplicaLink for MemoryLink {
             Ok(())
         })
     }
-    fn finish_rebuild(&self, chain: Vec<SnapshotInfo>) -> BoxFuture<'_, LinkResult<()>> {
+    fn finish_rebuild(&self, chain: Vec<SnapshotInfo>) -> BoxFuture<'_, WireResult<()>> {
         self.op(move |s| {
             for info in &chain {
                 let layer = s.layers.get_mut(&info.name).ok_or_else(|| not_found(&info.name))?;
@@ -490,16 +492,20 @@ impl MemoryCluster {
 }
 
 impl Connector for MemoryCluster {
-    fn connect(&self, address: String) -> BoxFuture<'_, LinkResult<(Arc<dyn ReplicaLink>, RecoveryFacts)>> {
+    fn connect(
+        &self,
+        address: String,
+    ) -> BoxFuture<'_, WireResult<(Arc<dyn ReplicaProtocol>, RecoveryFacts)>> {
         async move {
             let replica = self
                 .get(&address)
-                .ok_or_else(|| LinkError::new(LinkErrorKind::Closed, format!("nothing at {address}")))?;
+                .ok_or_else(|| WireError::service(WireErrorKind::Closed, format!("nothing at {address}")))?;
             if replica.down.load(Ordering::SeqCst) {
-                return Err(LinkError::new(LinkErrorKind::Closed, format!("{address} is down")));
+                return Err(WireError::service(WireErrorKind::Closed, format!("{address} is down")));
             }
             let facts = replica.facts();
-            let link: Arc<dyn ReplicaLink> = Arc::new(MemoryLink { replica, closed: AtomicBool::new(false) });
+            let link: Arc<dyn ReplicaProtocol> =
+                Arc::new(MemoryLink { replica, closed: AtomicBool::new(false) });
             Ok((link, facts))
         }
         .boxed()

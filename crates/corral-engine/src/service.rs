@@ -5,11 +5,11 @@ use std::path::PathBuf;
 
 use corral_nbd::NbdServer;
 
+use crate::connector::ClientConnector;
 use crate::control_api;
 use crate::engine::{Engine, EngineConfig};
 use crate::error::{EngineError, ErrorKind, Result};
 use crate::frontend::{EngineBackend, NbdFrontend};
-use crate::wire_link::WireConnector;
 
 /// Where the NBD frontend listens.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -111,7 +111,8 @@ pub async fn serve(opts: ServeOptions) -> Result<RunningEngine> {
         }
     };
     let engine_id = format!("engine-{}", opts.config.volume);
-    let connector = WireConnector::new(engine_id, opts.connections_per_replica, opts.config.replica_timeout);
+    let connector =
+        ClientConnector::new(engine_id, opts.connections_per_replica, opts.config.replica_timeout);
     let engine = Engine::start(opts.config.clone(), connector, &opts.replicas).await?;
     let backend = EngineBackend::new(engine.clone());
     let server = NbdServer::builder(opts.config.volume.clone(), backend)

@@ -27,7 +27,9 @@ use futures::future::join_all;
 
 use crate::engine::{Engine, EngineConfig, BLOCK};
 use crate::error::{EngineError, Result};
-use crate::link::{Connector, RecoveryFacts, ReplicaLink};
+use corral_wire::{ErrorKind as WireErrorKind, RecoveryFacts, ReplicaProtocol, WireError};
+
+use crate::connector::Connector;
 use crate::replica_set::{Mode, ReplicaSlot};
 
 /// Outcome of the start-up decision for one replica.
@@ -141,7 +143,7 @@ impl Engine {
             }
         }
         let timeout = config.replica_timeout;
-        let connected: Vec<Option<(Arc<dyn ReplicaLink>, RecoveryFacts)>> =
+        let connected: Vec<Option<(Arc<dyn ReplicaProtocol>, RecoveryFacts)>> =
             join_all(addresses.iter().map(|a| {
                 let connector = connector.clone();
                 async move {
@@ -212,7 +214,7 @@ impl Engine {
                     Err(_) => engine.fail_replica(
                         slot,
                         "set generation",
-                        &crate::link::LinkError::new(crate::link::LinkErrorKind::Timeout, "no answer"),
+                        &WireError::service(WireErrorKind::Timeout, "no answer"),
                     ),
                 }
             }
@@ -230,10 +232,7 @@ impl Engine {
             if !fresh {
                 tracing::info!(volume = %engine.volume(), from = current, to = engine.shared.config.size, "expanding at start");
             }
-            engine
-                .expand(engine.shared.config.size)
-                .await
-                .map_err(|e| EngineError::new(e.kind, OP, e.message))?;
+            engine.expand(engine.shared.config.size).await.map_err(|e| EngineError { op: OP, ..e })?;
         }
         if engine.shared.config.auto_rebuild {
             let stale: Vec<String> = engine
