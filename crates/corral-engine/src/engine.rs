@@ -111,6 +111,8 @@ pub(crate) struct Shared {
     pub(crate) frontend: Mutex<Option<Arc<dyn Frontend>>>,
     /// Completed client I/O, for `info` (and the manager's metrics).
     pub(crate) io: IoCounters,
+    /// Test-only crash points (empty and free unless built for tests or with `failpoints`).
+    pub(crate) failpoints: crate::failpoint::Failpoints,
 }
 
 /// Cumulative counts of completed client reads and writes (relaxed atomics: statistics only).
@@ -178,6 +180,7 @@ impl Engine {
                 rebuild: Mutex::new(Default::default()),
                 frontend: Mutex::new(None),
                 io: IoCounters::default(),
+                failpoints: crate::failpoint::Failpoints::default(),
             }),
         }
     }
@@ -216,6 +219,35 @@ impl Engine {
                 format!("offset {off} length {len} is beyond the volume end ({size} bytes)"),
             )),
         }
+    }
+
+    /// Arms the named failpoint ([`crate::failpoint::ALL`]): when the engine reaches it, it dies there.
+    #[cfg(any(test, feature = "failpoints"))]
+    pub fn arm_failpoint(&self, name: &str) {
+        self.shared.failpoints.arm(name);
+    }
+
+    /// True once the engine died at a failpoint.
+    #[cfg(any(test, feature = "failpoints"))]
+    pub fn died_at_failpoint(&self) -> bool {
+        self.shared.failpoints.is_dead()
+    }
+
+    /// Dies at failpoint `point` as a killed process would: every replica connection is closed at once
+    /// (requests not yet sent are dropped), nothing is rolled back, and no connection is opened again.
+    /// Returns the error the interrupted operation reports.
+    pub(crate) fn die_at(&self, point: &'static str, op: &'static str) -> EngineError {
+        #[cfg(any(test, feature = "failpoints"))]
+        {
+            self.shared.failpoints.fire();
+            for slot in self.slots().iter() {
+                if let Some(link) = &slot.link {
+                    link.close();
+                }
+            }
+            tracing::warn!(volume = %self.volume(), %point, %op, "engine died at a failpoint");
+        }
+        EngineError::unavailable(op, format!("the engine died at failpoint {point}"))
     }
 
     /// Sets a replica ERR and closes its link. The drop is counted *before* the mode changes, so any
@@ -277,6 +309,18 @@ impl Engine {
         let count = slots.iter().filter(|s| s.writable_link().is_some()).count();
         if count == 0 {
             return Err(EngineError::unavailable(op, "no healthy replica"));
+        }
+        #[cfg(any(test, feature = "failpoints"))]
+        if count > 1 {
+            if let Some(point) =
+                crate::failpoint::for_fan_out(op).filter(|point| self.shared.failpoints.is_armed(point))
+            {
+                // The first replica completes the request; the engine dies before the others get it.
+                if let Some((slot, link)) = slots.iter().find_map(|s| s.writable_link().map(|l| (s, l))) {
+                    let _ = self.bounded(limit, link, f(slot.mode(), link)).await;
+                }
+                return Err(self.die_at(point, op));
+            }
         }
         if count == 1 {
             // One replica: no join machinery.

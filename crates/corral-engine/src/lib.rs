@@ -54,6 +54,7 @@ pub mod connector;
 pub mod control_api;
 mod engine;
 pub mod error;
+pub mod failpoint;
 pub mod frontend;
 pub mod memory;
 mod operations;

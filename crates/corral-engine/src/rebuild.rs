@@ -343,6 +343,9 @@ impl Engine {
                 ));
             }
         }
+        if self.shared.failpoints.is_dead() {
+            return Err(EngineError::unavailable(OP, "the engine died at a failpoint"));
+        }
         let limit = self.shared.config.control_timeout;
         let fail =
             |e: WireError| EngineError::from_replica(ErrorKind::Io, OP, format_args!("replica {address}"), e);
@@ -561,6 +564,19 @@ impl Engine {
                 return Ok(());
             }
         }
+        if self.shared.failpoints.is_armed(crate::failpoint::REBUILD_COPY_MID_EXTENT) {
+            // Half of the window's first extent reaches the target, then the engine dies.
+            let half = (first.len / 2).max(1);
+            let data = timed(limit, source.read_layer(name.to_string(), first.offset, half))
+                .await
+                .map_err(on(Side::Source))?;
+            let _ = timed(limit, target.write_layer(name.to_string(), first.offset, data)).await;
+            let error = self.die_at(crate::failpoint::REBUILD_COPY_MID_EXTENT, "rebuild");
+            return Err(CopyFailure {
+                side: Side::Target,
+                error: WireError::service(WireErrorKind::Closed, error.to_string()),
+            });
+        }
         let data: Bytes =
             timed(limit, source.read_layer(name.to_string(), start, span)).await.map_err(on(Side::Source))?;
         if data.len() as u64 != span {
@@ -608,7 +624,13 @@ impl Engine {
         let facts = timed(limit, source.info()).await.map_err(|e| fail("source", e))?;
         timed(limit, target.set_revision(facts.revision)).await.map_err(|e| fail("target", e))?;
         timed(limit, target.set_generation(self.generation())).await.map_err(|e| fail("target", e))?;
+        if self.shared.failpoints.is_armed(crate::failpoint::REBUILD_BEFORE_SET_RW) {
+            return Err(self.die_at(crate::failpoint::REBUILD_BEFORE_SET_RW, OP));
+        }
         timed(limit, target.set_rebuilding(false)).await.map_err(|e| fail("target", e))?;
+        if self.shared.failpoints.is_armed(crate::failpoint::REBUILD_AFTER_CLEAR_REBUILDING) {
+            return Err(self.die_at(crate::failpoint::REBUILD_AFTER_CLEAR_REBUILDING, OP));
+        }
         slot.set_progress(100);
         slot.set_mode(Mode::ReadWrite);
         tracing::info!(volume = %self.volume(), replica = %slot.address, "rebuild verified; replica is RW");
