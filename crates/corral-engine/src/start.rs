@@ -27,7 +27,7 @@ use futures::future::join_all;
 
 use crate::engine::{Engine, EngineConfig, BLOCK};
 use crate::error::{EngineError, Result};
-use corral_wire::{ErrorKind as WireErrorKind, RecoveryFacts, ReplicaProtocol, WireError};
+use corral_wire::{Address, ErrorKind as WireErrorKind, RecoveryFacts, ReplicaProtocol, WireError};
 
 use crate::connector::Connector;
 use crate::replica_set::{Mode, ReplicaSlot};
@@ -99,14 +99,16 @@ pub fn decide(facts: &[Option<RecoveryFacts>]) -> Vec<Verdict> {
     verdicts.into_iter().map(|v| v.unwrap_or(Verdict::UpToDate)).collect()
 }
 
-/// Checks an address: `tcp://host:port` or `unix:///path`.
+/// Checks a replica address: parsed by the data protocol's [`Address`], and in its canonical form
+/// (`tcp://HOST:PORT` with a real port, or `unix:///ABSOLUTE/PATH`), because the engine identifies a
+/// replica by its address text (`replica rm`, duplicates at start).
 pub fn validate_address(op: &'static str, address: &str) -> Result<()> {
-    let ok = if let Some(rest) = address.strip_prefix("tcp://") {
-        rest.rsplit_once(':').is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok_and(|p| p != 0))
-    } else if let Some(path) = address.strip_prefix("unix://") {
-        path.starts_with('/') && path.len() > 1
-    } else {
-        false
+    let ok = match Address::parse(address) {
+        Ok(parsed) if parsed.to_string() == address => match &parsed {
+            Address::Tcp(host_port) => !host_port.ends_with(":0"),
+            Address::Unix(path) => path.is_absolute() && path.as_os_str().len() > 1,
+        },
+        _ => false,
     };
     if ok {
         Ok(())
