@@ -2,6 +2,10 @@
 //! granularity, recovery facts) behind the same [`ReplicaProtocol`] face as a remote replica, so the engine's
 //! replicator, failure handling, start-up decision and rebuild are unit-tested without processes.
 //!
+//! The head and every snapshot layer are `corral_block::MemoryDisk`s (the workspace's one in-memory
+//! block store); which layer owns a block is which disk has it allocated, as with the real replica's
+//! sparse files.
+//!
 //! The model reproduces the one behaviour that matters for rebuild correctness: a write smaller than a
 //! block into a block the head does not hold reads the rest of the block *through the chain* (like the
 //! real replica's read-modify-write), so a target whose lower layers are still incomplete would persist
@@ -12,6 +16,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use bytes::Bytes;
+use corral_block::{BlockDevice, BlockError, MemoryDisk};
 use futures::future::BoxFuture;
 use futures::FutureExt;
 use parking_lot::Mutex;
@@ -25,30 +30,34 @@ use corral_wire::{
 use crate::connector::Connector;
 
 const BS: u64 = 4096;
-type Block = Box<[u8; BS as usize]>;
-type Blocks = BTreeMap<u64, Block>;
+/// Layers are sparse and have no size of their own (a layer taken before an expand is read past its
+/// old end during a rebuild): they are disks of this many bytes, of which only written blocks exist.
+const LAYER_SPAN: u64 = 1 << 50;
 
-#[derive(Default)]
 struct Layer {
     info: SnapshotInfo,
-    blocks: Blocks,
+    blocks: MemoryDisk,
 }
 
-#[derive(Default)]
+impl Layer {
+    fn new(info: SnapshotInfo) -> Layer {
+        Layer { info, blocks: MemoryDisk::new(LAYER_SPAN) }
+    }
+}
+
 struct ReplicaState {
     size: u64,
     generation: u64,
     revision: u64,
     dirty: bool,
     rebuilding: bool,
-    head: Blocks,
+    head: MemoryDisk,
     layers: BTreeMap<String, Layer>,
     /// Live chain, root first.
     chain: Vec<String>,
 }
 
 /// One in-memory replica. Shared by the test (to inject faults and inspect data) and its links.
-#[derive(Default)]
 pub struct MemoryReplica {
     state: Mutex<ReplicaState>,
     down: AtomicBool,
@@ -59,9 +68,21 @@ pub struct MemoryReplica {
 impl MemoryReplica {
     /// A fresh replica of `size` bytes.
     pub fn new(size: u64) -> Arc<Self> {
-        let replica = MemoryReplica::default();
-        replica.state.lock().size = size;
-        Arc::new(replica)
+        Arc::new(MemoryReplica {
+            state: Mutex::new(ReplicaState {
+                size,
+                generation: 0,
+                revision: 0,
+                dirty: false,
+                rebuilding: false,
+                head: MemoryDisk::new(size),
+                layers: BTreeMap::new(),
+                chain: Vec::new(),
+            }),
+            down: AtomicBool::new(false),
+            hang: AtomicBool::new(false),
+            writes: AtomicU64::new(0),
+        })
     }
 
     /// Simulates a crash: every operation and every new connection fails until [`Self::restart`].
@@ -94,7 +115,9 @@ impl MemoryReplica {
     pub fn read_volume(&self, off: u64, len: usize) -> Vec<u8> {
         let s = self.state.lock();
         let mut out = vec![0u8; len];
-        read_through(&s, &mut out, off);
+        if let Err(e) = read_through(&s, &mut out, off) {
+            panic!("in-memory replica read at {off}+{len}: {e}");
+        }
         out
     }
 
@@ -119,81 +142,63 @@ fn facts_of(s: &ReplicaState) -> RecoveryFacts {
     }
 }
 
-fn block_at(s: &ReplicaState, block: u64) -> Option<&Block> {
-    if let Some(b) = s.head.get(&block) {
-        return Some(b);
+/// The disk that owns the block containing `offset`: the head, else the newest chain layer holding it.
+fn owner_of(s: &ReplicaState, offset: u64) -> Option<&MemoryDisk> {
+    if s.head.is_allocated(offset) {
+        return Some(&s.head);
     }
-    s.chain.iter().rev().find_map(|name| s.layers.get(name).and_then(|l| l.blocks.get(&block)))
+    s.chain
+        .iter()
+        .rev()
+        .filter_map(|name| s.layers.get(name))
+        .map(|layer| &layer.blocks)
+        .find(|disk| disk.is_allocated(offset))
 }
 
-fn read_through(s: &ReplicaState, out: &mut [u8], off: u64) {
+/// Reads through the chain, block by block (unowned blocks read as zeros).
+fn read_through(s: &ReplicaState, out: &mut [u8], off: u64) -> WireResult<()> {
     let mut done = 0usize;
     while done < out.len() {
         let pos = off + done as u64;
-        let within = (pos % BS) as usize;
-        let n = (BS as usize - within).min(out.len() - done);
-        match block_at(s, pos / BS) {
-            Some(b) => out[done..done + n].copy_from_slice(&b[within..within + n]),
+        let n = (BS - pos % BS).min((out.len() - done) as u64) as usize;
+        match owner_of(s, pos) {
+            Some(disk) => disk.read_at(&mut out[done..done + n], pos).map_err(block_error)?,
             None => out[done..done + n].fill(0),
         }
         done += n;
     }
-}
-
-fn read_raw(blocks: &Blocks, out: &mut [u8], off: u64) {
-    let mut done = 0usize;
-    while done < out.len() {
-        let pos = off + done as u64;
-        let within = (pos % BS) as usize;
-        let n = (BS as usize - within).min(out.len() - done);
-        match blocks.get(&(pos / BS)) {
-            Some(b) => out[done..done + n].copy_from_slice(&b[within..within + n]),
-            None => out[done..done + n].fill(0),
-        }
-        done += n;
-    }
+    Ok(())
 }
 
 /// Writes into the head; a partial block missing from the head is first filled from the chain.
-fn write_head(s: &mut ReplicaState, data: &[u8], off: u64) {
+fn write_head(s: &mut ReplicaState, data: &[u8], off: u64) -> WireResult<()> {
     let mut done = 0usize;
     while done < data.len() {
         let pos = off + done as u64;
-        let block = pos / BS;
-        let within = (pos % BS) as usize;
-        let n = (BS as usize - within).min(data.len() - done);
-        if !s.head.contains_key(&block) {
-            let base = block_at(s, block).cloned().unwrap_or_else(|| Box::new([0u8; BS as usize]));
-            s.head.insert(block, base);
+        let n = (BS - pos % BS).min((data.len() - done) as u64) as usize;
+        if n as u64 != BS && !s.head.is_allocated(pos) {
+            let start = pos / BS * BS;
+            let mut base = [0u8; BS as usize];
+            read_through(s, &mut base, start)?;
+            s.head.write_at(&base, start).map_err(block_error)?;
         }
-        if let Some(b) = s.head.get_mut(&block) {
-            b[within..within + n].copy_from_slice(&data[done..done + n]);
-        }
+        s.head.write_at(&data[done..done + n], pos).map_err(block_error)?;
         done += n;
     }
+    Ok(())
 }
 
-fn write_raw(blocks: &mut Blocks, data: &[u8], off: u64) {
-    let mut done = 0usize;
-    while done < data.len() {
-        let pos = off + done as u64;
-        let within = (pos % BS) as usize;
-        let n = (BS as usize - within).min(data.len() - done);
-        let b = blocks.entry(pos / BS).or_insert_with(|| Box::new([0u8; BS as usize]));
-        b[within..within + n].copy_from_slice(&data[done..done + n]);
-        done += n;
-    }
+fn extents_of(disk: &MemoryDisk) -> Vec<Extent> {
+    disk.extents().into_iter().map(|(offset, len)| Extent { offset, len }).collect()
 }
 
-fn extents_of(blocks: &Blocks) -> Vec<Extent> {
-    let mut out: Vec<Extent> = Vec::new();
-    for &b in blocks.keys() {
-        match out.last_mut() {
-            Some(last) if last.end() == b * BS => last.len += BS,
-            _ => out.push(Extent { offset: b * BS, len: BS }),
-        }
-    }
-    out
+/// A model-store failure as the replica would report it.
+fn block_error(err: BlockError) -> WireError {
+    let kind = match err {
+        BlockError::OutOfRange { .. } => WireErrorKind::OutOfRange,
+        _ => WireErrorKind::Io,
+    };
+    WireError::service(kind, err.to_string())
 }
 
 fn not_found(what: &str) -> WireError {
@@ -240,7 +245,7 @@ impl ReplicaProtocol for MemoryLink {
         self.op(move |s| {
             check(s, off, len)?;
             let mut out = vec![0u8; len as usize];
-            read_through(s, &mut out, off);
+            read_through(s, &mut out, off)?;
             Ok(Bytes::from(out))
         })
     }
@@ -248,7 +253,7 @@ impl ReplicaProtocol for MemoryLink {
         let replica = self.replica.clone();
         self.op(move |s| {
             check(s, off, data.len() as u64)?;
-            write_head(s, &data, off);
+            write_head(s, &data, off)?;
             s.revision += 1;
             replica.writes.fetch_add(1, Ordering::SeqCst);
             Ok(())
@@ -271,11 +276,11 @@ impl ReplicaProtocol for MemoryLink {
                 let below = s
                     .chain
                     .iter()
-                    .any(|name| s.layers.get(name).is_some_and(|l| l.blocks.contains_key(&block)));
+                    .any(|name| s.layers.get(name).is_some_and(|l| l.blocks.is_allocated(block * BS)));
                 if n == BS && !below {
-                    s.head.remove(&block);
+                    s.head.unmap(pos, BS).map_err(block_error)?;
                 } else {
-                    write_head(s, &vec![0u8; n as usize], pos);
+                    write_head(s, &vec![0u8; n as usize], pos)?;
                 }
                 pos += n;
             }
@@ -316,14 +321,15 @@ impl ReplicaProtocol for MemoryLink {
             if s.layers.contains_key(&name) {
                 return Err(WireError::service(WireErrorKind::AlreadyExists, name));
             }
-            let blocks = std::mem::take(&mut s.head);
+            let blocks = std::mem::replace(&mut s.head, MemoryDisk::new(s.size));
+            blocks.set_size(LAYER_SPAN);
             let info = SnapshotInfo {
                 name: name.clone(),
                 parent: s.chain.last().cloned(),
                 user_created,
                 labels,
                 created: created.unwrap_or_default(),
-                size: blocks.len() as u64 * BS,
+                size: blocks.allocated_blocks() as u64 * BS,
                 ..Default::default()
             };
             s.layers.insert(name.clone(), Layer { info, blocks });
@@ -337,7 +343,7 @@ impl ReplicaProtocol for MemoryLink {
             out.push(SnapshotInfo {
                 name: HEAD_NAME.into(),
                 parent: s.chain.last().cloned(),
-                size: s.head.len() as u64 * BS,
+                size: s.head.allocated_blocks() as u64 * BS,
                 ..Default::default()
             });
             Ok(out)
@@ -365,8 +371,15 @@ impl ReplicaProtocol for MemoryLink {
                 let child = s.chain[i + 1].clone();
                 if let Some(old) = s.layers.remove(&name) {
                     if let Some(c) = s.layers.get_mut(&child) {
-                        for (b, data) in old.blocks {
-                            c.blocks.entry(b).or_insert(data);
+                        // The child's own blocks are newer; the removed layer fills only the rest.
+                        let mut block = [0u8; BS as usize];
+                        for (offset, len) in old.blocks.extents() {
+                            for at in (offset..offset + len).step_by(BS as usize) {
+                                if !c.blocks.is_allocated(at) {
+                                    old.blocks.read_at(&mut block, at).map_err(block_error)?;
+                                    c.blocks.write_at(&block, at).map_err(block_error)?;
+                                }
+                            }
                         }
                         c.info.parent = old.info.parent;
                     }
@@ -382,7 +395,7 @@ impl ReplicaProtocol for MemoryLink {
         self.op(move |s| {
             let pos = s.chain.iter().position(|n| *n == name).ok_or_else(|| not_found(&name))?;
             s.chain.truncate(pos + 1);
-            s.head.clear();
+            s.head = MemoryDisk::new(s.size);
             Ok(())
         })
     }
@@ -392,6 +405,7 @@ impl ReplicaProtocol for MemoryLink {
                 return Err(WireError::service(WireErrorKind::InvalidArgument, "shrink"));
             }
             s.size = size;
+            s.head.set_size(size);
             Ok(())
         })
     }
@@ -402,7 +416,7 @@ impl ReplicaProtocol for MemoryLink {
         self.op(move |s| {
             let layer = s.layers.get(&name).ok_or_else(|| not_found(&name))?;
             let mut out = vec![0u8; len as usize];
-            read_raw(&layer.blocks, &mut out, off);
+            layer.blocks.read_at(&mut out, off).map_err(block_error)?;
             Ok(Bytes::from(out))
         })
     }
@@ -410,31 +424,35 @@ impl ReplicaProtocol for MemoryLink {
         self.op(move |s| {
             let layer = s.layers.get(&name).ok_or_else(|| not_found(&name))?;
             let mut out = vec![0u8; len as usize];
-            read_raw(&layer.blocks, &mut out, off);
+            layer.blocks.read_at(&mut out, off).map_err(block_error)?;
             Ok(Sha256::digest(&out).into())
         })
     }
     fn begin_layer(&self, info: SnapshotInfo) -> BoxFuture<'_, WireResult<()>> {
         self.op(move |s| {
-            let layer = s.layers.entry(info.name.clone()).or_default();
-            layer.info = info;
+            match s.layers.get_mut(&info.name) {
+                Some(layer) => layer.info = info,
+                None => {
+                    s.layers.insert(info.name.clone(), Layer::new(info));
+                }
+            }
             Ok(())
         })
     }
     fn write_layer(&self, name: String, off: u64, data: Bytes) -> BoxFuture<'_, WireResult<()>> {
         self.op(move |s| {
             let layer = s.layers.get_mut(&name).ok_or_else(|| not_found(&name))?;
-            write_raw(&mut layer.blocks, &data, off);
-            Ok(())
+            layer.blocks.write_at(&data, off).map_err(block_error)
         })
     }
     fn punch_layer(&self, name: String, off: u64, len: u64) -> BoxFuture<'_, WireResult<()>> {
         self.op(move |s| {
             let layer = s.layers.get_mut(&name).ok_or_else(|| not_found(&name))?;
-            let mut b = off.div_ceil(BS);
-            while (b + 1) * BS <= off + len {
-                layer.blocks.remove(&b);
-                b += 1;
+            // Whole blocks only, as punching a hole in a sparse file.
+            let start = off.div_ceil(BS) * BS;
+            let end = (off + len) / BS * BS;
+            if start < end {
+                layer.blocks.unmap(start, end - start).map_err(block_error)?;
             }
             Ok(())
         })
