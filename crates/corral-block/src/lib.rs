@@ -132,6 +132,27 @@ impl MemoryDisk {
         self.lock().blocks.len()
     }
 
+    /// True if the 4 KiB block containing `offset` holds data (written, even with zeros, and not
+    /// discarded since). Models of layered stores use it to decide which layer owns a block.
+    pub fn is_allocated(&self, offset: u64) -> bool {
+        self.lock().blocks.contains_key(&(offset / BLOCK_SIZE))
+    }
+
+    /// The allocated ranges as `(offset, len)` in bytes, ascending, adjacent blocks merged (what a
+    /// sparse file's FIEMAP reports, at block granularity).
+    pub fn extents(&self) -> Vec<(u64, u64)> {
+        let inner = self.lock();
+        let mut out: Vec<(u64, u64)> = Vec::new();
+        for &block in inner.blocks.keys() {
+            let offset = block * BLOCK_SIZE;
+            match out.last_mut() {
+                Some((start, len)) if *start + *len == offset => *len += BLOCK_SIZE,
+                _ => out.push((offset, BLOCK_SIZE)),
+            }
+        }
+        out
+    }
+
     fn zero_range(inner: &mut MemoryDiskInner, offset: u64, len: u64) {
         let mut pos = offset;
         let end = offset + len;
@@ -211,6 +232,18 @@ impl BlockDevice for MemoryDisk {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn extents_report_allocated_blocks_merged_and_zero_writes_stay_allocated() {
+        let disk = MemoryDisk::new(1 << 20);
+        disk.write_at(&[1; 10], 4096 + 5).unwrap();
+        disk.write_at(&[0; 4096], 8192).unwrap();
+        disk.write_at(&[2; 1], 40960).unwrap();
+        assert_eq!(disk.extents(), vec![(4096, 8192), (40960, 4096)]);
+        assert!(disk.is_allocated(8192 + 100) && !disk.is_allocated(0));
+        disk.unmap(8192, 4096).unwrap();
+        assert_eq!(disk.extents(), vec![(4096, 4096), (40960, 4096)]);
+    }
 
     #[test]
     fn out_of_range_is_an_error_and_changes_nothing() {

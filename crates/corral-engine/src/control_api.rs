@@ -29,10 +29,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::engine::Engine;
 use crate::error::{EngineError, ErrorKind, Result};
-use crate::link::SnapshotInfo;
 use crate::operations::EngineInfo;
 use crate::rebuild::RebuildReport;
 use crate::replica_set::ReplicaStatus;
+use corral_wire::SnapshotInfo;
 
 /// Body of replica add/remove.
 #[derive(Debug, Serialize, Deserialize)]

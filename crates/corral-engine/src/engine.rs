@@ -10,7 +10,9 @@ use futures::future::{join_all, BoxFuture};
 use parking_lot::{Mutex, RwLock};
 
 use crate::error::{EngineError, ErrorKind, Result};
-use crate::link::{Connector, LinkError, LinkErrorKind, LinkResult, ReplicaLink};
+use corral_wire::{ErrorKind as WireErrorKind, ReplicaProtocol, Result as WireResult, WireError};
+
+use crate::connector::Connector;
 use crate::replica_set::{Mode, ReplicaSlot, SlotList};
 
 /// Block size inside replicas; writes are widened to it while a WO replica exists.
@@ -23,7 +25,7 @@ const STRIPES: usize = 256;
 /// Zero data for WO replicas (see [`Engine::zero`]).
 static ZERO_CHUNK: [u8; 1 << 20] = [0u8; 1 << 20];
 
-fn write_zero_data(link: &Arc<dyn ReplicaLink>, off: u64, len: u64) -> BoxFuture<'_, LinkResult<()>> {
+fn write_zero_data(link: &Arc<dyn ReplicaProtocol>, off: u64, len: u64) -> BoxFuture<'_, WireResult<()>> {
     Box::pin(async move {
         let mut done = 0u64;
         while done < len {
@@ -109,6 +111,8 @@ pub(crate) struct Shared {
     pub(crate) frontend: Mutex<Option<Arc<dyn Frontend>>>,
     /// Completed client I/O, for `info` (and the manager's metrics).
     pub(crate) io: IoCounters,
+    /// Test-only crash points (empty and free unless built for tests or with `failpoints`).
+    pub(crate) failpoints: crate::failpoint::Failpoints,
 }
 
 /// Cumulative counts of completed client reads and writes (relaxed atomics: statistics only).
@@ -135,9 +139,9 @@ impl Engine {
     pub(crate) async fn bounded<T>(
         &self,
         limit: Limit,
-        link: &Arc<dyn ReplicaLink>,
-        call: BoxFuture<'_, LinkResult<T>>,
-    ) -> LinkResult<T> {
+        link: &Arc<dyn ReplicaProtocol>,
+        call: BoxFuture<'_, WireResult<T>>,
+    ) -> WireResult<T> {
         let after = match limit {
             // The link's own deadline scan replaces a timer per request on the hot path.
             Limit::Data if link.times_out_data_requests() => return call.await,
@@ -146,7 +150,7 @@ impl Engine {
         };
         match tokio::time::timeout(after, call).await {
             Ok(result) => result,
-            Err(_) => Err(LinkError::new(LinkErrorKind::Timeout, format!("no answer within {after:?}"))),
+            Err(_) => Err(WireError::service(WireErrorKind::Timeout, format!("no answer within {after:?}"))),
         }
     }
 }
@@ -176,6 +180,7 @@ impl Engine {
                 rebuild: Mutex::new(Default::default()),
                 frontend: Mutex::new(None),
                 io: IoCounters::default(),
+                failpoints: crate::failpoint::Failpoints::default(),
             }),
         }
     }
@@ -216,9 +221,38 @@ impl Engine {
         }
     }
 
+    /// Arms the named failpoint ([`crate::failpoint::ALL`]): when the engine reaches it, it dies there.
+    #[cfg(any(test, feature = "failpoints"))]
+    pub fn arm_failpoint(&self, name: &str) {
+        self.shared.failpoints.arm(name);
+    }
+
+    /// True once the engine died at a failpoint.
+    #[cfg(any(test, feature = "failpoints"))]
+    pub fn died_at_failpoint(&self) -> bool {
+        self.shared.failpoints.is_dead()
+    }
+
+    /// Dies at failpoint `point` as a killed process would: every replica connection is closed at once
+    /// (requests not yet sent are dropped), nothing is rolled back, and no connection is opened again.
+    /// Returns the error the interrupted operation reports.
+    pub(crate) fn die_at(&self, point: &'static str, op: &'static str) -> EngineError {
+        #[cfg(any(test, feature = "failpoints"))]
+        {
+            self.shared.failpoints.fire();
+            for slot in self.slots().iter() {
+                if let Some(link) = &slot.link {
+                    link.close();
+                }
+            }
+            tracing::warn!(volume = %self.volume(), %point, %op, "engine died at a failpoint");
+        }
+        EngineError::unavailable(op, format!("the engine died at failpoint {point}"))
+    }
+
     /// Sets a replica ERR and closes its link. The drop is counted *before* the mode changes, so any
     /// write that no longer sees the replica also sees the drop and waits for the generation bump.
-    pub(crate) fn fail_replica(&self, slot: &ReplicaSlot, op: &str, err: &LinkError) {
+    pub(crate) fn fail_replica(&self, slot: &ReplicaSlot, op: &str, err: &WireError) {
         if slot.mode() == Mode::Error {
             return;
         }
@@ -242,7 +276,7 @@ impl Engine {
         f: F,
     ) -> Result<()>
     where
-        F: Fn(&'a Arc<dyn ReplicaLink>) -> BoxFuture<'a, LinkResult<()>>,
+        F: Fn(&'a Arc<dyn ReplicaProtocol>) -> BoxFuture<'a, WireResult<()>>,
     {
         self.fan_out_modal(op, slots, Limit::Data, |_, l| f(l)).await
     }
@@ -256,7 +290,7 @@ impl Engine {
         f: F,
     ) -> Result<()>
     where
-        F: Fn(&'a Arc<dyn ReplicaLink>) -> BoxFuture<'a, LinkResult<()>>,
+        F: Fn(&'a Arc<dyn ReplicaProtocol>) -> BoxFuture<'a, WireResult<()>>,
     {
         self.fan_out_modal(op, slots, Limit::Control(timeout), |_, l| f(l)).await
     }
@@ -270,18 +304,30 @@ impl Engine {
         f: F,
     ) -> Result<()>
     where
-        F: Fn(Mode, &'a Arc<dyn ReplicaLink>) -> BoxFuture<'a, LinkResult<()>>,
+        F: Fn(Mode, &'a Arc<dyn ReplicaProtocol>) -> BoxFuture<'a, WireResult<()>>,
     {
         let count = slots.iter().filter(|s| s.writable_link().is_some()).count();
         if count == 0 {
             return Err(EngineError::unavailable(op, "no healthy replica"));
         }
+        #[cfg(any(test, feature = "failpoints"))]
+        if count > 1 {
+            if let Some(point) =
+                crate::failpoint::for_fan_out(op).filter(|point| self.shared.failpoints.is_armed(point))
+            {
+                // The first replica completes the request; the engine dies before the others get it.
+                if let Some((slot, link)) = slots.iter().find_map(|s| s.writable_link().map(|l| (s, l))) {
+                    let _ = self.bounded(limit, link, f(slot.mode(), link)).await;
+                }
+                return Err(self.die_at(point, op));
+            }
+        }
         if count == 1 {
             // One replica: no join machinery.
             if let Some((slot, link)) = slots.iter().find_map(|s| s.writable_link().map(|l| (s, l))) {
                 if let Err(err) = self.bounded(limit, link, f(slot.mode(), link)).await {
-                    if err.kind == LinkErrorKind::NoSpace {
-                        return Err(EngineError::new(ErrorKind::NoSpace, op, err.message));
+                    if err.kind() == WireErrorKind::NoSpace {
+                        return Err(EngineError::from_replica(ErrorKind::NoSpace, op, &slot.address, err));
                     }
                     self.fail_replica(slot, op, &err);
                 }
@@ -299,7 +345,7 @@ impl Engine {
             let failed: Vec<_> = results.iter().filter_map(|(s, e)| e.as_ref().map(|e| (s, e))).collect();
             if !failed.is_empty()
                 && failed.len() == results.len()
-                && failed.iter().all(|(_, e)| e.kind == LinkErrorKind::NoSpace)
+                && failed.iter().all(|(_, e)| e.kind() == WireErrorKind::NoSpace)
             {
                 return Err(EngineError::new(ErrorKind::NoSpace, op, "no space left on any replica"));
             }
@@ -394,13 +440,13 @@ impl Engine {
         for attempt in 0..count {
             let slot = &slots[(start + attempt) % count];
             let Some(link) = slot.readable_link() else { continue };
-            match self.bounded(Limit::Data, link, link.read(off, len)).await {
+            match self.bounded(Limit::Data, link, link.read(off, len as u64)).await {
                 Ok(data) if data.len() == len => return Ok(data),
                 Ok(data) => self.fail_replica(
                     slot,
                     "read",
-                    &LinkError::new(
-                        LinkErrorKind::Protocol,
+                    &WireError::service(
+                        WireErrorKind::Protocol,
                         format!("short read: {} of {len} bytes", data.len()),
                     ),
                 ),

@@ -1,5 +1,9 @@
 //! The engine's one error type, with a small stable kind for mapping to NBD errno and HTTP status.
 
+use std::sync::Arc;
+
+use corral_wire::{ErrorKind as WireErrorKind, WireError};
+
 /// What class of failure an [`EngineError`] is. Stable: the control API puts it in its JSON errors.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -35,8 +39,9 @@ impl ErrorKind {
     }
 }
 
-/// Why an engine operation failed: a kind, the operation, and a message with the context (replica
-/// address, offset, snapshot name).
+/// Why an engine operation failed: a kind, the operation, a message with the context (replica
+/// address, offset, snapshot name), and the replica's error it came from, if any (kept whole, so
+/// `source()` reaches the socket error or the replica's own answer).
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("{op}: {message}")]
 pub struct EngineError {
@@ -46,12 +51,44 @@ pub struct EngineError {
     pub op: &'static str,
     /// Human-readable detail with context.
     pub message: String,
+    /// The data-protocol error behind this one (shared: engine errors are cloned to every waiter).
+    #[source]
+    pub source: Option<Arc<WireError>>,
 }
 
 impl EngineError {
     /// Builds an error.
     pub fn new(kind: ErrorKind, op: &'static str, message: impl Into<String>) -> Self {
-        EngineError { kind, op, message: message.into() }
+        EngineError { kind, op, message: message.into(), source: None }
+    }
+
+    /// An error of `kind` in `op` caused by a replica's `source` error; `context` says which replica (or
+    /// side of a copy). The message repeats the source's text so logs that print only the top level
+    /// still say what happened.
+    pub fn from_replica(
+        kind: ErrorKind,
+        op: &'static str,
+        context: impl std::fmt::Display,
+        source: WireError,
+    ) -> Self {
+        EngineError {
+            kind,
+            op,
+            message: format!("{context}: {}", source.wire_message()),
+            source: Some(Arc::new(source)),
+        }
+    }
+
+    /// The engine kind for a replica error of `kind` (what a client should be told).
+    pub fn kind_of_replica_error(kind: WireErrorKind) -> ErrorKind {
+        match kind {
+            WireErrorKind::NotFound => ErrorKind::NotFound,
+            WireErrorKind::AlreadyExists => ErrorKind::AlreadyExists,
+            WireErrorKind::InvalidArgument => ErrorKind::InvalidArgument,
+            WireErrorKind::OutOfRange => ErrorKind::OutOfRange,
+            WireErrorKind::NoSpace => ErrorKind::NoSpace,
+            _ => ErrorKind::Io,
+        }
     }
 
     /// The stable kind.

@@ -4,7 +4,7 @@
 //! expand. It is Longhorn's v1 "controller" (reference §3, §5), with a flush that means durable.
 //!
 //! ```text
-//!  NBD clients ──► frontend (corral-nbd) ──► Engine ──► ReplicaLink ×N (corral-wire client, pipelined)
+//!  NBD clients ──► frontend (corral-nbd) ──► Engine ──► dyn ReplicaProtocol ×N (corral-wire client, pipelined)
 //!                                              │
 //!  control API (HTTP/JSON, control_api) ───────┘   rebuild (background task), start decision
 //! ```
@@ -50,23 +50,25 @@
 //! # });
 //! ```
 
+pub mod connector;
 pub mod control_api;
 mod engine;
 pub mod error;
+pub mod failpoint;
 pub mod frontend;
-pub mod link;
 pub mod memory;
 mod operations;
 pub mod rebuild;
 mod replica_set;
 pub mod service;
 pub mod start;
-pub mod wire_link;
 
+pub use connector::{ClientConnector, Connector};
 pub use control_api::ControlClient;
+/// The replica verbs and types are the data protocol's own.
+pub use corral_wire::{RecoveryFacts, ReplicaProtocol, SnapshotInfo};
 pub use engine::{Engine, EngineConfig, Frontend, BLOCK};
 pub use error::{EngineError, ErrorKind, Result};
-pub use link::{Connector, RecoveryFacts, ReplicaLink, SnapshotInfo};
 pub use operations::{validate_name, EngineInfo, VolumeState};
 pub use rebuild::RebuildReport;
 pub use replica_set::{Mode, ReplicaStatus};

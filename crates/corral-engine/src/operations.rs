@@ -10,8 +10,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::engine::{Engine, BLOCK};
 use crate::error::{EngineError, ErrorKind, Result};
-use crate::link::{LinkError, LinkErrorKind, SnapshotInfo, SnapshotRequest, HEAD_NAME};
 use crate::replica_set::{Mode, ReplicaSlot, ReplicaStatus};
+use corral_wire::{ErrorKind as WireErrorKind, SnapshotInfo, SnapshotRequest, WireError, HEAD_NAME};
 
 /// Overall health of the volume.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -82,16 +82,13 @@ pub fn validate_name(op: &'static str, name: &str) -> Result<()> {
     Ok(())
 }
 
-fn map_link(op: &'static str, address: &str, e: LinkError) -> EngineError {
-    let kind = match e.kind {
-        LinkErrorKind::NotFound => ErrorKind::NotFound,
-        LinkErrorKind::AlreadyExists => ErrorKind::AlreadyExists,
-        LinkErrorKind::InvalidArgument => ErrorKind::InvalidArgument,
-        LinkErrorKind::OutOfRange => ErrorKind::OutOfRange,
-        LinkErrorKind::NoSpace => ErrorKind::NoSpace,
-        _ => ErrorKind::Io,
-    };
-    EngineError::new(kind, op, format!("replica {address}: {}", e.message))
+fn map_link(op: &'static str, address: &str, e: WireError) -> EngineError {
+    EngineError::from_replica(
+        EngineError::kind_of_replica_error(e.kind()),
+        op,
+        format_args!("replica {address}"),
+        e,
+    )
 }
 
 impl Engine {
@@ -144,7 +141,7 @@ impl Engine {
             return Err(EngineError::conflict(OP, format!("{address} is the last healthy replica")));
         }
         // Counted as a drop, so the next acknowledged write first bumps the generation past it.
-        self.fail_replica(slot, OP, &LinkError::new(LinkErrorKind::Closed, "removed by request"));
+        self.fail_replica(slot, OP, &WireError::service(WireErrorKind::Closed, "removed by request"));
         let remaining: Vec<Arc<ReplicaSlot>> =
             slots.iter().filter(|s| s.address != address).cloned().collect();
         *self.shared.slots.write() = Arc::new(remaining);

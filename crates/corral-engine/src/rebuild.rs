@@ -34,9 +34,12 @@ use serde::{Deserialize, Serialize};
 
 use crate::engine::Engine;
 use crate::error::{EngineError, ErrorKind, Result};
-use crate::link::{Extent, LinkError, LinkErrorKind, LinkResult, ReplicaLink, SnapshotInfo, HEAD_NAME};
 use crate::replica_set::{Mode, ReplicaSlot};
 use crate::start::validate_address;
+use corral_wire::{
+    ErrorKind as WireErrorKind, Extent, ReplicaProtocol, Result as WireResult, SnapshotInfo, WireError,
+    HEAD_NAME,
+};
 
 /// Bookkeeping of the rebuild in progress and the last finished one.
 #[derive(Debug, Default)]
@@ -72,10 +75,10 @@ enum Side {
 
 struct CopyFailure {
     side: Side,
-    error: LinkError,
+    error: WireError,
 }
 
-fn on(side: Side) -> impl Fn(LinkError) -> CopyFailure {
+fn on(side: Side) -> impl Fn(WireError) -> CopyFailure {
     move |error| CopyFailure {
         side: match side {
             Side::Source => Side::Source,
@@ -86,10 +89,10 @@ fn on(side: Side) -> impl Fn(LinkError) -> CopyFailure {
 }
 
 /// Runs a link call with the control timeout.
-async fn timed<T>(limit: Duration, fut: impl std::future::Future<Output = LinkResult<T>>) -> LinkResult<T> {
+async fn timed<T>(limit: Duration, fut: impl std::future::Future<Output = WireResult<T>>) -> WireResult<T> {
     match tokio::time::timeout(limit, fut).await {
         Ok(r) => r,
-        Err(_) => Err(LinkError::new(LinkErrorKind::Timeout, format!("no answer within {limit:?}"))),
+        Err(_) => Err(WireError::service(WireErrorKind::Timeout, format!("no answer within {limit:?}"))),
     }
 }
 
@@ -287,7 +290,7 @@ impl Engine {
         let name = uuid::Uuid::new_v4().to_string();
         let _gate = self.shared.gate.write().await;
         let slots = self.slots();
-        let request = crate::link::SnapshotRequest {
+        let request = corral_wire::SnapshotRequest {
             name: name.clone(),
             user_created: false,
             labels: BTreeMap::new(),
@@ -329,7 +332,7 @@ impl Engine {
 
     /// Connects to a rebuild target, grows it to the volume's size and marks it `rebuilding`
     /// (durably). The caller holds the admin lock.
-    async fn connect_target(&self, address: &str) -> Result<Arc<dyn ReplicaLink>> {
+    async fn connect_target(&self, address: &str) -> Result<Arc<dyn ReplicaProtocol>> {
         const OP: &str = "replica add";
         if let Some(existing) = self.slots().iter().find(|s| s.address == address) {
             if existing.mode() != Mode::Error {
@@ -340,8 +343,12 @@ impl Engine {
                 ));
             }
         }
+        if self.shared.failpoints.is_dead() {
+            return Err(EngineError::unavailable(OP, "the engine died at a failpoint"));
+        }
         let limit = self.shared.config.control_timeout;
-        let fail = |e: LinkError| EngineError::new(ErrorKind::Io, OP, format!("replica {address}: {e}"));
+        let fail =
+            |e: WireError| EngineError::from_replica(ErrorKind::Io, OP, format_args!("replica {address}"), e);
         let (link, facts) =
             timed(limit, self.shared.connector.connect(address.to_string())).await.map_err(fail)?;
         let size = self.size();
@@ -382,7 +389,11 @@ impl Engine {
             Ok(c) => (true, None, Some(c)),
             Err((e, c)) => {
                 if slot.mode() != Mode::Error {
-                    self.fail_replica(&slot, "rebuild", &LinkError::new(LinkErrorKind::Io, e.to_string()));
+                    self.fail_replica(
+                        &slot,
+                        "rebuild",
+                        &WireError::service(WireErrorKind::Io, e.to_string()),
+                    );
                 }
                 tracing::warn!(volume = %self.volume(), replica = %slot.address, error = %e, "rebuild failed");
                 (false, Some(e.to_string()), c)
@@ -456,8 +467,8 @@ impl Engine {
 
     async fn copy_from(
         &self,
-        source: &Arc<dyn ReplicaLink>,
-        target: &Arc<dyn ReplicaLink>,
+        source: &Arc<dyn ReplicaProtocol>,
+        target: &Arc<dyn ReplicaProtocol>,
         slot: &ReplicaSlot,
     ) -> std::result::Result<(Arc<Counters>, Vec<SnapshotInfo>), (CopyFailure, Option<Arc<Counters>>)> {
         let limit = self.shared.config.control_timeout;
@@ -493,8 +504,8 @@ impl Engine {
     #[allow(clippy::too_many_arguments)]
     async fn copy_layer(
         &self,
-        source: &Arc<dyn ReplicaLink>,
-        target: &Arc<dyn ReplicaLink>,
+        source: &Arc<dyn ReplicaProtocol>,
+        target: &Arc<dyn ReplicaProtocol>,
         slot: &ReplicaSlot,
         name: &str,
         src: &[Extent],
@@ -521,8 +532,8 @@ impl Engine {
     #[allow(clippy::too_many_arguments)]
     async fn copy_window(
         &self,
-        source: &Arc<dyn ReplicaLink>,
-        target: &Arc<dyn ReplicaLink>,
+        source: &Arc<dyn ReplicaProtocol>,
+        target: &Arc<dyn ReplicaProtocol>,
         slot: &ReplicaSlot,
         name: &str,
         window: Vec<Extent>,
@@ -532,7 +543,7 @@ impl Engine {
         if slot.mode() != Mode::WriteOnly {
             return Err(CopyFailure {
                 side: Side::Target,
-                error: LinkError::new(LinkErrorKind::Closed, "target left the volume"),
+                error: WireError::service(WireErrorKind::Closed, "target left the volume"),
             });
         }
         let limit = self.shared.config.control_timeout;
@@ -553,13 +564,25 @@ impl Engine {
                 return Ok(());
             }
         }
-        let data: Bytes = timed(limit, source.read_layer(name.to_string(), start, span as usize))
-            .await
-            .map_err(on(Side::Source))?;
+        if self.shared.failpoints.is_armed(crate::failpoint::REBUILD_COPY_MID_EXTENT) {
+            // Half of the window's first extent reaches the target, then the engine dies.
+            let half = (first.len / 2).max(1);
+            let data = timed(limit, source.read_layer(name.to_string(), first.offset, half))
+                .await
+                .map_err(on(Side::Source))?;
+            let _ = timed(limit, target.write_layer(name.to_string(), first.offset, data)).await;
+            let error = self.die_at(crate::failpoint::REBUILD_COPY_MID_EXTENT, "rebuild");
+            return Err(CopyFailure {
+                side: Side::Target,
+                error: WireError::service(WireErrorKind::Closed, error.to_string()),
+            });
+        }
+        let data: Bytes =
+            timed(limit, source.read_layer(name.to_string(), start, span)).await.map_err(on(Side::Source))?;
         if data.len() as u64 != span {
             return Err(CopyFailure {
                 side: Side::Source,
-                error: LinkError::new(LinkErrorKind::Protocol, "short layer read"),
+                error: WireError::service(WireErrorKind::Protocol, "short layer read"),
             });
         }
         let writes = window.iter().map(|e| {
@@ -583,13 +606,13 @@ impl Engine {
     async fn finish(
         &self,
         slot: &Arc<ReplicaSlot>,
-        source: &Arc<dyn ReplicaLink>,
-        target: &Arc<dyn ReplicaLink>,
+        source: &Arc<dyn ReplicaProtocol>,
+        target: &Arc<dyn ReplicaProtocol>,
         chain: Vec<SnapshotInfo>,
     ) -> Result<()> {
         const OP: &str = "rebuild finish";
         let limit = self.shared.config.control_timeout;
-        let fail = |side: &str, e: LinkError| EngineError::new(ErrorKind::Io, OP, format!("{side}: {e}"));
+        let fail = |side: &str, e: WireError| EngineError::from_replica(ErrorKind::Io, OP, side, e);
         timed(limit, target.finish_rebuild(chain.clone())).await.map_err(|e| fail("target", e))?;
         self.verify(source, target, &chain).await?;
         let _admin = self.shared.admin.lock().await;
@@ -601,7 +624,13 @@ impl Engine {
         let facts = timed(limit, source.info()).await.map_err(|e| fail("source", e))?;
         timed(limit, target.set_revision(facts.revision)).await.map_err(|e| fail("target", e))?;
         timed(limit, target.set_generation(self.generation())).await.map_err(|e| fail("target", e))?;
+        if self.shared.failpoints.is_armed(crate::failpoint::REBUILD_BEFORE_SET_RW) {
+            return Err(self.die_at(crate::failpoint::REBUILD_BEFORE_SET_RW, OP));
+        }
         timed(limit, target.set_rebuilding(false)).await.map_err(|e| fail("target", e))?;
+        if self.shared.failpoints.is_armed(crate::failpoint::REBUILD_AFTER_CLEAR_REBUILDING) {
+            return Err(self.die_at(crate::failpoint::REBUILD_AFTER_CLEAR_REBUILDING, OP));
+        }
         slot.set_progress(100);
         slot.set_mode(Mode::ReadWrite);
         tracing::info!(volume = %self.volume(), replica = %slot.address, "rebuild verified; replica is RW");
@@ -611,13 +640,13 @@ impl Engine {
     /// Same layer names on both sides, and equal checksums over each layer's allocated span.
     async fn verify(
         &self,
-        source: &Arc<dyn ReplicaLink>,
-        target: &Arc<dyn ReplicaLink>,
+        source: &Arc<dyn ReplicaProtocol>,
+        target: &Arc<dyn ReplicaProtocol>,
         chain: &[SnapshotInfo],
     ) -> Result<()> {
         const OP: &str = "rebuild verify";
         let limit = self.shared.config.control_timeout;
-        let fail = |side: &str, e: LinkError| EngineError::new(ErrorKind::Io, OP, format!("{side}: {e}"));
+        let fail = |side: &str, e: WireError| EngineError::from_replica(ErrorKind::Io, OP, side, e);
         let mut on_target: Vec<String> = timed(limit, target.list_snapshots())
             .await
             .map_err(|e| fail("target", e))?

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 
-use crate::link::ReplicaLink;
+use corral_wire::ReplicaProtocol;
 
 /// A replica's role in the volume (Longhorn's controller-side modes, reference §3.1).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -46,7 +46,7 @@ pub struct ReplicaSlot {
     /// Address as given (`tcp://host:port`, `unix:///path`).
     pub address: String,
     /// The connection; `None` when the replica could not be reached.
-    pub(crate) link: Option<Arc<dyn ReplicaLink>>,
+    pub(crate) link: Option<Arc<dyn ReplicaProtocol>>,
     mode: AtomicU8,
     /// Rebuild progress in percent (meaningful while WO).
     progress: AtomicU8,
@@ -55,7 +55,7 @@ pub struct ReplicaSlot {
 }
 
 impl ReplicaSlot {
-    pub(crate) fn new(address: String, link: Option<Arc<dyn ReplicaLink>>, mode: Mode) -> Arc<Self> {
+    pub(crate) fn new(address: String, link: Option<Arc<dyn ReplicaProtocol>>, mode: Mode) -> Arc<Self> {
         Arc::new(ReplicaSlot {
             address,
             link,
@@ -95,7 +95,7 @@ impl ReplicaSlot {
     }
 
     /// The link when the slot takes writes (RW or WO).
-    pub(crate) fn writable_link(&self) -> Option<&Arc<dyn ReplicaLink>> {
+    pub(crate) fn writable_link(&self) -> Option<&Arc<dyn ReplicaProtocol>> {
         match self.mode() {
             Mode::ReadWrite | Mode::WriteOnly => self.link.as_ref(),
             Mode::Error => None,
@@ -103,7 +103,7 @@ impl ReplicaSlot {
     }
 
     /// The link when the slot serves reads (RW).
-    pub(crate) fn readable_link(&self) -> Option<&Arc<dyn ReplicaLink>> {
+    pub(crate) fn readable_link(&self) -> Option<&Arc<dyn ReplicaProtocol>> {
         match self.mode() {
             Mode::ReadWrite => self.link.as_ref(),
             _ => None,

@@ -1,46 +1,17 @@
 //! Running a whole engine process: connect the replicas, start the NBD frontend and the control API,
 //! report the real addresses (for `:0` ports). Used by `corral engine serve`.
 
-use std::path::PathBuf;
-
 use corral_nbd::NbdServer;
 
+use crate::connector::ClientConnector;
 use crate::control_api;
 use crate::engine::{Engine, EngineConfig};
 use crate::error::{EngineError, ErrorKind, Result};
 use crate::frontend::{EngineBackend, NbdFrontend};
-use crate::wire_link::WireConnector;
 
-/// Where the NBD frontend listens.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum NbdListen {
-    /// `HOST:PORT` (port 0 = any).
-    Tcp(String),
-    /// A unix socket path.
-    Unix(PathBuf),
-}
-
-impl NbdListen {
-    /// Parses `HOST:PORT`, `tcp://HOST:PORT`, `unix:PATH` or `unix:///PATH`.
-    pub fn parse(text: &str) -> Result<NbdListen> {
-        if let Some(path) = text.strip_prefix("unix://").or_else(|| text.strip_prefix("unix:")) {
-            if path.is_empty() {
-                return Err(EngineError::invalid("--nbd", "empty unix socket path"));
-            }
-            return Ok(NbdListen::Unix(PathBuf::from(path)));
-        }
-        let hostport = text.strip_prefix("tcp://").unwrap_or(text);
-        match hostport.rsplit_once(':') {
-            Some((h, p)) if !h.is_empty() && p.parse::<u16>().is_ok() => {
-                Ok(NbdListen::Tcp(hostport.to_string()))
-            }
-            _ => Err(EngineError::invalid(
-                "--nbd",
-                format!("bad address {text:?}: expected HOST:PORT or unix:PATH"),
-            )),
-        }
-    }
-}
+/// Where the NBD frontend listens: the data protocol's one address type (`HOST:PORT`,
+/// `tcp://HOST:PORT`, `unix:PATH` or `unix:///PATH`; TCP port 0 picks a free port).
+pub type NbdListen = corral_wire::Address;
 
 /// Everything `corral engine serve` needs.
 #[derive(Debug, Clone)]
@@ -95,8 +66,9 @@ pub async fn serve(opts: ServeOptions) -> Result<RunningEngine> {
     }
     let (bound, nbd_endpoint) = match &opts.nbd {
         NbdListen::Tcp(addr) => {
-            let l =
-                tokio::net::TcpListener::bind(addr).await.map_err(|e| io(OP, &format!("bind {addr}"), e))?;
+            let l = tokio::net::TcpListener::bind(addr.as_str())
+                .await
+                .map_err(|e| io(OP, &format!("bind {addr}"), e))?;
             let local = l.local_addr().map_err(|e| io(OP, "nbd address", e))?;
             (Bound::Tcp(l), format!("nbd://{local}"))
         }
@@ -111,7 +83,8 @@ pub async fn serve(opts: ServeOptions) -> Result<RunningEngine> {
         }
     };
     let engine_id = format!("engine-{}", opts.config.volume);
-    let connector = WireConnector::new(engine_id, opts.connections_per_replica, opts.config.replica_timeout);
+    let connector =
+        ClientConnector::new(engine_id, opts.connections_per_replica, opts.config.replica_timeout);
     let engine = Engine::start(opts.config.clone(), connector, &opts.replicas).await?;
     let backend = EngineBackend::new(engine.clone());
     let server = NbdServer::builder(opts.config.volume.clone(), backend)

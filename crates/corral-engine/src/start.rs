@@ -27,7 +27,9 @@ use futures::future::join_all;
 
 use crate::engine::{Engine, EngineConfig, BLOCK};
 use crate::error::{EngineError, Result};
-use crate::link::{Connector, RecoveryFacts, ReplicaLink};
+use corral_wire::{Address, ErrorKind as WireErrorKind, RecoveryFacts, ReplicaProtocol, WireError};
+
+use crate::connector::Connector;
 use crate::replica_set::{Mode, ReplicaSlot};
 
 /// Outcome of the start-up decision for one replica.
@@ -97,14 +99,16 @@ pub fn decide(facts: &[Option<RecoveryFacts>]) -> Vec<Verdict> {
     verdicts.into_iter().map(|v| v.unwrap_or(Verdict::UpToDate)).collect()
 }
 
-/// Checks an address: `tcp://host:port` or `unix:///path`.
+/// Checks a replica address: parsed by the data protocol's [`Address`], and in its canonical form
+/// (`tcp://HOST:PORT` with a real port, or `unix:///ABSOLUTE/PATH`), because the engine identifies a
+/// replica by its address text (`replica rm`, duplicates at start).
 pub fn validate_address(op: &'static str, address: &str) -> Result<()> {
-    let ok = if let Some(rest) = address.strip_prefix("tcp://") {
-        rest.rsplit_once(':').is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok_and(|p| p != 0))
-    } else if let Some(path) = address.strip_prefix("unix://") {
-        path.starts_with('/') && path.len() > 1
-    } else {
-        false
+    let ok = match Address::parse(address) {
+        Ok(parsed) if parsed.to_string() == address => match &parsed {
+            Address::Tcp(host_port) => !host_port.ends_with(":0"),
+            Address::Unix(path) => path.is_absolute() && path.as_os_str().len() > 1,
+        },
+        _ => false,
     };
     if ok {
         Ok(())
@@ -141,7 +145,7 @@ impl Engine {
             }
         }
         let timeout = config.replica_timeout;
-        let connected: Vec<Option<(Arc<dyn ReplicaLink>, RecoveryFacts)>> =
+        let connected: Vec<Option<(Arc<dyn ReplicaProtocol>, RecoveryFacts)>> =
             join_all(addresses.iter().map(|a| {
                 let connector = connector.clone();
                 async move {
@@ -212,7 +216,7 @@ impl Engine {
                     Err(_) => engine.fail_replica(
                         slot,
                         "set generation",
-                        &crate::link::LinkError::new(crate::link::LinkErrorKind::Timeout, "no answer"),
+                        &WireError::service(WireErrorKind::Timeout, "no answer"),
                     ),
                 }
             }
@@ -230,10 +234,7 @@ impl Engine {
             if !fresh {
                 tracing::info!(volume = %engine.volume(), from = current, to = engine.shared.config.size, "expanding at start");
             }
-            engine
-                .expand(engine.shared.config.size)
-                .await
-                .map_err(|e| EngineError::new(e.kind, OP, e.message))?;
+            engine.expand(engine.shared.config.size).await.map_err(|e| EngineError { op: OP, ..e })?;
         }
         if engine.shared.config.auto_rebuild {
             let stale: Vec<String> = engine

@@ -7,10 +7,10 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
-use crate::link::RecoveryFacts;
 use crate::memory::{MemoryCluster, MemoryReplica};
 use crate::start::{decide, Verdict};
 use crate::{Engine, EngineConfig, ErrorKind, Mode};
+use corral_wire::RecoveryFacts;
 
 const SIZE: u64 = 8 << 20;
 

@@ -36,7 +36,8 @@
 //! # Ok(()) }
 //! ```
 //!
-//! Command-line addresses (`HOST:PORT`, `unix:PATH`) parse into a [`ListenAddress`];
+//! Command-line addresses (`HOST:PORT`, `unix:PATH`) parse into a [`ListenAddress`] (Corral's one
+//! address type, `corral_wire::Address`);
 //! [`NbdListener::bind`] binds one and [`NbdServer::serve`] serves it.
 //!
 //! ## Decisions

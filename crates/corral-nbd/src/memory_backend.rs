@@ -1,123 +1,63 @@
-//! A sparse in-memory [`NbdBackend`], for tests, examples and fuzzing.
+//! A sparse in-memory [`NbdBackend`], for tests, examples and fuzzing: `corral_block::MemoryDisk` (the
+//! workspace's one in-memory block store) behind the NBD backend face.
 
-use std::collections::HashMap;
-
-use parking_lot::Mutex;
+use corral_block::{BlockDevice, BlockError, MemoryDisk};
 
 use crate::backend::{out_of_range, NbdBackend};
 use crate::error::NbdError;
 
-/// Bytes per allocation unit of [`MemoryBackend`].
-const CHUNK: u64 = 64 << 10;
-/// Number of independently locked shards (chunk index modulo this).
-const SHARDS: usize = 64;
-
-/// Sparse memory disk: 64 KiB chunks allocated on first write, freed by trim / write-zeroes
-/// of whole chunks. Unwritten ranges read as zeroes. Lock per shard of chunks, so concurrent
-/// requests on different chunks do not contend. "Durable" means "in memory": flush is a no-op,
-/// which honestly satisfies the multi-connection flush contract.
+/// Sparse memory disk: 4 KiB blocks allocated on first write, freed by trim / write-zeroes of whole
+/// blocks. Unwritten ranges read as zeroes. "Durable" means "in memory": flush is a no-op, which
+/// honestly satisfies the multi-connection flush contract.
 pub struct MemoryBackend {
-    size: parking_lot::RwLock<u64>,
-    shards: Vec<Mutex<HashMap<u64, Box<[u8]>>>>,
+    disk: MemoryDisk,
 }
 
 impl MemoryBackend {
     /// An all-zero disk of `size` bytes.
     pub fn new(size: u64) -> MemoryBackend {
-        MemoryBackend {
-            size: parking_lot::RwLock::new(size),
-            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
-        }
+        MemoryBackend { disk: MemoryDisk::new(size) }
     }
 
     /// Grow (or shrink) the disk; clients that connect afterwards see the new size.
     pub fn set_size(&self, size: u64) {
-        *self.size.write() = size;
+        self.disk.set_size(size);
     }
 
-    /// Number of allocated 64 KiB chunks (to check that trims free memory).
-    pub fn allocated_chunks(&self) -> usize {
-        self.shards.iter().map(|s| s.lock().len()).sum()
+    /// Number of allocated 4 KiB blocks (to check that trims free memory).
+    pub fn allocated_blocks(&self) -> usize {
+        self.disk.allocated_blocks()
     }
+}
 
-    fn shard(&self, chunk: u64) -> &Mutex<HashMap<u64, Box<[u8]>>> {
-        &self.shards[(chunk % SHARDS as u64) as usize]
-    }
-
-    fn check(&self, op: &'static str, offset: u64, len: u64) -> Result<(), NbdError> {
-        let size = *self.size.read();
-        match offset.checked_add(len) {
-            Some(end) if end <= size => Ok(()),
-            _ => Err(out_of_range(op, offset, len, size)),
-        }
-    }
-
-    /// Visit the chunk pieces of a range: (chunk index, offset in chunk, offset in range, length).
-    fn pieces(offset: u64, len: u64) -> impl Iterator<Item = (u64, usize, usize, usize)> {
-        let mut pos = offset;
-        let end = offset + len;
-        std::iter::from_fn(move || {
-            if pos >= end {
-                return None;
-            }
-            let chunk = pos / CHUNK;
-            let in_chunk = pos % CHUNK;
-            let n = (CHUNK - in_chunk).min(end - pos);
-            let item = (chunk, in_chunk as usize, (pos - offset) as usize, n as usize);
-            pos += n;
-            Some(item)
-        })
-    }
-
-    fn zero_range(&self, offset: u64, len: u64) {
-        for (chunk, at, _, n) in Self::pieces(offset, len) {
-            let mut shard = self.shard(chunk).lock();
-            if n as u64 == CHUNK {
-                shard.remove(&chunk);
-            } else if let Some(data) = shard.get_mut(&chunk) {
-                data[at..at + n].fill(0);
-            }
-        }
+/// The store's error as NBD reports it: out of range stays out of range (EINVAL), anything else is an
+/// I/O error carrying the store's error as its source.
+fn nbd_error(op: &'static str, err: BlockError) -> NbdError {
+    match err {
+        BlockError::OutOfRange { offset, len, size, .. } => out_of_range(op, offset, len, size),
+        other => NbdError::io(op, std::io::Error::other(other)),
     }
 }
 
 impl NbdBackend for MemoryBackend {
     fn size(&self) -> u64 {
-        *self.size.read()
+        self.disk.size()
     }
 
     async fn read(&self, offset: u64, buf: &mut [u8]) -> Result<(), NbdError> {
-        self.check("read", offset, buf.len() as u64)?;
-        for (chunk, at, pos, n) in Self::pieces(offset, buf.len() as u64) {
-            let shard = self.shard(chunk).lock();
-            match shard.get(&chunk) {
-                Some(data) => buf[pos..pos + n].copy_from_slice(&data[at..at + n]),
-                None => buf[pos..pos + n].fill(0),
-            }
-        }
-        Ok(())
+        self.disk.read_at(buf, offset).map_err(|e| nbd_error("read", e))
     }
 
     async fn write(&self, offset: u64, data: &[u8], _fua: bool) -> Result<(), NbdError> {
-        self.check("write", offset, data.len() as u64)?;
-        for (chunk, at, pos, n) in Self::pieces(offset, data.len() as u64) {
-            let mut shard = self.shard(chunk).lock();
-            let stored = shard.entry(chunk).or_insert_with(|| vec![0u8; CHUNK as usize].into_boxed_slice());
-            stored[at..at + n].copy_from_slice(&data[pos..pos + n]);
-        }
-        Ok(())
+        self.disk.write_at(data, offset).map_err(|e| nbd_error("write", e))
     }
 
     async fn trim(&self, offset: u64, len: u64) -> Result<(), NbdError> {
-        self.check("trim", offset, len)?;
-        self.zero_range(offset, len);
-        Ok(())
+        self.disk.unmap(offset, len).map_err(|e| nbd_error("trim", e))
     }
 
     async fn write_zeroes(&self, offset: u64, len: u64, _fua: bool) -> Result<(), NbdError> {
-        self.check("write-zeroes", offset, len)?;
-        self.zero_range(offset, len);
-        Ok(())
+        self.disk.write_zeroes(offset, len).map_err(|e| nbd_error("write-zeroes", e))
     }
 
     async fn flush(&self) -> Result<(), NbdError> {
@@ -177,7 +117,7 @@ mod tests {
             disk.read(0, &mut all).await.map_err(|e| e.to_string())?;
             assert_eq!(all, model);
             disk.trim(0, 1 << 20).await.map_err(|e| e.to_string())?;
-            assert_eq!(disk.allocated_chunks(), 0);
+            assert_eq!(disk.allocated_blocks(), 0);
             assert!(disk.write(1 << 20, &[1], false).await.is_err());
             Ok::<(), String>(())
         })

@@ -2,6 +2,8 @@
 //!
 //! - [`frame`]: the binary frame, drawn byte by byte in its module doc; pipelined, with a request id per
 //!   frame, so answers may come back in any order.
+//! - [`ReplicaProtocol`]: the replica verbs as one async trait, the one definition of what an engine may
+//!   ask of a replica; [`ReplicaClient`] implements it, the engine holds its replicas through it.
 //! - [`ReplicaClient`]: the engine's async client. Several connections per replica (default 2), one
 //!   reader and one writer task per connection, a slab of pending requests, no task spawned and no
 //!   allocation beyond the payload per request; a data-request timeout that closes the client, enforced
@@ -36,6 +38,7 @@ pub mod frame;
 pub mod messages;
 mod outbound;
 mod pending;
+pub mod protocol;
 pub mod server;
 mod worker_pool;
 
@@ -45,4 +48,5 @@ pub use bytes::Bytes;
 pub use client::{ClientOptions, ReplicaClient};
 pub use error::{ErrorKind, Result, WireError};
 pub use messages::{Extent, Hello, RecoveryFacts, SnapshotInfo, SnapshotRequest};
+pub use protocol::{BoxFuture, ReplicaProtocol, HEAD_NAME};
 pub use server::{serve, serve_with, ReplicaService, ServeOptions};
