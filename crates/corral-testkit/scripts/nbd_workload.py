@@ -6,7 +6,7 @@ issues requests and reports what the server acknowledged. Usage: nbd_workload.py
 
 Plan (JSON): uri, connections, depth (requests in flight over all connections), data (a file the write
 payloads are taken from), ops (a list of {"op": "write"|"zero"|"trim"|"flush"|"read", "offset", "len",
-"data": offset in the data file, "fua"}), repeat (cycle through ops until stdin is closed), pass_shift.
+"data": offset in the data file, "fua"}), disconnect (send NBD_CMD_DISC at the end, default true), repeat (cycle through ops until stdin is closed), pass_shift.
 
 Requests are issued in plan order. A request that overlaps one still in flight waits for it, so the bytes
 after any prefix of the stream are those of applying that prefix in order. In repeat mode, pass p takes a
@@ -137,6 +137,10 @@ def main():
         for i, h in enumerate(handles):
             if i in dead:
                 continue
+            if h.aio_is_dead() or h.aio_is_closed():
+                # The server went away (a test's SIGKILL): what is in flight on it fails below.
+                dead.add(i)
+                continue
             fd = h.aio_get_fd()
             fds[fd] = i
             direction = h.aio_get_direction()
@@ -205,7 +209,8 @@ def main():
         pump(block=not issued_one)
 
     for i, h in enumerate(handles):
-        if i not in dead:
+        # "disconnect": false leaves like a crashed client (no NBD_CMD_DISC): the sockets just close.
+        if i not in dead and plan.get("disconnect", True):
             try:
                 h.shutdown()
             except nbd.Error:

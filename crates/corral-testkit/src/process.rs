@@ -138,7 +138,8 @@ impl Process {
 
     /// Kills the child and describes it, with the first line the caller rejected (if any).
     pub fn start_error(mut self, first_line: Option<String>) -> StartError {
-        let status = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten());
+        // A child that closed stdout is usually exiting: give it a moment so its status is known.
+        let status = self.wait_exit(Duration::from_secs(1));
         self.kill9();
         self.wait_stderr_closed(Duration::from_secs(2));
         StartError { name: self.name.clone(), first_line, status, stderr: self.stderr() }

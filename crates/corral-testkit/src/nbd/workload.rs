@@ -77,11 +77,20 @@ pub struct Workload {
     /// In repeat mode pass `p` takes a write's payload `p * pass_shift` bytes further into `data`
     /// (wrapping), so every pass writes new bytes.
     pub pass_shift: u64,
+    /// Whether the driver ends with NBD_CMD_DISC; `false` leaves like a crashed client (sockets closed).
+    pub disconnect: bool,
 }
 
 impl Default for Workload {
     fn default() -> Self {
-        Workload { ops: Vec::new(), data: Vec::new(), connections: 4, depth: 32, pass_shift: 0 }
+        Workload {
+            ops: Vec::new(),
+            data: Vec::new(),
+            connections: 4,
+            depth: 32,
+            pass_shift: 0,
+            disconnect: true,
+        }
     }
 }
 
@@ -173,6 +182,7 @@ impl Workload {
             "ops": self.ops,
             "repeat": repeat,
             "pass_shift": self.pass_shift,
+            "disconnect": self.disconnect,
         });
         let plan_path = dir.path().join("plan.json");
         std::fs::write(&plan_path, plan.to_string())
@@ -241,6 +251,8 @@ impl RunningWorkload {
         let exit = self.process.wait_exit(Duration::from_secs(300));
         let exit = exit
             .unwrap_or_else(|| panic!("the NBD workload did not finish; stderr:\n{}", self.process.stderr()));
+        // The driver exits 0 even when requests fail (it reports them); anything else is a broken harness.
+        assert!(exit.success(), "the NBD workload crashed ({exit}); stderr:\n{}", self.process.stderr());
         Report::parse(self.connected, exit, &self.process.stdout_lines(), self.process.stderr())
     }
 }
