@@ -6,7 +6,7 @@ issues requests and reports what the server acknowledged. Usage: nbd_workload.py
 
 Plan (JSON): uri, connections, depth (requests in flight over all connections), data (a file the write
 payloads are taken from), ops (a list of {"op": "write"|"zero"|"trim"|"flush"|"read", "offset", "len",
-"data": offset in the data file, "fua"}), disconnect (send NBD_CMD_DISC at the end, default true), repeat (cycle through ops until stdin is closed), pass_shift.
+"data": offset in the data file, "fua", "drain": a flush that waits for all earlier requests}), disconnect (send NBD_CMD_DISC at the end, default true), repeat (cycle through ops until stdin is closed), pass_shift.
 
 Requests are issued in plan order. A request that overlaps one still in flight waits for it, so the bytes
 after any prefix of the stream are those of applying that prefix in order. In repeat mode, pass p takes a
@@ -192,8 +192,11 @@ def main():
             op = ops[index % len(ops)]
             pass_no = index // len(ops)
             kind = op["op"]
-            # A flush overlaps nothing: it is pipelined with the writes, and covers those acked before it
-            # was issued (the "issue" line marks that point in the output).
+            # Otherwise a flush overlaps nothing: it is pipelined with the writes, and covers those acked
+            # before it was issued (the "issue" line marks that point in the output).
+            # A draining flush waits until every earlier request was answered (a filesystem's barrier).
+            if kind == "flush" and op.get("drain") and in_flight:
+                break
             if kind != "flush" and overlaps(op.get("offset", 0), op.get("offset", 0) + op.get("len", 0)):
                 break
             if not issue(op, pass_no):

@@ -60,6 +60,8 @@ pub struct Process {
     child: Option<Child>,
     stderr: Arc<StderrLog>,
     stdout_after_ready: Arc<Mutex<Vec<String>>>,
+    /// Set when the child closed stdout (every line is then in `stdout_after_ready`).
+    stdout_closed: Arc<AtomicBool>,
 }
 
 impl Process {
@@ -82,19 +84,14 @@ impl Process {
             return Err(process.start_error(None));
         };
         let (sender, receiver) = mpsc::channel();
-        let rest = process.stdout_after_ready.clone();
+        let (rest, closed) = (process.stdout_after_ready.clone(), process.stdout_closed.clone());
         std::thread::spawn(move || {
             let mut reader = BufReader::new(stdout);
             let mut line = String::new();
             let first = reader.read_line(&mut line).map(|n| (n, line));
             let _ = sender.send(first);
             // Keep draining so the child never blocks on a full pipe.
-            for line in reader.lines() {
-                let Ok(line) = line else { break };
-                if let Ok(mut rest) = rest.lock() {
-                    rest.push(line);
-                }
-            }
+            drain_stdout(reader, &rest, &closed);
         });
         match receiver.recv_timeout(timeout) {
             Ok(Ok((n, line))) if n > 0 => Ok((process, line.trim_end().to_string())),
@@ -106,15 +103,8 @@ impl Process {
     pub fn spawn(name: &str, command: &mut Command) -> Process {
         let mut process = Self::spawn_piped(name, command);
         if let Some(stdout) = process.child.as_mut().and_then(|c| c.stdout.take()) {
-            let rest = process.stdout_after_ready.clone();
-            std::thread::spawn(move || {
-                for line in BufReader::new(stdout).lines() {
-                    let Ok(line) = line else { break };
-                    if let Ok(mut rest) = rest.lock() {
-                        rest.push(line);
-                    }
-                }
-            });
+            let (rest, closed) = (process.stdout_after_ready.clone(), process.stdout_closed.clone());
+            std::thread::spawn(move || drain_stdout(BufReader::new(stdout), &rest, &closed));
         }
         process
     }
@@ -133,7 +123,13 @@ impl Process {
         } else {
             stderr.closed.store(true, Ordering::SeqCst);
         }
-        Process { name: name.to_string(), child: Some(child), stderr, stdout_after_ready: Arc::default() }
+        Process {
+            name: name.to_string(),
+            child: Some(child),
+            stderr,
+            stdout_after_ready: Arc::default(),
+            stdout_closed: Arc::default(),
+        }
     }
 
     /// Kills the child and describes it, with the first line the caller rejected (if any).
@@ -141,13 +137,16 @@ impl Process {
         // A child that closed stdout is usually exiting: give it a moment so its status is known.
         let status = self.wait_exit(Duration::from_secs(1));
         self.kill9();
-        self.wait_stderr_closed(Duration::from_secs(2));
+        self.wait_pipes_closed(Duration::from_secs(2));
         StartError { name: self.name.clone(), first_line, status, stderr: self.stderr() }
     }
 
-    fn wait_stderr_closed(&self, limit: Duration) {
+    /// Waits (up to `limit`) until the drain threads saw both pipes close, so every line is recorded.
+    fn wait_pipes_closed(&self, limit: Duration) {
         let deadline = Instant::now() + limit;
-        while !self.stderr.closed.load(Ordering::SeqCst) && Instant::now() < deadline {
+        let closed =
+            || self.stderr.closed.load(Ordering::SeqCst) && self.stdout_closed.load(Ordering::SeqCst);
+        while !closed() && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(10));
         }
     }
@@ -231,7 +230,7 @@ impl Process {
             let child = self.child.as_mut()?;
             if let Ok(Some(status)) = child.try_wait() {
                 self.child = None;
-                self.wait_stderr_closed(Duration::from_secs(2));
+                self.wait_pipes_closed(Duration::from_secs(10));
                 return Some(status);
             }
             if Instant::now() >= deadline {
@@ -246,6 +245,16 @@ impl Drop for Process {
     fn drop(&mut self) {
         self.kill9();
     }
+}
+
+fn drain_stdout(reader: impl BufRead, lines: &Mutex<Vec<String>>, closed: &AtomicBool) {
+    for line in reader.lines() {
+        let Ok(line) = line else { break };
+        if let Ok(mut lines) = lines.lock() {
+            lines.push(line);
+        }
+    }
+    closed.store(true, Ordering::SeqCst);
 }
 
 fn drain_stderr(pipe: impl Read, prefix: &str, log: &StderrLog) {

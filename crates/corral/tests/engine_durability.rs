@@ -84,7 +84,7 @@ fn acknowledged_flushes_survive_a_sigkill_in_the_middle_of_a_pipelined_workload(
         let block = (i * 7919) % REGION;
         plan.write(block * 4096, &block_data(block, i, 4096), i % 101 == 0);
         if i % 64 == 63 {
-            plan.flush();
+            plan.pipelined_flush();
         }
     }
     // Every pass writes bytes no earlier pass wrote, so an old block cannot pass for a new one.

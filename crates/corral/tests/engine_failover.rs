@@ -31,7 +31,7 @@ fn mixed_workload() -> Workload {
                 plan.zero(off, 4096, false);
             }
             4 => {
-                plan.flush();
+                plan.pipelined_flush();
             }
             _ => {
                 let n = if round % 10 == 5 { 16384.min((BLOCKS - block) * 4096) } else { 4096 };

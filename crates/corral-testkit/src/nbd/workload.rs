@@ -25,8 +25,9 @@ pub enum Op {
     Write { offset: u64, len: u64, data: u64, fua: bool },
     /// NBD_CMD_WRITE_ZEROES.
     Zero { offset: u64, len: u64, fua: bool },
-    /// NBD_CMD_FLUSH.
-    Flush,
+    /// NBD_CMD_FLUSH; with `drain`, issued only once every earlier request was answered (so it covers
+    /// them all, as a filesystem's barrier), otherwise pipelined with them.
+    Flush { drain: bool },
     /// NBD_CMD_READ; the report carries the SHA-256 of what came back.
     Read { offset: u64, len: u64 },
 }
@@ -114,9 +115,16 @@ impl Workload {
         self
     }
 
-    /// Appends a flush.
+    /// Appends a flush of everything before it: issued once every earlier request was answered.
     pub fn flush(&mut self) -> &mut Self {
-        self.ops.push(Op::Flush);
+        self.ops.push(Op::Flush { drain: true });
+        self
+    }
+
+    /// Appends a flush pipelined with the requests around it: it covers only the writes answered before
+    /// it was issued ([`Report::durable_writes`] knows which).
+    pub fn pipelined_flush(&mut self) -> &mut Self {
+        self.ops.push(Op::Flush { drain: false });
         self
     }
 
@@ -152,7 +160,7 @@ impl Workload {
                     image[offset as usize..(offset + len) as usize].copy_from_slice(self.payload(seq))
                 }
                 Op::Zero { offset, len, .. } => image[offset as usize..(offset + len) as usize].fill(0),
-                Op::Flush | Op::Read { .. } => {}
+                Op::Flush { .. } | Op::Read { .. } => {}
             }
         }
     }
