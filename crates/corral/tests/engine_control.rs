@@ -19,6 +19,19 @@ fn stderr_of(engine: &EngineProc, args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
+/// Runs `corral engine serve` that must refuse to start; returns its stderr.
+fn engine_serve_error(volume: &str, replicas: &[&str]) -> String {
+    let mut cmd = std::process::Command::new(CORRAL);
+    cmd.args(["engine", "serve", "--volume", volume, "--size", "16MiB"]);
+    cmd.args(["--nbd", "127.0.0.1:0", "--listen", "127.0.0.1:0"]);
+    for r in replicas {
+        cmd.args(["--replica", r]);
+    }
+    let out = cmd.output().unwrap();
+    assert!(!out.status.success(), "engine serve {volume} {replicas:?} started");
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
 #[test]
 fn snapshot_revert_expand_round_trips_through_the_cli() {
     let dir = tempfile::tempdir().unwrap();
@@ -119,51 +132,11 @@ fn bad_control_input_gets_clear_errors() {
     let err = stderr_of(&engine, &["replica", "rm", &rs[0].address]);
     assert!(err.contains("last healthy"), "{err}");
 
-    // The engine refuses duplicate replicas and bad sizes at start.
-    let out = std::process::Command::new(CORRAL)
-        .args([
-            "engine",
-            "serve",
-            "--volume",
-            "v",
-            "--size",
-            "16MiB",
-            "--nbd",
-            "127.0.0.1:0",
-            "--listen",
-            "127.0.0.1:0",
-        ])
-        .args(["--replica", &rs[0].address, "--replica", &rs[0].address])
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    assert!(
-        String::from_utf8_lossy(&out.stderr).contains("twice"),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let out = std::process::Command::new(CORRAL)
-        .args([
-            "engine",
-            "serve",
-            "--volume",
-            "Bad Volume",
-            "--size",
-            "16MiB",
-            "--nbd",
-            "127.0.0.1:0",
-            "--listen",
-            "127.0.0.1:0",
-        ])
-        .args(["--replica", &rs[0].address])
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    assert!(
-        String::from_utf8_lossy(&out.stderr).contains("bad name"),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    // The engine refuses duplicate replicas and bad names at start.
+    let err = engine_serve_error("v", &[&rs[0].address, &rs[0].address]);
+    assert!(err.contains("twice"), "{err}");
+    let err = engine_serve_error("Bad Volume", &[&rs[0].address]);
+    assert!(err.contains("bad name"), "{err}");
     // The volume still works after all that.
     qemu_io(&engine.nbd, &["write -P 0x5a 0 64k", "read -P 0x5a 0 64k"]);
 }
