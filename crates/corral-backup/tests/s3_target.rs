@@ -49,11 +49,12 @@ async fn refused_credentials_are_permission_denied_and_write_nothing() {
     let work = tempfile::tempdir().unwrap();
     let root = work.path().join("s3");
     std::fs::create_dir_all(root.join("locked")).unwrap();
-    let server = S3sFs::start(&root, "right-key", "right-secret");
+    let server = corral_testkit::s3::S3Server::s3s_fs(&root, "right-key", "right-secret");
     let replica = fixture_replica(work.path());
     for (key, secret) in [("right-key", "wrong-secret"), ("wrong-key", "right-secret")] {
         let target =
-            BackupTarget::open_with("s3://locked@us-east-1/b", &server.settings(key, secret)).unwrap();
+            BackupTarget::open_with("s3://locked@us-east-1/b", &s3s_fs_settings(&server, key, secret))
+                .unwrap();
         let mut opts = corral_backup::CreateOptions::new(&replica, "snap2");
         opts.volume = Some("vol1".into());
         opts.lock_timings = fast_locks();
@@ -66,9 +67,11 @@ async fn refused_credentials_are_permission_denied_and_write_nothing() {
         assert!(files_with_suffix(&root, "").is_empty(), "{:?}", files_with_suffix(&root, ""));
     }
     // The right pair works: the refusal was about the credentials.
-    let target =
-        BackupTarget::open_with("s3://locked@us-east-1/b", &server.settings("right-key", "right-secret"))
-            .unwrap();
+    let target = BackupTarget::open_with(
+        "s3://locked@us-east-1/b",
+        &s3s_fs_settings(&server, "right-key", "right-secret"),
+    )
+    .unwrap();
     let report = common::scenario::backup(&target, &replica, "snap2", "ok").await;
     assert_eq!(report.blocks_uploaded, 2);
     assert_eq!(files_with_suffix(&root, ".blk").len(), 2);

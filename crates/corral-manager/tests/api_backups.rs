@@ -18,7 +18,7 @@ fn fixture(dir: &Path) {
     let tarball = if local.exists() {
         local
     } else {
-        Path::new("/work/shared/fixtures/longhorn/backupstore-vfs.tar.gz").to_path_buf()
+        panic!("fixture backupstore-vfs.tar.gz is missing from the repository: {}", local.display())
     };
     assert!(tarball.exists(), "fixture backupstore-vfs.tar.gz not found at {}", tarball.display());
     let st = std::process::Command::new("tar").arg("xzf").arg(&tarball).arg("-C").arg(dir).status().unwrap();

@@ -3,41 +3,17 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use corral_replica::{inspect, CreateOptions, Replica, SnapshotOptions};
-use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-const FIXTURE: &str = "/work/shared/fixtures/longhorn/replica-two-snapshots.tar.gz";
-const HEAD_SHA256: &str = "742a32de6696dbac0a89e8e8a8eed3840612870d72b74b3950409750d8a3a1a3";
-const SNAP1: &str = "68129740-95fa-41f1-9ff2-30a78ca4a61b";
+use corral_testkit::data::sha256_file;
+use corral_testkit::fixtures::{extract_longhorn_replica, HEAD_SHA256, UUID_SNAPSHOT as SNAP1};
 
-fn fixture_root() -> PathBuf {
-    // The fixture is also vendored next to the tests so CI does not depend on /work/shared.
-    let vendored = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/replica-two-snapshots.tar.gz");
-    if vendored.exists() {
-        vendored
-    } else {
-        PathBuf::from(FIXTURE)
-    }
-}
-
+/// The fixture replica (from the repository's tests/fixtures/longhorn) in a fresh temporary directory.
 fn extract() -> (tempfile::TempDir, PathBuf) {
     let tmp = tempfile::tempdir().unwrap();
-    let status = std::process::Command::new("tar")
-        .arg("-xSzf")
-        .arg(fixture_root())
-        .arg("-C")
-        .arg(tmp.path())
-        .status()
-        .expect("tar must be installed");
-    assert!(status.success(), "tar failed");
-    let dir = tmp.path().join("two-snapshots");
-    assert!(dir.join("volume.meta").exists());
+    let dir = extract_longhorn_replica(tmp.path());
     (tmp, dir)
-}
-
-fn sha256_file(path: &Path) -> String {
-    hex::encode(Sha256::digest(std::fs::read(path).unwrap()))
 }
 
 #[test]

@@ -345,7 +345,7 @@ fn aws_cert_makes_a_private_ca_trusted_for_an_https_endpoint() {
 fn virtual_hosted_style_sends_requests_to_the_bucket_host() {
     let moto = Moto::start();
     moto.create_bucket("vhost");
-    let proxy = RecordingProxy::start(moto.port);
+    let proxy = RecordingProxy::start(moto.port());
     let work = tempfile::tempdir().unwrap();
     extract("replica-two-snapshots.tar.gz", work.path());
     let replica = work.path().join("two-snapshots");
@@ -353,7 +353,7 @@ fn virtual_hosted_style_sends_requests_to_the_bucket_host() {
     let target = "s3://vhost@us-east-1/backups";
     // A host name that does not resolve: requests reach moto only through the proxy, which records the
     // host the client addressed.
-    let server_host = format!("s3.corral.test:{}", moto.port);
+    let server_host = format!("s3.corral.test:{}", moto.port());
     let env = |virtual_hosted: &str| {
         vec![
             ("AWS_ACCESS_KEY_ID", "testing".to_string()),

@@ -1,10 +1,12 @@
 //! The control CLI against a real engine: snapshot / revert / expand round trips checked by reading
-//! through NBD, and clear errors for bad input.
+//! through real NBD clients (qemu-io, libnbd), and clear errors for bad input.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod engine_support;
 
-use engine_support::nbd_client::NbdClient;
+use std::time::Duration;
+
+use corral_testkit::nbd::export_size;
 use engine_support::*;
 
 fn stderr_of(engine: &EngineProc, args: &[&str]) -> String {
@@ -14,6 +16,19 @@ fn stderr_of(engine: &EngineProc, args: &[&str]) -> String {
         "corral engine {args:?} should have failed: {}",
         String::from_utf8_lossy(&out.stdout)
     );
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// Runs `corral engine serve` that must refuse to start; returns its stderr.
+fn engine_serve_error(volume: &str, replicas: &[&str]) -> String {
+    let mut cmd = std::process::Command::new(CORRAL);
+    cmd.args(["engine", "serve", "--volume", volume, "--size", "16MiB"]);
+    cmd.args(["--nbd", "127.0.0.1:0", "--listen", "127.0.0.1:0"]);
+    for r in replicas {
+        cmd.args(["--replica", r]);
+    }
+    let out = cmd.output().unwrap();
+    assert!(!out.status.success(), "engine serve {volume} {replicas:?} started");
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
@@ -52,11 +67,13 @@ fn snapshot_revert_expand_round_trips_through_the_cli() {
     assert_eq!(first["userCreated"], true);
 
     // Revert is refused while a client is connected, with a clear message.
-    let (host, port) = engine.nbd_tcp();
-    let client = NbdClient::connect(&host, port).unwrap();
+    let mut reads = Workload::new();
+    reads.read(0, 4096);
+    let client = reads.start(&engine.nbd);
+    client.wait_progress(1, Duration::from_secs(20));
     let err = stderr_of(&engine, &["revert", "first"]);
     assert!(err.contains("client") && err.contains("connected"), "{err}");
-    client.disconnect();
+    client.stop().assert_all_ok();
     std::thread::sleep(std::time::Duration::from_millis(200));
     engine.cli_ok(&["revert", "first"]);
     qemu_io(&engine.nbd, &["read -P 0x41 0 1M", "read -P 0 1M 1M"]);
@@ -76,9 +93,7 @@ fn snapshot_revert_expand_round_trips_through_the_cli() {
     let err = stderr_of(&engine, &["expand", "--size", "16MiB"]);
     assert!(err.contains("smaller"), "{err}");
     engine.cli_ok(&["expand", "--size", "48MiB"]);
-    let c = NbdClient::connect(&host, port).unwrap();
-    assert_eq!(c.size, 48 << 20);
-    c.disconnect();
+    assert_eq!(export_size(&engine.nbd), 48 << 20);
     qemu_io(
         &engine.nbd,
         &["write -P 0x44 47M 1M", "read -P 0x44 47M 1M", "read -P 0 32M 15M", "read -P 0x41 0 1M"],
@@ -117,51 +132,11 @@ fn bad_control_input_gets_clear_errors() {
     let err = stderr_of(&engine, &["replica", "rm", &rs[0].address]);
     assert!(err.contains("last healthy"), "{err}");
 
-    // The engine refuses duplicate replicas and bad sizes at start.
-    let out = std::process::Command::new(CORRAL)
-        .args([
-            "engine",
-            "serve",
-            "--volume",
-            "v",
-            "--size",
-            "16MiB",
-            "--nbd",
-            "127.0.0.1:0",
-            "--listen",
-            "127.0.0.1:0",
-        ])
-        .args(["--replica", &rs[0].address, "--replica", &rs[0].address])
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    assert!(
-        String::from_utf8_lossy(&out.stderr).contains("twice"),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let out = std::process::Command::new(CORRAL)
-        .args([
-            "engine",
-            "serve",
-            "--volume",
-            "Bad Volume",
-            "--size",
-            "16MiB",
-            "--nbd",
-            "127.0.0.1:0",
-            "--listen",
-            "127.0.0.1:0",
-        ])
-        .args(["--replica", &rs[0].address])
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    assert!(
-        String::from_utf8_lossy(&out.stderr).contains("bad name"),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    // The engine refuses duplicate replicas and bad names at start.
+    let err = engine_serve_error("v", &[&rs[0].address, &rs[0].address]);
+    assert!(err.contains("twice"), "{err}");
+    let err = engine_serve_error("Bad Volume", &[&rs[0].address]);
+    assert!(err.contains("bad name"), "{err}");
     // The volume still works after all that.
     qemu_io(&engine.nbd, &["write -P 0x5a 0 64k", "read -P 0x5a 0 64k"]);
 }

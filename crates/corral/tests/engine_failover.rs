@@ -1,81 +1,47 @@
-//! Failover and online rebuild with real processes: three replicas, one SIGKILLed during a running write
-//! workload, a fresh replica rebuilt under load, then the two originals SIGKILLed: every byte written at
-//! any time must read back from the rebuilt replica alone. Also: a rebuild interrupted by a crash of its
-//! target is retried and reuses what was copied.
+//! Failover and online rebuild with real processes and a real NBD client (libnbd: four connections, 32
+//! requests in flight): three replicas, one SIGKILLed during a running write workload, a fresh replica
+//! rebuilt under load, then the two originals SIGKILLed: every byte written at any time must read back
+//! from the rebuilt replica alone, and no request may fail on the way. Also: a rebuild interrupted by a
+//! crash of its target is retried and reuses what was copied.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod engine_support;
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use engine_support::nbd_client::NbdClient;
 use engine_support::*;
+use nix::sys::signal::Signal;
 
 const SIZE: u64 = 64 << 20;
+const BLOCKS: u64 = SIZE / 4096;
 
-/// A writer owning `[start, start+len)`: writes whole blocks, sub-block pieces, zeroes and flushes,
-/// and keeps a byte model of its range. Any error fails the test.
-fn writer(
-    host: String,
-    port: u16,
-    start: u64,
-    len: u64,
-    seed: u64,
-    stop: Arc<AtomicBool>,
-    ops: Arc<AtomicU64>,
-) -> JoinHandle<Vec<u8>> {
-    std::thread::spawn(move || {
-        let mut client = NbdClient::connect(&host, port).unwrap();
-        let mut model = client.read(start, len as usize).unwrap();
-        let blocks = len / 4096;
-        let mut round = 0u64;
-        while !stop.load(Ordering::SeqCst) {
-            round += 1;
-            let block = (round.wrapping_mul(2_654_435_761).wrapping_add(seed * 97)) % blocks;
-            let off = start + block * 4096;
-            let local = (off - start) as usize;
-            match round % 10 {
-                // Sub-block write (widened by the engine while a WO replica exists).
-                0..=2 => {
-                    let inner = (round % 7) as usize * 512 + 100;
-                    let data = block_data(block, round + seed * 1_000_000, 700);
-                    client
-                        .write(off + inner as u64, &data, false)
-                        .unwrap_or_else(|e| panic!("write failed at round {round}: {e}"));
-                    model[local + inner..local + inner + 700].copy_from_slice(&data);
-                }
-                3 => {
-                    client.write_zeroes(off, 4096).unwrap_or_else(|e| panic!("write-zeroes failed: {e}"));
-                    model[local..local + 4096].fill(0);
-                }
-                4 => client.flush().unwrap_or_else(|e| panic!("flush failed: {e}")),
-                _ => {
-                    let n = if round % 10 == 5 { 16384.min((blocks - block) * 4096) as usize } else { 4096 };
-                    let data = block_data(block, round + seed * 1_000_000, n);
-                    client
-                        .write(off, &data, round % 10 == 6)
-                        .unwrap_or_else(|e| panic!("write failed at round {round}: {e}"));
-                    model[local..local + n].copy_from_slice(&data);
-                }
+/// A mixed workload over the whole volume: sub-block writes (widened by the engine while a WO replica
+/// exists), write-zeroes, flushes, 16 KiB writes and FUA writes, at pseudo-random blocks.
+fn mixed_workload() -> Workload {
+    let mut plan = Workload::new();
+    for round in 1..=2000u64 {
+        let block = round.wrapping_mul(2_654_435_761) % BLOCKS;
+        let off = block * 4096;
+        match round % 10 {
+            0..=2 => {
+                let inner = (round % 7) * 512 + 100;
+                plan.write(off + inner, &block_data(block, round, 700), false);
             }
-            ops.fetch_add(1, Ordering::Relaxed);
+            3 => {
+                plan.zero(off, 4096, false);
+            }
+            4 => {
+                plan.pipelined_flush();
+            }
+            _ => {
+                let n = if round % 10 == 5 { 16384.min((BLOCKS - block) * 4096) } else { 4096 };
+                plan.write(off, &block_data(block, round, n as usize), round % 10 == 6);
+            }
         }
-        client.flush().unwrap();
-        client.disconnect();
-        model
-    })
-}
-
-fn wait_ops(ops: &AtomicU64, more: u64) {
-    let target = ops.load(Ordering::SeqCst) + more;
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while ops.load(Ordering::SeqCst) < target {
-        assert!(Instant::now() < deadline, "the workload stalled");
-        std::thread::sleep(Duration::from_millis(20));
     }
+    // Each pass writes bytes the previous ones did not.
+    plan.pass_shift = 4096 * 5 + 100;
+    plan
 }
 
 #[test]
@@ -89,39 +55,33 @@ fn kill_a_replica_under_load_rebuild_a_fresh_one_then_lose_the_originals() {
         "127.0.0.1:0",
         &["--replica-timeout", "3s"],
     );
-    let (host, port) = engine.nbd_tcp();
     let tstart = Instant::now();
     // Older data, partly in a snapshot layer, partly in the head.
-    {
-        let mut c = NbdClient::connect(&host, port).unwrap();
-        for b in 0..(SIZE / 4096) {
-            if b % 3 != 0 {
-                c.write(b * 4096, &block_data(b, 0, 4096), false).unwrap();
-            }
+    let mut prefill = Workload::new();
+    for b in 0..BLOCKS {
+        if b % 3 != 0 {
+            prefill.write(b * 4096, &block_data(b, 0, 4096), false);
         }
-        c.flush().unwrap();
-        c.disconnect();
     }
+    prefill.flush();
+    prefill.run(&engine.nbd).assert_all_ok();
+    let mut model = vec![0u8; SIZE as usize];
+    prefill.apply(&mut model, prefill.ops.len() as u64);
     eprintln!("phase: prefill {:?}", tstart.elapsed());
     engine.cli_ok(&["snapshot", "create", "before-load"]);
-    eprintln!("phase: snapshot {:?}", tstart.elapsed());
 
-    let stop = Arc::new(AtomicBool::new(false));
-    let ops = Arc::new(AtomicU64::new(0));
-    let half = SIZE / 2;
-    let writers: Vec<_> = (0..2u64)
-        .map(|i| writer(host.clone(), port, i * half, half, i + 1, stop.clone(), ops.clone()))
-        .collect();
+    let plan = mixed_workload();
+    let load = plan.start(&engine.nbd);
     let t0 = Instant::now();
-    wait_ops(&ops, 300);
-    eprintln!("phase: 300 ops in {:?}", t0.elapsed());
+    load.wait_progress(300, Duration::from_secs(60));
+    eprintln!("phase: 300 requests in {:?}", t0.elapsed());
     let victim = rs[1].address.clone();
     rs[1].kill9();
-    wait_ops(&ops, 300);
+    load.wait_progress(300, Duration::from_secs(60));
     engine.wait_mode(&victim, "ERR", 10);
     eprintln!("phase: victim ERR at {:?}", t0.elapsed());
 
-    let fresh = Replica::start(&dir.path().join("fresh"), "64MiB", "127.0.0.1:0");
+    let fresh = start_replica(&dir.path().join("fresh"), "64MiB", "127.0.0.1:0");
     engine.cli_ok(&["replica", "add", &fresh.address]);
     let mut saw_wo = false;
     let deadline = Instant::now() + Duration::from_secs(120);
@@ -137,33 +97,27 @@ fn kill_a_replica_under_load_rebuild_a_fresh_one_then_lose_the_originals() {
     }
     assert!(saw_wo, "the fresh replica was never seen in WO mode");
     eprintln!("phase: rebuilt at {:?}", t0.elapsed());
-    wait_ops(&ops, 300);
-    stop.store(true, Ordering::SeqCst);
-    let models: Vec<Vec<u8>> = writers.into_iter().map(|w| w.join().expect("a writer failed")).collect();
-    eprintln!("phase: writers done at {:?}", t0.elapsed());
+    load.wait_progress(300, Duration::from_secs(60));
+    let report = load.stop();
+    // Failover and rebuild are invisible to the client: not one request failed.
+    report.assert_all_ok().assert_real_client(16);
+    plan.apply(&mut model, report.issued.unwrap());
+    eprintln!("phase: workload done at {:?}: {} requests", t0.elapsed(), report.acks.len());
 
     rs[0].kill9();
     rs[2].kill9();
-    let mut c = NbdClient::connect(&host, port).unwrap();
-    for (i, model) in models.iter().enumerate() {
-        for chunk in 0..(half / (1 << 20)) {
-            let off = i as u64 * half + chunk * (1 << 20);
-            let got = c.read(off, 1 << 20).unwrap();
-            let want = &model[(chunk << 20) as usize..((chunk + 1) << 20) as usize];
-            assert!(got == want, "bytes at {off} differ on the rebuilt replica");
-        }
-    }
+    assert_volume_holds(&engine, &model, 1, "the rebuilt replica alone");
     eprintln!("phase: verified {:?}", tstart.elapsed());
     let status = engine.replicas();
     let modes: Vec<_> = status.iter().map(|r| (r.0.as_str(), r.1.as_str())).collect();
     assert!(modes.contains(&(fresh.address.as_str(), "RW")), "{modes:?}");
     // The reads above failed over from the killed replicas; the engine knows them as ERR after a write.
-    c.write(0, &[9u8; 4096], true).unwrap();
-    eprintln!("phase: fua write {:?}", tstart.elapsed());
+    let mut fua = Workload::new();
+    fua.write(0, &[9u8; 4096], true);
+    fua.run(&engine.nbd).assert_all_ok();
     for r in [&rs[0].address, &rs[2].address, &victim] {
         assert_eq!(engine.mode_of(r), "ERR");
     }
-    eprintln!("phase: end {:?}", tstart.elapsed());
 }
 
 #[test]
@@ -180,7 +134,7 @@ fn a_rebuild_interrupted_by_a_target_crash_is_retried_and_reuses_the_copy() {
     std::fs::write(&image, &data).unwrap();
     let st = std::process::Command::new("nbdcopy").arg(&image).arg(&engine.nbd).status().unwrap();
     assert!(st.success());
-    let mut target = Replica::start(&dir.path().join("target"), "512MiB", "127.0.0.1:0");
+    let mut target = start_replica(&dir.path().join("target"), "512MiB", "127.0.0.1:0");
     engine.cli_ok(&["replica", "add", &target.address]);
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
@@ -193,7 +147,7 @@ fn a_rebuild_interrupted_by_a_target_crash_is_retried_and_reuses_the_copy() {
         assert!(Instant::now() < deadline);
         std::thread::sleep(Duration::from_millis(20));
     }
-    target.restart("512MiB");
+    target.restart(Some("512MiB"));
     engine.wait_mode(&target.address, "ERR", 30);
     let out = engine.cli_ok(&["replica", "add", &target.address, "--wait", "--json"]);
     let report: serde_json::Value = serde_json::from_str(&out).unwrap();
@@ -216,22 +170,22 @@ fn a_replica_that_stops_answering_times_out_and_io_continues() {
     let rs = replicas(dir.path(), 2, "16MiB");
     let engine =
         EngineProc::start("vol-hang", "16MiB", &addresses(&rs), "127.0.0.1:0", &["--replica-timeout", "1s"]);
-    let (host, port) = engine.nbd_tcp();
-    let mut c = NbdClient::connect(&host, port).unwrap();
-    c.write(0, &block_data(0, 1, 4096), true).unwrap();
-    let pid = nix::unistd::Pid::from_raw(rs[1].child.as_ref().unwrap().id() as i32);
-    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGSTOP).unwrap();
+    let mut first = Workload::new();
+    first.write(0, &block_data(0, 1, 4096), true);
+    first.run(&engine.nbd).assert_all_ok();
+    rs[1].process.signal(Signal::SIGSTOP);
     let started = Instant::now();
+    let mut plan = Workload::new();
     for b in 1..64u64 {
-        c.write(b * 4096, &block_data(b, 1, 4096), false).unwrap();
+        plan.write(b * 4096, &block_data(b, 1, 4096), false);
     }
-    c.flush().unwrap();
+    plan.flush();
+    plan.run(&engine.nbd).assert_all_ok();
     let took = started.elapsed();
     assert!(took >= Duration::from_millis(900), "the stopped replica cannot have answered: {took:?}");
     assert_eq!(engine.mode_of(&rs[1].address), "ERR");
     assert_eq!(engine.mode_of(&rs[0].address), "RW");
-    for b in 0..64u64 {
-        assert!(c.read(b * 4096, 4096).unwrap() == block_data(b, 1, 4096));
-    }
-    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGCONT).unwrap();
+    let want: Vec<u8> = (0..64u64).flat_map(|b| block_data(b, 1, 4096)).collect();
+    assert_volume_holds(&engine, &want, 1, "after the timeout");
+    rs[1].process.signal(Signal::SIGCONT);
 }

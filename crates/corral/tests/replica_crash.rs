@@ -205,7 +205,7 @@ async fn crash_loop(dir: &Path, iterations: usize, with_snapshots: bool) {
     let mut model = Model::new();
     for iteration in 0..=iterations {
         let size = (iteration == 0).then_some("16MiB");
-        let mut server = ReplicaProcess::start(dir, size, "127.0.0.1:0");
+        let mut server = start_replica(dir, size, "127.0.0.1:0");
         let client = ReplicaClient::connect(&server.address, 2).await.unwrap();
         client.hello("crash-engine", false).await.unwrap();
         verify_after_restart(&client, &mut model, iteration, seed).await;

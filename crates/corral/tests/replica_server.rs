@@ -19,7 +19,7 @@ fn pattern(len: usize, seed: u8) -> Vec<u8> {
 async fn serve_creates_a_replica_and_data_snapshots_survive_a_clean_restart() {
     let temp = tempfile::tempdir().unwrap();
     let dir = temp.path().join("r1");
-    let server = ReplicaProcess::start(&dir, Some("64MiB"), "127.0.0.1:0");
+    let mut server = start_replica(&dir, Some("64MiB"), "127.0.0.1:0");
     assert!(server.address.starts_with("tcp://127.0.0.1:"), "{}", server.address);
     assert!(!server.address.ends_with(":0"), "real port not printed: {}", server.address);
 
@@ -75,7 +75,7 @@ async fn serve_creates_a_replica_and_data_snapshots_survive_a_clean_restart() {
     assert_eq!(info["chain"], serde_json::json!(["snap1"]), "{info}");
 
     // Reopen without --size; all data is there.
-    let server = ReplicaProcess::start(&dir, None, "127.0.0.1:0");
+    let server = start_replica(&dir, None, "127.0.0.1:0");
     let client = ReplicaClient::connect(&server.address, 2).await.unwrap();
     let facts = client.hello("engine-1", false).await.unwrap();
     assert_eq!((facts.size, facts.generation), (64 << 20, 5));
@@ -88,8 +88,8 @@ async fn serve_creates_a_replica_and_data_snapshots_survive_a_clean_restart() {
 async fn serve_over_a_unix_socket() {
     let temp = tempfile::tempdir().unwrap();
     let socket = temp.path().join("replica.sock");
-    let server =
-        ReplicaProcess::start(&temp.path().join("r"), Some("16MiB"), &format!("unix:{}", socket.display()));
+    let mut server =
+        start_replica(&temp.path().join("r"), Some("16MiB"), &format!("unix:{}", socket.display()));
     assert_eq!(server.address, format!("unix://{}", socket.display()));
     let client = ReplicaClient::connect(&server.address, 2).await.unwrap();
     client.hello("engine-1", false).await.unwrap();
@@ -105,27 +105,25 @@ async fn serve_over_a_unix_socket() {
 fn size_is_required_to_create_and_must_match_an_existing_replica() {
     let temp = tempfile::tempdir().unwrap();
     let dir = temp.path().join("r");
-    let err = ReplicaProcess::try_start(&dir, None, "127.0.0.1:0").err().expect("started without --size");
+    let err = try_start_replica(&dir, None, "127.0.0.1:0").err().expect("started without --size");
     assert!(err.contains("give --size"), "{err}");
-    let err =
-        ReplicaProcess::try_start(&dir, Some("12XB"), "127.0.0.1:0").err().expect("started with a bad size");
+    let err = try_start_replica(&dir, Some("12XB"), "127.0.0.1:0").err().expect("started with a bad size");
     assert!(err.contains("12XB"), "{err}");
 
-    let server = ReplicaProcess::start(&dir, Some("8MiB"), "127.0.0.1:0");
+    let mut server = start_replica(&dir, Some("8MiB"), "127.0.0.1:0");
     assert!(server.terminate().success());
-    let err =
-        ReplicaProcess::try_start(&dir, Some("16MiB"), "127.0.0.1:0").err().expect("size mismatch accepted");
+    let err = try_start_replica(&dir, Some("16MiB"), "127.0.0.1:0").err().expect("size mismatch accepted");
     assert!(err.contains("has size 8388608") && err.contains("--size 16777216"), "{err}");
-    let server = ReplicaProcess::start(&dir, Some("8388608"), "127.0.0.1:0");
+    let mut server = start_replica(&dir, Some("8388608"), "127.0.0.1:0");
     assert!(server.terminate().success());
-    let err = ReplicaProcess::try_start(&dir, None, "nonsense").err().expect("bad address accepted");
+    let err = try_start_replica(&dir, None, "nonsense").err().expect("bad address accepted");
     assert!(err.contains("invalid address"), "{err}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_engine_is_refused_and_take_over_works() {
     let temp = tempfile::tempdir().unwrap();
-    let server = ReplicaProcess::start(&temp.path().join("r"), Some("8MiB"), "127.0.0.1:0");
+    let server = start_replica(&temp.path().join("r"), Some("8MiB"), "127.0.0.1:0");
     let first = ReplicaClient::connect(&server.address, 2).await.unwrap();
     first.hello("engine-a", false).await.unwrap();
     first.write(0, Bytes::from_static(b"from a")).await.unwrap();
@@ -173,7 +171,7 @@ fn assert_closed(stream: &mut std::net::TcpStream) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_frames_get_an_error_or_a_close_and_the_server_keeps_serving() {
     let temp = tempfile::tempdir().unwrap();
-    let server = ReplicaProcess::start(&temp.path().join("r"), Some("8MiB"), "127.0.0.1:0");
+    let server = start_replica(&temp.path().join("r"), Some("8MiB"), "127.0.0.1:0");
     let client = ReplicaClient::connect(&server.address, 2).await.unwrap();
     client.hello("engine-a", false).await.unwrap();
     client.write(8192, Bytes::from_static(b"keep me")).await.unwrap();

@@ -120,7 +120,7 @@ fn check_passes_on_the_fixture_and_names_the_damaged_file() {
     assert!(!output.status.success(), "check passed on a garbage volume.meta");
     assert!(stderr(&output).contains("volume.meta"), "{}", stderr(&output));
     // serve refuses it too, with the file named, and changes nothing.
-    let err = ReplicaProcess::try_start(&dir, None, "127.0.0.1:0").err().expect("served a corrupt replica");
+    let err = try_start_replica(&dir, None, "127.0.0.1:0").err().expect("served a corrupt replica");
     assert!(err.contains("volume.meta"), "{err}");
     assert_eq!(std::fs::read(&volume_meta).unwrap(), b"{\"Size\": \"not a number\"");
 }
@@ -129,7 +129,7 @@ fn check_passes_on_the_fixture_and_names_the_damaged_file() {
 async fn a_longhorn_replica_is_served_and_reads_like_its_export() {
     let temp = tempfile::tempdir().unwrap();
     let dir = extract_fixture(temp.path());
-    let server = ReplicaProcess::start(&dir, Some("64MiB"), "127.0.0.1:0");
+    let mut server = start_replica(&dir, Some("64MiB"), "127.0.0.1:0");
     let client = ReplicaClient::connect(&server.address, 2).await.unwrap();
     let facts = client.hello("engine-1", false).await.unwrap();
     assert_eq!(facts.chain, vec!["snap2".to_string(), FIXTURE_UUID_SNAPSHOT.to_string()]);

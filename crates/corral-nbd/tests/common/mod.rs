@@ -1,6 +1,6 @@
 //! Shared helpers of the corral-nbd integration tests: a server on its own runtime thread,
 //! external-tool checks, a file-backed backend and a raw protocol client.
-#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+#![allow(dead_code, unused_imports, clippy::unwrap_used, clippy::expect_used)]
 
 pub mod file_backend;
 pub mod raw_client;
@@ -12,35 +12,8 @@ use std::sync::Arc;
 
 use corral_nbd::{NbdBackend, NbdServer};
 
-/// Fail (never skip) when a required external tool is missing.
-pub fn require_tool(tool: &str) {
-    let found = std::env::var_os("PATH")
-        .map(|paths| std::env::split_paths(&paths).any(|dir| dir.join(tool).is_file()))
-        .unwrap_or(false)
-        || Path::new(tool).is_file();
-    assert!(
-        found,
-        "required external tool `{tool}` is not installed (Debian packages: qemu-utils, libnbd-bin, \
-         nbdkit, fio, e2fsprogs, fuse3, util-linux, mount)"
-    );
-}
-
-/// Run a command; panic with its output unless it succeeds. Returns stdout.
-pub fn run_ok(cmd: &mut Command) -> String {
-    let out = run(cmd);
-    assert!(
-        out.status.success(),
-        "command {cmd:?} failed with {}\nstdout:\n{}\nstderr:\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-pub fn run(cmd: &mut Command) -> Output {
-    cmd.output().unwrap_or_else(|e| panic!("cannot start {cmd:?}: {e}"))
-}
+// External tools: the checks shared by every test crate live in corral-testkit.
+pub use corral_testkit::nbd::{require_tool, run, run_ok};
 
 /// An NBD server on a dedicated runtime thread, listening on 127.0.0.1:0 and on a Unix socket
 /// in a temporary directory. Shut down on drop.
