@@ -452,7 +452,7 @@ pub struct ProcessInfo {
 fn stat(pid: u32) -> Option<(u32, u64, char)> {
     let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // The command name is in parentheses and may hold spaces or parentheses: split after the last.
-    let rest = &text[text.rfind(')')? + 2..];
+    let rest = text.get(text.rfind(')')? + 2..)?;
     let fields: Vec<&str> = rest.split_whitespace().collect();
     let state = fields.first()?.chars().next()?;
     let ppid = fields.get(1)?.parse().ok()?;
