@@ -1,5 +1,8 @@
 //! The Corral test kit: what integration tests across the workspace need to run real components.
 //!
+//! - [`cluster`]: [`cluster::TestCluster`], a real single-node cluster (`corral quickstart` on free ports
+//!   and a temp data dir) that a test talks to (REST, CLI), kills with SIGKILL, restarts and stops; no
+//!   engine or replica process outlives it.
 //! - [`process`]: a child process that announces itself on its first stdout line, killed on drop;
 //!   [`corral`]: the `corral replica serve` process on top of it (the binary path comes from the test,
 //!   `env!("CARGO_BIN_EXE_corral")`, so this crate never guesses where a build put it).
@@ -23,6 +26,7 @@
 //! println!("replica at {}", replica.address);
 //! ```
 
+pub mod cluster;
 pub mod corral;
 pub mod data;
 pub mod fixtures;

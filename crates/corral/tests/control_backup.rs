@@ -6,27 +6,12 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 mod control_support;
 
-use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use control_support::*;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
-
-/// SHA-256 of the whole device behind an NBD endpoint, read with qemu-img.
-fn device_sha256(endpoint: &str, scratch: &Path) -> String {
-    let out_file = scratch.join(format!("dev-{}.img", free_port()));
-    let out = Command::new("qemu-img")
-        .args(["convert", "-f", "raw", "-O", "raw", endpoint])
-        .arg(&out_file)
-        .output()
-        .expect("qemu-img is required (Debian package qemu-utils)");
-    assert!(out.status.success(), "qemu-img convert {endpoint}: {}", String::from_utf8_lossy(&out.stderr));
-    let bytes = std::fs::read(&out_file).unwrap();
-    std::fs::remove_file(&out_file).unwrap();
-    hex::encode(Sha256::digest(&bytes))
-}
 
 fn json(text: &str) -> Value {
     serde_json::from_str(text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"))
@@ -35,44 +20,44 @@ fn json(text: &str) -> Value {
 #[test]
 fn backup_then_restore_into_a_new_volume_reads_back_byte_identical() {
     let tmp = tempfile::tempdir().unwrap();
-    let q = Quickstart::start(&tmp.path().join("data"));
-    q.corral(&["volume", "create", "src", "--size", "64MiB", "--replicas", "2", "--wait"]);
-    let ep = q.corral(&["volume", "attach", "src", "--wait"]).trim().to_string();
+    let mut q = start_cluster(&tmp.path().join("data"));
+    q.cli(&["volume", "create", "src", "--size", "64MiB", "--replicas", "2", "--wait"]);
+    let ep = q.cli(&["volume", "attach", "src", "--wait"]).trim().to_string();
     write_pattern(&ep, 0xa1, 0, 1 << 20);
     write_pattern(&ep, 0xb2, 5 << 20, 3 << 20);
     write_pattern(&ep, 0xc3, (64 << 20) - 4096, 4096);
     let before = device_sha256(&ep, tmp.path());
 
     // Through the API, a new snapshot is taken and backed up by a job on the replica's node.
-    let b = json(&q.corral(&["backup", "create", "src", "--wait", "--json"]));
+    let b = json(&q.cli(&["backup", "create", "src", "--wait", "--json"]));
     assert_eq!(b["state"], "completed", "{b:#}");
     assert_eq!(b["progress"], 100);
     let url = b["url"].as_str().unwrap().to_string();
-    let target = format!("file://{}", q.data_dir.join("backups").canonicalize().unwrap().display());
+    let target = format!("file://{}", q.data_dir().join("backups").canonicalize().unwrap().display());
     assert_eq!(url, format!("{target}?backup={}&volume=src", b["name"].as_str().unwrap()));
     // The offline tool sees the same backup in the target.
-    let offline = json(&q.corral(&["backup", "inspect", &url]));
+    let offline = json(&q.cli(&["backup", "inspect", &url]));
     assert_eq!(offline["snapshot"], b["snapshot"]);
     assert_eq!(offline["volumeSize"].as_u64().or(offline["volume_size"].as_u64()), Some(64 << 20));
     // Listing through the API.
-    let vols = json(&q.corral(&["backup", "ls", "--json"]));
+    let vols = json(&q.cli(&["backup", "ls", "--json"]));
     assert!(vols.as_array().unwrap().iter().any(|v| v["name"] == "src" && v["backupCount"] == 1), "{vols:#}");
-    let list = json(&q.corral(&["backup", "ls", "src", "--json"]));
+    let list = json(&q.cli(&["backup", "ls", "src", "--json"]));
     assert_eq!(list.as_array().unwrap().len(), 1, "{list:#}");
     assert_eq!(list[0]["url"], url.as_str());
-    let table = q.corral(&["backup", "ls", "src"]);
+    let table = q.cli(&["backup", "ls", "src"]);
     assert!(table.contains("completed") && table.contains(&url), "{table}");
 
     // Written after the backup: must not be in the restore.
     write_pattern(&ep, 0xdd, 0, 1 << 20);
     // A given snapshot is backed up as it is (the write above came after it).
-    q.corral(&["snapshot", "create", "src", "after"]);
-    let b2 = json(&q.corral(&["backup", "create", "src", "--snapshot", "after", "--wait", "--json"]));
+    q.cli(&["snapshot", "create", "src", "after"]);
+    let b2 = json(&q.cli(&["backup", "create", "src", "--snapshot", "after", "--wait", "--json"]));
     assert_eq!((b2["state"].as_str(), b2["snapshot"].as_str()), (Some("completed"), Some("after")), "{b2:#}");
-    assert_eq!(json(&q.corral(&["backup", "ls", "src", "--json"])).as_array().unwrap().len(), 2);
+    assert_eq!(json(&q.cli(&["backup", "ls", "src", "--json"])).as_array().unwrap().len(), 2);
 
     // Restore into a new volume; its size comes from the backup.
-    let v = json(&q.corral(&[
+    let v = json(&q.cli(&[
         "volume",
         "create",
         "dst",
@@ -88,7 +73,7 @@ fn backup_then_restore_into_a_new_volume_reads_back_byte_identical() {
         v["conditions"].as_array().unwrap().iter().any(|c| c["type"] == "restored" && c["status"] == true),
         "{v:#}"
     );
-    let ep2 = q.corral(&["volume", "attach", "dst", "--wait"]).trim().to_string();
+    let ep2 = q.cli(&["volume", "attach", "dst", "--wait"]).trim().to_string();
     assert_eq!(device_sha256(&ep2, tmp.path()), before, "restored volume differs from the backed-up data");
     read_pattern(&ep2, 0xa1, 0, 1 << 20);
     read_pattern(&ep2, 0xb2, 5 << 20, 3 << 20);
@@ -98,11 +83,11 @@ fn backup_then_restore_into_a_new_volume_reads_back_byte_identical() {
 #[test]
 fn a_recurring_backup_job_with_retain_1_leaves_one_backup() {
     let tmp = tempfile::tempdir().unwrap();
-    let q = Quickstart::start(&tmp.path().join("data"));
-    q.corral(&["volume", "create", "jv", "--size", "16MiB", "--replicas", "1", "--wait"]);
-    let ep = q.corral(&["volume", "attach", "jv", "--wait"]).trim().to_string();
+    let mut q = start_cluster(&tmp.path().join("data"));
+    q.cli(&["volume", "create", "jv", "--size", "16MiB", "--replicas", "1", "--wait"]);
+    let ep = q.cli(&["volume", "attach", "jv", "--wait"]).trim().to_string();
     write_pattern(&ep, 0x5a, 0, 1 << 20);
-    q.corral(&[
+    q.cli(&[
         "job",
         "create",
         "nightly",
@@ -120,7 +105,7 @@ fn a_recurring_backup_job_with_retain_1_leaves_one_backup() {
     let mut seen = std::collections::BTreeSet::new();
     let deadline = Instant::now() + Duration::from_secs(120);
     let left = loop {
-        let out = q.corral_output(&["backup", "ls", "jv", "--json"]);
+        let out = q.cli_output(&["backup", "ls", "jv", "--json"]);
         if out.status.success() {
             let list = json(&String::from_utf8_lossy(&out.stdout));
             let all = list.as_array().unwrap().clone();
@@ -140,15 +125,15 @@ fn a_recurring_backup_job_with_retain_1_leaves_one_backup() {
         std::thread::sleep(Duration::from_millis(200));
     };
     // The target itself holds that one complete backup of the volume.
-    let target = format!("file://{}", q.data_dir.join("backups").display());
-    let offline = json(&q.corral(&["backup", "ls", "--target", &target, "--volume", "jv", "--json"]));
+    let target = format!("file://{}", q.data_dir().join("backups").display());
+    let offline = json(&q.cli(&["backup", "ls", "--target", &target, "--volume", "jv", "--json"]));
     let complete: Vec<&Value> =
         offline.as_array().unwrap().iter().filter(|b| b["in_progress"] != true).collect();
     assert_eq!(complete.len(), 1, "{offline:#}");
     assert_eq!(complete[0]["name"], left[0]["name"]);
-    q.corral(&["job", "rm", "nightly"]);
+    q.cli(&["job", "rm", "nightly"]);
     // The job's snapshots were pruned too (the newest is kept for the next incremental backup).
-    let snaps = json(&q.corral(&["snapshot", "ls", "jv", "--json"]));
+    let snaps = json(&q.cli(&["snapshot", "ls", "jv", "--json"]));
     let mine = snaps
         .as_array()
         .unwrap()
@@ -183,7 +168,7 @@ fn backup_without_a_target_fails_clearly() {
     let _guard = Kill(&mut manager);
     let url = format!("http://{listen}");
     let deadline = Instant::now() + Duration::from_secs(30);
-    while std::net::TcpStream::connect(&listen).is_err() || http_get(&url, "/healthz").0 != 200 {
+    while !reqwest::blocking::get(format!("{url}/healthz")).is_ok_and(|r| r.status() == 200) {
         assert!(Instant::now() < deadline, "manager never answered");
         std::thread::sleep(Duration::from_millis(100));
     }
@@ -215,13 +200,13 @@ fn backup_without_a_target_fails_clearly() {
 #[test]
 fn a_crash_in_the_middle_of_a_backup_converges_to_a_complete_backup() {
     let tmp = tempfile::tempdir().unwrap();
-    let q = Quickstart::start(&tmp.path().join("data"));
-    q.corral(&["volume", "create", "kv", "--size", "64MiB", "--replicas", "1", "--wait"]);
-    let ep = q.corral(&["volume", "attach", "kv", "--wait"]).trim().to_string();
+    let mut q = start_cluster(&tmp.path().join("data"));
+    q.cli(&["volume", "create", "kv", "--size", "64MiB", "--replicas", "1", "--wait"]);
+    let ep = q.cli(&["volume", "attach", "kv", "--wait"]).trim().to_string();
     write_pattern(&ep, 0x77, 0, 8 << 20);
     write_pattern(&ep, 0x78, 40 << 20, 2 << 20);
     let before = device_sha256(&ep, tmp.path());
-    let b = json(&q.corral(&["backup", "create", "kv", "--json"]));
+    let b = json(&q.cli(&["backup", "create", "kv", "--json"]));
     assert_eq!(b["state"], "in-progress", "{b:#}");
     let name = b["name"].as_str().unwrap().to_string();
     // The job spends its first ~2 s in the backup store's lock protocol: kill everything while it runs.
@@ -231,10 +216,10 @@ fn a_crash_in_the_middle_of_a_backup_converges_to_a_complete_backup() {
         std::thread::sleep(Duration::from_millis(20));
     }
     // SIGKILL of manager and instance manager; the job dies with them (checked by kill_and_restart).
-    let q = q.kill_and_restart();
+    kill_and_restart(&mut q);
     let deadline = Instant::now() + Duration::from_secs(90);
     let done = loop {
-        let out = q.corral_output(&["backup", "ls", "kv", "--json"]);
+        let out = q.cli_output(&["backup", "ls", "kv", "--json"]);
         if out.status.success() {
             let list = json(&String::from_utf8_lossy(&out.stdout));
             let all = list.as_array().unwrap().clone();
@@ -252,7 +237,7 @@ fn a_crash_in_the_middle_of_a_backup_converges_to_a_complete_backup() {
     };
     // What it reports as complete restores to the data that was backed up.
     let image = tmp.path().join("restored.img");
-    q.corral(&["backup", "restore", done["url"].as_str().unwrap(), "--to-file", image.to_str().unwrap()]);
+    q.cli(&["backup", "restore", done["url"].as_str().unwrap(), "--to-file", image.to_str().unwrap()]);
     let restored = hex::encode(Sha256::digest(std::fs::read(&image).unwrap()));
     assert_eq!(restored, before);
     q.stop();

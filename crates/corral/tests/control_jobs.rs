@@ -13,8 +13,8 @@ use serde_json::Value;
 
 const MIB: u64 = 1 << 20;
 
-fn job_snapshots(q: &Quickstart, volume: &str) -> Vec<String> {
-    let list: Value = serde_json::from_str(&q.corral(&["snapshot", "ls", volume, "--json"])).unwrap();
+fn job_snapshots(q: &TestCluster, volume: &str) -> Vec<String> {
+    let list: Value = serde_json::from_str(&q.cli(&["snapshot", "ls", volume, "--json"])).unwrap();
     let mut out: Vec<String> = list
         .as_array()
         .unwrap()
@@ -30,14 +30,14 @@ fn job_snapshots(q: &Quickstart, volume: &str) -> Vec<String> {
 fn recurring_snapshot_job_every_minute_keeps_retain_snapshots() {
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("data");
-    let q = Quickstart::start(&data);
-    q.corral(&["volume", "create", "j", "--size", "32MiB", "--replicas", "2", "--wait"]);
-    q.corral(&["volume", "attach", "j", "--wait"]);
+    let mut q = start_cluster(&data);
+    q.cli(&["volume", "create", "j", "--size", "32MiB", "--replicas", "2", "--wait"]);
+    q.cli(&["volume", "attach", "j", "--wait"]);
     let v = q.wait_volume("j", "attached", Duration::from_secs(30), attached_healthy);
     let ep = endpoint(&v);
     // A user snapshot the job must never touch.
-    q.corral(&["snapshot", "create", "j", "mine"]);
-    q.corral(&[
+    q.cli(&["snapshot", "create", "j", "mine"]);
+    q.cli(&[
         "job",
         "create",
         "every-minute",
@@ -74,15 +74,15 @@ fn recurring_snapshot_job_every_minute_keeps_retain_snapshots() {
     // The two kept are the newest ones seen (names embed the run's time).
     let newest: Vec<String> = seen.iter().rev().take(2).rev().cloned().collect();
     assert_eq!(kept, newest, "the oldest runs' snapshots were removed");
-    let all: Value = serde_json::from_str(&q.corral(&["snapshot", "ls", "j", "--json"])).unwrap();
+    let all: Value = serde_json::from_str(&q.cli(&["snapshot", "ls", "j", "--json"])).unwrap();
     assert!(
         all.as_array().unwrap().iter().any(|s| s["name"] == "mine"),
         "the user's snapshot stays: {all:#}"
     );
 
     // Detached, the list comes from the store's mirror: the same snapshots.
-    q.corral(&["job", "rm", "every-minute"]);
-    q.corral(&["volume", "detach", "j"]);
+    q.cli(&["job", "rm", "every-minute"]);
+    q.cli(&["volume", "detach", "j"]);
     q.wait_volume("j", "detached", Duration::from_secs(30), |v| v["state"] == "detached");
     assert_eq!(job_snapshots(&q, "j"), kept, "the store mirrors the engine's snapshots");
     for k in &kept {

@@ -9,8 +9,8 @@ use control_support::*;
 
 const MIB: u64 = 1 << 20;
 
-fn scrape(q: &Quickstart) -> String {
-    let (status, text) = http_get(&q.url, "/metrics");
+fn scrape(q: &TestCluster) -> String {
+    let (status, text) = q.get_text("/metrics");
     assert_eq!(status, 200, "{text}");
     text
 }
@@ -23,8 +23,8 @@ fn value(text: &str, series: &str) -> f64 {
 fn metrics_follow_a_volume_and_its_writes() {
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("data");
-    let q = Quickstart::start(&data);
-    q.corral(&["volume", "create", "m", "--size", "64MiB", "--replicas", "2", "--wait"]);
+    let mut q = start_cluster(&data);
+    q.cli(&["volume", "create", "m", "--size", "64MiB", "--replicas", "2", "--wait"]);
     let t = scrape(&q);
     assert!(t.contains("# TYPE corral_volume_size_bytes gauge"), "{t}");
     assert_eq!(value(&t, r#"corral_volume_size_bytes{volume="m"}"#), (64 * MIB) as f64);
@@ -33,7 +33,7 @@ fn metrics_follow_a_volume_and_its_writes() {
     let passes = value(&t, "corral_manager_reconcile_passes_total");
     assert!(value(&t, "corral_manager_resident_memory_bytes") > 1e6);
 
-    q.corral(&["volume", "attach", "m", "--wait"]);
+    q.cli(&["volume", "attach", "m", "--wait"]);
     let v = q.wait_volume("m", "attached", Duration::from_secs(30), attached_healthy);
     let ep = endpoint(&v);
     let t = scrape(&q);
@@ -55,7 +55,7 @@ fn metrics_follow_a_volume_and_its_writes() {
     assert!(value(&t, "corral_manager_reconcile_passes_total") > passes, "reconcile passes counted");
 
     // Expand: the size follows.
-    q.corral(&["volume", "expand", "m", "--size", "128MiB"]);
+    q.cli(&["volume", "expand", "m", "--size", "128MiB"]);
     let deadline = Instant::now() + Duration::from_secs(30);
     while metric(&scrape(&q), r#"corral_volume_size_bytes{volume="m"}"#) != Some((128 * MIB) as f64) {
         assert!(Instant::now() < deadline, "size never moved to 128 MiB");
@@ -70,9 +70,9 @@ fn metrics_follow_a_volume_and_its_writes() {
 fn metrics_count_reads_and_writes_through_the_engine() {
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("data");
-    let q = Quickstart::start(&data);
-    q.corral(&["volume", "create", "io", "--size", "64MiB", "--replicas", "1", "--wait"]);
-    q.corral(&["volume", "attach", "io", "--wait"]);
+    let mut q = start_cluster(&data);
+    q.cli(&["volume", "create", "io", "--size", "64MiB", "--replicas", "1", "--wait"]);
+    q.cli(&["volume", "attach", "io", "--wait"]);
     let v = q.wait_volume("io", "attached", Duration::from_secs(30), attached_healthy);
     let ep = endpoint(&v);
     let t0 = scrape(&q);

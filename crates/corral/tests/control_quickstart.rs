@@ -23,9 +23,9 @@ fn replica_dirs(data_dir: &std::path::Path) -> usize {
 fn replica_killed_under_io_is_rebuilt_and_quickstart_restarts_with_the_data() {
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("data");
-    let q = Quickstart::start(&data);
-    q.corral(&["volume", "create", "vol1", "--size", "256MiB", "--replicas", "3", "--wait"]);
-    let printed = q.corral(&["volume", "attach", "vol1", "--wait"]);
+    let mut q = start_cluster(&data);
+    q.cli(&["volume", "create", "vol1", "--size", "256MiB", "--replicas", "3", "--wait"]);
+    let printed = q.cli(&["volume", "attach", "vol1", "--wait"]);
     let v = q.wait_volume("vol1", "attached and healthy", Duration::from_secs(30), attached_healthy);
     let ep = endpoint(&v);
     assert_eq!(printed.trim(), ep, "attach prints the endpoint");
@@ -55,7 +55,7 @@ fn replica_killed_under_io_is_rebuilt_and_quickstart_restarts_with_the_data() {
     q.stop();
     assert_no_processes(&data.display().to_string());
     // Start again on the same data dir: the volume is back, attached, with its data.
-    let q = Quickstart::start(&data);
+    q.restart();
     let v = q.wait_volume("vol1", "attached again", Duration::from_secs(60), attached_healthy);
     let ep = endpoint(&v);
     read_pattern(&ep, 0xa1, 0, 4 * MIB);
@@ -69,13 +69,13 @@ fn replica_killed_under_io_is_rebuilt_and_quickstart_restarts_with_the_data() {
 fn manager_killed_during_volume_creation_converges_without_duplicates() {
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("data");
-    let q = Quickstart::start(&data);
-    q.corral(&["volume", "create", "v", "--size", "64MiB", "--replicas", "3"]);
+    let mut q = start_cluster(&data);
+    q.cli(&["volume", "create", "v", "--size", "64MiB", "--replicas", "3"]);
     // Crash in the middle: replicas are being scheduled and started.
     std::thread::sleep(Duration::from_millis(150));
-    let q2 = q.kill_and_restart();
+    kill_and_restart(&mut q);
     // The children died with it (parent-death signal), nothing leaked.
-    let v = q2.wait_volume("v", "detached and healthy", Duration::from_secs(60), |v| {
+    let v = q.wait_volume("v", "detached and healthy", Duration::from_secs(60), |v| {
         v["state"] == "detached" && v["robustness"] == "healthy"
     });
     assert_eq!(v["replicas"].as_array().unwrap().len(), 3, "{v:#}");
@@ -85,7 +85,7 @@ fn manager_killed_during_volume_creation_converges_without_duplicates() {
         assert!(Instant::now() < deadline, "replica processes: {:#?}", replica_processes(&data));
         std::thread::sleep(Duration::from_millis(100));
     }
-    q2.stop();
+    q.stop();
     assert_no_processes(&data.display().to_string());
 }
 
@@ -93,9 +93,9 @@ fn manager_killed_during_volume_creation_converges_without_duplicates() {
 fn manager_killed_during_a_rebuild_converges_and_keeps_the_data() {
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("data");
-    let q = Quickstart::start(&data);
-    q.corral(&["volume", "create", "v", "--size", "128MiB", "--replicas", "2", "--wait"]);
-    q.corral(&["volume", "attach", "v", "--wait"]);
+    let mut q = start_cluster(&data);
+    q.cli(&["volume", "create", "v", "--size", "128MiB", "--replicas", "2", "--wait"]);
+    q.cli(&["volume", "attach", "v", "--wait"]);
     let v = q.wait_volume("v", "attached", Duration::from_secs(30), attached_healthy);
     let ep = endpoint(&v);
     write_pattern(&ep, 0x5a, 0, 64 * MIB);
@@ -111,14 +111,14 @@ fn manager_killed_during_a_rebuild_converges_and_keeps_the_data() {
             .iter()
             .any(|r| r["name"] == victim.as_str() && r["state"] == "running")
     });
-    let q2 = q.kill_and_restart();
-    let v = q2.wait_volume("v", "healthy after the restart", Duration::from_secs(90), |v| {
+    kill_and_restart(&mut q);
+    let v = q.wait_volume("v", "healthy after the restart", Duration::from_secs(90), |v| {
         attached_healthy(v) && v["replicas"].as_array().unwrap().iter().all(|r| r["mode"] == "RW")
     });
     assert_eq!(v["replicas"].as_array().unwrap().len(), 2);
     assert_eq!(replica_dirs(&data), 2);
     assert_eq!(replica_processes(&data).len(), 2, "{:#?}", replica_processes(&data));
     read_pattern(&endpoint(&v), 0x5a, 0, 64 * MIB);
-    q2.stop();
+    q.stop();
     assert_no_processes(&data.display().to_string());
 }

@@ -21,8 +21,8 @@ fn names(v: &Value) -> Vec<String> {
     replicas(v).iter().map(|r| r["name"].as_str().unwrap().to_string()).collect()
 }
 
-fn disk_path(q: &Quickstart, disk: &str) -> PathBuf {
-    let nodes: Value = serde_json::from_str(&q.corral(&["node", "ls", "--json"])).unwrap();
+fn disk_path(q: &TestCluster, disk: &str) -> PathBuf {
+    let nodes: Value = serde_json::from_str(&q.cli(&["node", "ls", "--json"])).unwrap();
     let node = &nodes.as_array().unwrap()[0];
     let d = node["disks"].as_array().unwrap().iter().find(|d| d["name"] == disk).unwrap();
     PathBuf::from(d["path"].as_str().unwrap())
@@ -39,13 +39,13 @@ fn kill_replica_process(name: &str) {
 fn a_lost_replica_is_replaced_right_away_and_deleted_after_the_stale_timeout() {
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("data");
-    let q = Quickstart::start(&data);
+    let mut q = start_cluster(&data);
     for d in ["d2", "d3"] {
         let p = tmp.path().join(d);
         std::fs::create_dir_all(&p).unwrap();
-        q.corral(&["disk", "add", "local", p.to_str().unwrap()]);
+        q.cli(&["disk", "add", "local", p.to_str().unwrap()]);
     }
-    q.corral(&[
+    q.cli(&[
         "volume",
         "create",
         "v",
@@ -57,7 +57,7 @@ fn a_lost_replica_is_replaced_right_away_and_deleted_after_the_stale_timeout() {
         "1",
         "--wait",
     ]);
-    q.corral(&["volume", "attach", "v", "--wait"]);
+    q.cli(&["volume", "attach", "v", "--wait"]);
     let v = q.wait_volume("v", "attached", Duration::from_secs(30), attached_healthy);
     let ep = endpoint(&v);
     write_pattern(&ep, 0x3c, 0, 32 * MIB);
@@ -87,7 +87,7 @@ fn a_lost_replica_is_replaced_right_away_and_deleted_after_the_stale_timeout() {
 
     // Crash the whole quickstart while the replacement may still be rebuilding: it converges
     // without a duplicate.
-    let q = q.kill_and_restart();
+    kill_and_restart(&mut q);
     let v = q.wait_volume("v", "healthy with its replacement", Duration::from_secs(90), |v| {
         attached_healthy(v)
             && replicas(v).iter().filter(|r| r["mode"] == "RW").count() == 2
@@ -118,9 +118,9 @@ fn a_lost_replica_is_replaced_right_away_and_deleted_after_the_stale_timeout() {
 fn a_replica_that_comes_back_is_reused_not_replaced() {
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("data");
-    let q = Quickstart::start(&data);
-    q.corral(&["volume", "create", "v", "--size", "64MiB", "--replicas", "2", "--wait"]);
-    q.corral(&["volume", "attach", "v", "--wait"]);
+    let mut q = start_cluster(&data);
+    q.cli(&["volume", "create", "v", "--size", "64MiB", "--replicas", "2", "--wait"]);
+    q.cli(&["volume", "attach", "v", "--wait"]);
     let v = q.wait_volume("v", "attached", Duration::from_secs(30), attached_healthy);
     let before = names(&v);
     write_pattern(&endpoint(&v), 0x77, 0, 16 * MIB);
@@ -150,18 +150,18 @@ fn a_replica_that_comes_back_is_reused_not_replaced() {
 fn offline_expand_grows_the_replicas_before_any_attach() {
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("data");
-    let q = Quickstart::start(&data);
-    q.corral(&["volume", "create", "x", "--size", "64MiB", "--replicas", "2", "--wait"]);
-    q.corral(&["volume", "attach", "x", "--wait"]);
+    let mut q = start_cluster(&data);
+    q.cli(&["volume", "create", "x", "--size", "64MiB", "--replicas", "2", "--wait"]);
+    q.cli(&["volume", "attach", "x", "--wait"]);
     let v = q.wait_volume("x", "attached", Duration::from_secs(30), attached_healthy);
     write_pattern(&endpoint(&v), 0x42, 60 * MIB, 4 * MIB);
-    q.corral(&["volume", "detach", "x"]);
+    q.cli(&["volume", "detach", "x"]);
     let v = q.wait_volume("x", "detached", Duration::from_secs(30), |v| v["state"] == "detached");
     let dirs: Vec<PathBuf> = names(&v).iter().map(|n| replica_dir(&data.join("disks/default"), n)).collect();
     for d in &dirs {
         assert_eq!(replica_info(d)["size"], 64 * MIB, "{}", d.display());
     }
-    q.corral(&["volume", "expand", "x", "--size", "128MiB"]);
+    q.cli(&["volume", "expand", "x", "--size", "128MiB"]);
     // The replicas grow now, while the volume stays detached.
     let deadline = Instant::now() + Duration::from_secs(30);
     while !dirs.iter().all(|d| replica_info(d)["size"] == 128 * MIB) {
@@ -174,7 +174,7 @@ fn offline_expand_grows_the_replicas_before_any_attach() {
     }
     assert_eq!(q.volume("x")["state"], "detached");
     assert!(processes_mentioning("--volume x ").is_empty(), "the expanding engine stopped");
-    q.corral(&["volume", "attach", "x", "--wait"]);
+    q.cli(&["volume", "attach", "x", "--wait"]);
     let v = q.wait_volume("x", "attached", Duration::from_secs(30), attached_healthy);
     let ep = endpoint(&v);
     let out = std::process::Command::new("nbdinfo")

@@ -1,14 +1,19 @@
-//! A one-node cluster for the manager's tests: an in-process instance manager whose "corral"
-//! binary is `fake_corral.py` (replica and engine stand-ins), a manager on a redb store in a temp
-//! dir, and a small JSON client.
+//! A one-node cluster for the manager's API tests, in this test process so that a test can look
+//! into the datastore and the instance manager: a manager on a redb store in a temp dir, and an
+//! in-process instance manager (`corral_im::Supervisor`) whose binary is the real `corral`, so
+//! every engine and replica is a real process serving real data. Plus a small JSON client and
+//! qemu-io helpers to check that data through a volume's endpoint.
 #![allow(clippy::unwrap_used, clippy::expect_used, dead_code)]
-use std::path::PathBuf;
+use std::path::Path;
+use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
 
 use corral_im::{Supervisor, SupervisorConfig};
 use corral_manager::{Manager, ManagerConfig};
 use serde_json::Value;
+
+pub const CORRAL: &str = env!("CARGO_BIN_EXE_corral");
 
 pub struct Cluster {
     pub url: String,
@@ -19,20 +24,11 @@ pub struct Cluster {
     im_stop: Option<tokio::sync::oneshot::Sender<()>>,
 }
 
-pub fn fake_corral() -> PathBuf {
-    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/support/fake_corral.py");
-    assert!(
-        std::path::Path::new("/usr/bin/python3").exists(),
-        "python3 is required to run the fake corral binary"
-    );
-    p
-}
-
 impl Cluster {
     pub async fn start(soft_anti_affinity: bool) -> Cluster {
         let dir = tempfile::tempdir().unwrap();
         let mut cfg = SupervisorConfig::new("node-1");
-        cfg.binary = fake_corral();
+        cfg.binary = CORRAL.into();
         cfg.port_range = free_range(200);
         cfg.stop_grace = Duration::from_secs(3);
         let supervisor = Supervisor::new(cfg).unwrap();
@@ -97,22 +93,25 @@ impl Cluster {
         self.call(reqwest::Method::DELETE, path, None).await
     }
 
-    /// Poll a volume until `pred` holds (20 s at most).
+    /// Poll a volume until `pred` holds (60 s at most: real replicas start, rebuild and restore).
     pub async fn wait_volume(&self, name: &str, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        self.wait_for(&format!("/v1/volumes/{name}"), what, pred).await
+    }
+
+    /// Poll `GET path` until it answers 200 with a body for which `pred` holds (60 s at most).
+    pub async fn wait_for(&self, path: &str, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
         loop {
-            let (code, v) = self.get(&format!("/v1/volumes/{name}")).await;
+            let (code, v) = self.get(path).await;
             if code == 200 && pred(&v) {
                 return v;
             }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "volume {name} never became {what}: {code} {v:#}"
-            );
+            assert!(tokio::time::Instant::now() < deadline, "{path} never became {what}: {code} {v:#}");
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
 
+    /// Stops the manager, then every engine and replica (the supervisor waits for each to exit).
     pub async fn shutdown(mut self) {
         if let Some(m) = self.manager.take() {
             m.shutdown().await;
@@ -126,10 +125,8 @@ impl Cluster {
 
 pub fn free_range(n: u16) -> std::ops::RangeInclusive<u16> {
     loop {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let start = l.local_addr().unwrap().port();
-        drop(l);
-        if start < 65000 - n {
+        let start = corral_testkit::cluster::free_port();
+        if start > 1024 && start < 65000 - n {
             return start..=start + n - 1;
         }
     }
@@ -142,4 +139,52 @@ pub fn assert_error(resp: &(u16, Value), status: u16, code: &str) -> String {
     let msg = resp.1["message"].as_str().unwrap_or_default().to_string();
     assert!(!msg.is_empty(), "error without a message: {resp:?}");
     msg
+}
+
+/// Run qemu-io commands against an NBD endpoint (off the runtime's threads: it blocks); panics
+/// if qemu-io is missing, fails, or a pattern does not verify.
+pub async fn qemu_io(endpoint: &str, commands: &[&str]) -> String {
+    let endpoint = endpoint.to_string();
+    let commands: Vec<String> = commands.iter().map(|c| c.to_string()).collect();
+    tokio::task::spawn_blocking(move || {
+        let mut cmd = Command::new("qemu-io");
+        cmd.args(["-f", "raw"]);
+        for c in &commands {
+            cmd.args(["-c", c]);
+        }
+        let out = cmd.arg(&endpoint).output().expect("qemu-io is required (Debian package qemu-utils)");
+        let text =
+            format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success() && !text.contains("failed") && !text.contains("error"),
+            "qemu-io {commands:?} on {endpoint}: {text}"
+        );
+        text
+    })
+    .await
+    .unwrap()
+}
+
+/// SHA-256 (hex) of the whole device behind an NBD endpoint, copied out with qemu-img.
+pub async fn device_sha256(endpoint: &str, scratch: &Path) -> String {
+    use sha2::{Digest, Sha256};
+    let endpoint = endpoint.to_string();
+    let image = scratch.join(format!("device-{}.img", corral_testkit::cluster::free_port()));
+    tokio::task::spawn_blocking(move || {
+        let out = Command::new("qemu-img")
+            .args(["convert", "-f", "raw", "-O", "raw", &endpoint])
+            .arg(&image)
+            .output()
+            .expect("qemu-img is required (Debian package qemu-utils)");
+        assert!(
+            out.status.success(),
+            "qemu-img convert {endpoint}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let bytes = std::fs::read(&image).unwrap();
+        std::fs::remove_file(&image).unwrap();
+        hex::encode(Sha256::digest(&bytes))
+    })
+    .await
+    .unwrap()
 }

@@ -1,11 +1,12 @@
-//! The volume API against a one-node cluster (fake replica/engine processes under a real instance
-//! manager): validation first, then the lifecycle create → healthy → attach → snapshot → expand →
-//! detach → delete, with every refusal checked to change nothing.
+//! The volume API against a one-node cluster (an in-process manager and instance manager running
+//! real `corral` engine and replica processes): validation first, then the lifecycle create →
+//! healthy → attach → snapshot → revert → expand → detach → delete, with every refusal checked to
+//! change nothing and every action checked on the data (qemu-io through the volume's endpoint).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
-mod support;
+mod manager_support;
 
+use manager_support::{assert_error, qemu_io, Cluster};
 use serde_json::{json, Value};
-use support::{assert_error, Cluster};
 
 const MIB: u64 = 1 << 20;
 
@@ -159,9 +160,11 @@ async fn volume_lifecycle_and_refused_actions() {
             v["state"] == "attached" && v["robustness"] == "healthy"
         })
         .await;
-    let endpoint = v["endpoint"].as_str().unwrap();
+    let endpoint = v["endpoint"].as_str().unwrap().to_string();
     assert!(endpoint.starts_with("nbd://127.0.0.1:"), "{endpoint}");
     assert!(v["replicas"].as_array().unwrap().iter().all(|r| r["mode"] == "RW"), "{v:#}");
+    // A real engine over three real replicas: what is written reads back.
+    qemu_io(&endpoint, &["write -P 0xa1 0 1M", "read -P 0xa1 0 1M"]).await;
 
     // A second node exists; attaching there while attached here is refused, nothing changes.
     {
@@ -205,6 +208,8 @@ async fn volume_lifecycle_and_refused_actions() {
     // Snapshots go through the engine.
     let (code, s) = c.post("/v1/volumes/data/snapshots", json!({"name": "s1", "labels": {"k": "v"}})).await;
     assert_eq!((code, s["name"].clone()), (201, json!("s1")));
+    // Written after the snapshot: the revert below must undo it.
+    qemu_io(&endpoint, &["write -P 0xb2 0 1M"]).await;
     assert_error(
         &c.post("/v1/volumes/data/snapshots", json!({"name": "S 1"})).await,
         400,
@@ -221,6 +226,9 @@ async fn volume_lifecycle_and_refused_actions() {
     assert_eq!(c.post("/v1/volumes/data/maintenance", json!({"enabled": true})).await.0, 200);
     let (code, body) = c.post("/v1/volumes/data/snapshots/s1/revert", json!({})).await;
     assert_eq!(code, 204, "{body}");
+    let v = c.wait_volume("data", "attached after the revert", |v| v["state"] == "attached").await;
+    let endpoint = v["endpoint"].as_str().unwrap().to_string();
+    qemu_io(&endpoint, &["read -P 0xa1 0 1M"]).await;
     assert_error(&c.post("/v1/volumes/data/snapshots/nope/revert", json!({})).await, 404, "not_found");
     assert_eq!(c.delete("/v1/volumes/data/snapshots/s1").await.0, 204);
     let (_, list) = c.get("/v1/volumes/data/snapshots").await;
@@ -253,7 +261,15 @@ async fn volume_lifecycle_and_refused_actions() {
     );
     assert_eq!(c.get("/v1/volumes/data").await.1["size"], 64 * MIB);
     assert_eq!(c.post("/v1/volumes/data/expand", json!({"size": 128 * MIB})).await.0, 200);
-    c.wait_volume("data", "expanded", |v| v["size"] == 128 * MIB && v["state"] == "attached").await;
+    let v = c.wait_volume("data", "expanded", |v| v["size"] == 128 * MIB && v["state"] == "attached").await;
+    // The size above is the wanted one; the engine has it once the reconciler says so.
+    c.wait_for("/v1/events?resource=volume&name=data", "showing the online expand", |events| {
+        events.as_array().is_some_and(|es| es.iter().any(|e| e["reason"] == "Expanded"))
+    })
+    .await;
+    // The engine serves the new size: a client connecting now can use the added range.
+    let endpoint = v["endpoint"].as_str().unwrap().to_string();
+    qemu_io(&endpoint, &["write -P 0xc3 100M 1M", "read -P 0xc3 100M 1M", "read -P 0xa1 0 1M"]).await;
 
     // Detach, then delete: the processes and replica directories go away.
     assert_eq!(c.post("/v1/volumes/data/detach", json!({})).await.0, 200);
@@ -294,6 +310,8 @@ async fn a_killed_replica_process_is_restarted_and_readded() {
             v["state"] == "attached" && v["robustness"] == "healthy"
         })
         .await;
+    let endpoint = v["endpoint"].as_str().unwrap().to_string();
+    qemu_io(&endpoint, &["write -P 0x5a 0 2M"]).await;
     let victim = v["replicas"][0]["name"].as_str().unwrap().to_string();
     let inst = c.supervisor.get(&format!("r-{victim}")).unwrap();
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(inst.pid as i32), nix::sys::signal::Signal::SIGKILL)
@@ -312,6 +330,11 @@ async fn a_killed_replica_process_is_restarted_and_readded() {
         .wait_volume("v", "healthy again", |v| v["robustness"] == "healthy" && v["state"] == "attached")
         .await;
     assert_eq!(v["replicas"].as_array().unwrap().len(), 2, "no duplicate replica: {v:#}");
+    assert!(v["replicas"].as_array().unwrap().iter().all(|r| r["mode"] == "RW"), "rebuilt: {v:#}");
+    // Written before the kill; on either replica now (reads spread over RW replicas).
+    for _ in 0..4 {
+        qemu_io(&endpoint, &["read -P 0x5a 0 2M"]).await;
+    }
     let (_, events) = c.get("/v1/events?resource=replica").await;
     assert!(
         events.as_array().unwrap().iter().any(|e| e["reason"] == "Failed" && e["name"] == victim.as_str()),
@@ -331,6 +354,7 @@ async fn a_restarted_manager_converges_without_duplicates() {
     let v =
         c.wait_volume("v", "attached", |v| v["state"] == "attached" && v["robustness"] == "healthy").await;
     let endpoint = v["endpoint"].clone();
+    qemu_io(endpoint.as_str().unwrap(), &["write -P 0x6b 1M 1M"]).await;
     let before: Vec<_> = c.supervisor.list().into_iter().map(|i| (i.name, i.pid)).collect();
     // Restart only the manager (processes keep running under the instance manager).
     let mut c = c;
@@ -367,6 +391,7 @@ async fn a_restarted_manager_converges_without_duplicates() {
     assert_eq!(v["replicas"].as_array().unwrap().len(), 3);
     let after: Vec<_> = c.supervisor.list().into_iter().map(|i| (i.name, i.pid)).collect();
     assert_eq!(before, after, "processes were restarted or duplicated");
+    qemu_io(endpoint.as_str().unwrap(), &["read -P 0x6b 1M 1M"]).await;
     // Events are persisted: those of the first run are served by the second.
     let (_, events) = c.get("/v1/events?resource=volume&name=v").await;
     let reasons: Vec<_> = events.as_array().unwrap().iter().map(|e| e["reason"].as_str().unwrap()).collect();

@@ -1,10 +1,10 @@
 //! Validation and behaviour of the node/disk, setting, recurring-job, backup-target, event and
 //! health APIs.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
-mod support;
+mod manager_support;
 
+use manager_support::{assert_error, Cluster};
 use serde_json::json;
-use support::{assert_error, Cluster};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn health_and_nodes_and_disks() {
