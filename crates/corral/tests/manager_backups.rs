@@ -14,16 +14,7 @@ use serde_json::{json, Value};
 const MIB: u64 = 1 << 20;
 
 fn fixture(dir: &Path) {
-    let local =
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/longhorn/backupstore-vfs.tar.gz");
-    let tarball = if local.exists() {
-        local
-    } else {
-        panic!("fixture backupstore-vfs.tar.gz is missing from the repository: {}", local.display())
-    };
-    assert!(tarball.exists(), "fixture backupstore-vfs.tar.gz not found at {}", tarball.display());
-    let st = std::process::Command::new("tar").arg("xzf").arg(&tarball).arg("-C").arg(dir).status().unwrap();
-    assert!(st.success());
+    corral_testkit::fixtures::extract_longhorn("backupstore-vfs.tar.gz", dir);
 }
 
 /// SHA-256 of the 64 MiB volume `vol1` restored from the fixture's `bk-snap3` (its README).
