@@ -128,7 +128,7 @@ pub(crate) struct IoCounters {
 #[derive(Debug, Clone, Copy)]
 pub(crate) enum Limit {
     /// A data request: the replica timeout. Links that enforce it themselves
-    /// ([`ReplicaLink::times_out_data_requests`]) get no extra timer.
+    /// ([`corral_wire::ReplicaProtocol::times_out_data_requests`]) get no extra timer.
     Data,
     /// A control request with its own limit (never enforced by the link).
     Control(Duration),

@@ -42,8 +42,7 @@ impl ErrorKind {
 /// Why an engine operation failed: a kind, the operation, a message with the context (replica
 /// address, offset, snapshot name), and the replica's error it came from, if any (kept whole, so
 /// `source()` reaches the socket error or the replica's own answer).
-#[derive(Debug, Clone, thiserror::Error)]
-#[error("{op}: {message}")]
+#[derive(Debug, Clone)]
 pub struct EngineError {
     /// Stable class of failure.
     pub kind: ErrorKind,
@@ -52,8 +51,20 @@ pub struct EngineError {
     /// Human-readable detail with context.
     pub message: String,
     /// The data-protocol error behind this one (shared: engine errors are cloned to every waiter).
-    #[source]
     pub source: Option<Arc<WireError>>,
+}
+
+impl std::fmt::Display for EngineError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.op, self.message)
+    }
+}
+
+impl std::error::Error for EngineError {
+    /// The replica's [`WireError`] itself (not the `Arc` around it), so callers can downcast to it.
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.source.as_deref().map(|e| e as &(dyn std::error::Error + 'static))
+    }
 }
 
 impl EngineError {

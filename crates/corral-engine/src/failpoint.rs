@@ -2,7 +2,7 @@
 //! Compiled in only for this crate's tests and with the `failpoints` feature; otherwise every check is
 //! an inlined `false` and the data path carries no trace of them.
 //!
-//! Dying ([`crate::Engine::die_at`]) closes every replica connection at once (requests not yet sent are
+//! Dying (`Engine::die_at`) closes every replica connection at once (requests not yet sent are
 //! dropped, nothing is rolled back, no generation is bumped) and refuses new connections, so no further
 //! I/O leaves the engine; the crash tests then start a new engine on the same replicas. Every name is in
 //! [`ALL`]; the crash tests iterate over it, so a failpoint added without a test fails the suite.

@@ -29,7 +29,8 @@ fn nbd_error(e: EngineError) -> NbdError {
         ErrorKind::Conflict => N::PermissionDenied,
         ErrorKind::NotFound | ErrorKind::AlreadyExists | ErrorKind::Unavailable | ErrorKind::Io => N::Io,
     };
-    NbdError::new(kind, e.op, e.message)
+    // The engine error (and the replica error under it) stays reachable through `source()`.
+    NbdError::new(kind, e.op, e.message.clone()).with_source(e)
 }
 
 impl NbdBackend for EngineBackend {

@@ -31,6 +31,16 @@
 //! revert, expand) take it exclusively, which drains in-flight writes briefly. Replica membership is an
 //! `Arc<Vec<…>>` swapped under a short lock; modes are atomics. A rebuild runs in one background task.
 //!
+//! # Replicas
+//! The engine holds each replica as an `Arc<dyn corral_wire::ReplicaProtocol>`: the data protocol's
+//! verbs, defined once in `corral-wire`. [`ClientConnector`] opens real replicas (`ReplicaClient`);
+//! [`memory::MemoryCluster`] opens in-memory ones for unit tests. Errors from a replica keep their
+//! `source()` chain inside [`EngineError`].
+//!
+//! # Failpoints
+//! With the `failpoints` feature (and in this crate's tests) the engine can be told to die at a named
+//! step ([`failpoint::ALL`]); `tests/failpoint_crash.rs` crashes at each one over real replicas.
+//!
 //! # Control API
 //! HTTP/JSON; see [`control_api`] for the routes. `corral engine <command> --url HOST:PORT` is its client.
 //!

@@ -349,3 +349,19 @@ async fn snapshot_revert_expand_round_trip() {
     engine.write(SIZE * 2 - 4096, Bytes::from(vec![3u8; 4096]), false).await.unwrap();
     assert_eq!(replicas[1].facts().size, SIZE * 2);
 }
+
+#[tokio::test]
+async fn a_replica_error_stays_reachable_through_source() {
+    let cluster = MemoryCluster::new();
+    cluster.add("tcp://r1:1", SIZE);
+    let engine = Engine::start(EngineConfig::new("vol", SIZE), cluster.clone(), &["tcp://r1:1".to_string()])
+        .await
+        .unwrap();
+    // Nothing listens at r9: the connector's error is the cause of the engine's.
+    let err = engine.add_replica("tcp://r9:1").await.unwrap_err();
+    let source = std::error::Error::source(&err).expect("the engine error has a source");
+    let wire =
+        source.downcast_ref::<corral_wire::WireError>().expect("the source is the replica's WireError");
+    assert_eq!(wire.kind(), corral_wire::ErrorKind::Closed);
+    assert!(err.to_string().contains("r9"), "{err}");
+}

@@ -31,11 +31,11 @@ impl MemoryBackend {
 }
 
 /// The store's error as NBD reports it: out of range stays out of range (EINVAL), anything else is an
-/// I/O error carrying the store's error as its source.
+/// I/O error with the store's error as its source.
 fn nbd_error(op: &'static str, err: BlockError) -> NbdError {
     match err {
         BlockError::OutOfRange { offset, len, size, .. } => out_of_range(op, offset, len, size),
-        other => NbdError::io(op, std::io::Error::other(other)),
+        other => NbdError::new(crate::error::ErrorKind::Io, op, other.to_string()).with_source(other),
     }
 }
 

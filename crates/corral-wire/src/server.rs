@@ -44,8 +44,10 @@ use crate::messages::{Extent, Hello, RecoveryFacts, SnapshotInfo, SnapshotReques
 use crate::outbound::Outbound;
 use crate::worker_pool::{Job, JobQueue, WorkerPool};
 
-/// What a replica offers over the wire. Methods are synchronous and may block (file I/O, fsync); the
-/// server calls them from worker threads, several at a time. Errors should be
+/// What a replica offers over the wire: the verbs of [`crate::ReplicaProtocol`] (plus `Hello`'s facts)
+/// as the blocking calls a storage library makes, which is why this is not the async trait itself (see
+/// [`crate::protocol`]). Methods are synchronous and may block (file I/O, fsync); the server calls
+/// them from worker threads, several at a time. Errors should be
 /// [`WireError::Service`] with the right [`ErrorKind`]; any other error is sent with its own kind.
 pub trait ReplicaService: Send + Sync + 'static {
     /// Fills `buf` with the volume bytes at `offset`.
