@@ -6,8 +6,7 @@ pub mod file_backend;
 pub mod raw_client;
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use corral_nbd::{NbdBackend, NbdServer};
