@@ -37,8 +37,8 @@ fn docs_openapi_json_is_current() {
         std::fs::write(&file, &fresh).unwrap();
         return;
     }
-    let stored = std::fs::read_to_string(&file)
-        .unwrap_or_else(|e| panic!("cannot read {}: {e}", file.display()));
+    let stored =
+        std::fs::read_to_string(&file).unwrap_or_else(|e| panic!("cannot read {}: {e}", file.display()));
     assert!(
         stored == fresh,
         "{} is not the document the manager serves; the difference (- stored, + served):\n{}\n\
