@@ -8,7 +8,7 @@ use serde_json::{json, Value};
 use crate::api::{
     BackupTargetView, BackupView, BackupVolumeView, NodeView, RecurringJobView, SettingView, VolumeView,
 };
-use crate::engine_client::EngineSnapshot;
+use crate::clients::engine::EngineSnapshot;
 use crate::error::{Code, ErrorBody, ManagerError, Result};
 
 /// Client of one manager. Cheap to clone.

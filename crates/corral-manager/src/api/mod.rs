@@ -13,6 +13,7 @@ use utoipa::OpenApi;
 
 use crate::error::{ManagerError, Result};
 use crate::events::EventLog;
+use crate::ops::stats::ManagerStats;
 
 mod backups;
 mod metrics;
@@ -21,10 +22,8 @@ mod nodes;
 mod volumes;
 
 pub use backups::{is_finished as is_backup_finished, BackupView, BackupVolumeView, CreateBackup};
-pub use metrics::{EngineIo, ManagerStats};
-pub use misc::{parse_cron, BackupTargetView, RecurringJobView, SettingView};
+pub use misc::{BackupTargetView, RecurringJobView, SettingView};
 pub use nodes::{DiskView, NodeView};
-pub(crate) use volumes::placed as placed_replicas;
 pub use volumes::{is_settled, ReplicaView, VolumeView};
 
 /// What handlers share.

@@ -9,6 +9,15 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Code, ManagerError, Result};
 
+/// Cumulative I/O counters of an engine.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct EngineIo {
+    pub read_ops: u64,
+    pub write_ops: u64,
+    pub read_bytes: u64,
+    pub write_bytes: u64,
+}
+
 /// `GET /v1/info`.
 #[derive(Debug, Clone, Deserialize)]
 pub struct EngineInfo {
@@ -30,8 +39,8 @@ pub struct EngineInfo {
 
 impl EngineInfo {
     /// The I/O counters, when the engine reports them.
-    pub fn io(&self) -> Option<crate::api::EngineIo> {
-        Some(crate::api::EngineIo {
+    pub fn io(&self) -> Option<EngineIo> {
+        Some(EngineIo {
             read_ops: self.read_ops?,
             write_ops: self.write_ops?,
             read_bytes: self.read_bytes?,
