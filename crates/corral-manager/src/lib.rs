@@ -34,7 +34,6 @@
 //! ```
 
 pub mod api;
-pub mod client;
 pub mod clients;
 mod error;
 pub mod events;

@@ -1,5 +1,4 @@
 //! `/healthz`, `/v1/settings`, `/v1/events`, `/v1/backuptarget`, `/v1/recurringjobs`.
-use std::collections::BTreeMap;
 
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
@@ -7,8 +6,9 @@ use axum::Json;
 use corral_store::resources::{
     BackupTarget, BackupTargetSpec, JobTask, RecurringJob, RecurringJobSpec, Setting, SettingSpec,
 };
-use serde::{Deserialize, Serialize};
-use utoipa::ToSchema;
+use serde::Deserialize;
+
+use corral_api::{BackupTargetView, Health, RecurringJobView, SetBackupTarget, SetSetting, SettingView};
 
 use super::{ApiJson, AppState};
 use crate::error::{Code, ErrorBody, ManagerError, Result};
@@ -156,10 +156,6 @@ pub async fn backup_target_set(
     backup_target_get(State(st)).await
 }
 
-fn one() -> u32 {
-    1
-}
-
 fn job_view(j: &RecurringJob) -> RecurringJobView {
     RecurringJobView {
         name: j.metadata.name.clone(),
@@ -252,75 +248,4 @@ pub async fn job_delete(State(st): State<AppState>, Path(name): Path<String>) ->
         }
     })?;
     Ok(StatusCode::NO_CONTENT)
-}
-
-/// Answer of `/healthz`.
-#[derive(Debug, Serialize, Deserialize, ToSchema)]
-pub struct Health {
-    pub status: String,
-    pub node: String,
-}
-
-/// A setting with its effective value.
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct SettingView {
-    pub name: String,
-    pub value: String,
-    pub default: String,
-    pub description: String,
-    /// Empty while the default applies.
-    pub resource_version: String,
-}
-
-/// Body of `PUT /v1/settings/{name}`.
-#[derive(Debug, Deserialize, ToSchema)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct SetSetting {
-    pub value: String,
-    /// Make the change conditional on this version (from a previous read).
-    #[serde(default)]
-    pub resource_version: Option<String>,
-}
-
-/// The backup target.
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct BackupTargetView {
-    /// Empty when none is set.
-    pub url: String,
-    pub available: bool,
-    pub message: String,
-}
-
-/// Body of `PUT /v1/backuptarget`.
-#[derive(Debug, Deserialize, ToSchema)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct SetBackupTarget {
-    pub url: String,
-}
-
-/// A recurring job.
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct RecurringJobView {
-    pub name: String,
-    /// `snapshot` or `backup`.
-    pub task: String,
-    /// Cron expression: 5 fields (minute hour day month weekday), or 6 with seconds first.
-    pub cron: String,
-    /// How many snapshots/backups of this job to keep per volume (1-100).
-    pub retain: u32,
-    #[serde(default = "one")]
-    pub concurrency: u32,
-    /// Volume label groups the job applies to.
-    #[serde(default)]
-    pub groups: Vec<String>,
-    /// Volumes the job applies to by name.
-    #[serde(default)]
-    pub volumes: Vec<String>,
-    #[serde(default)]
-    pub labels: BTreeMap<String, String>,
-    #[serde(default)]
-    pub last_run: Option<String>,
 }

@@ -16,15 +16,11 @@ use crate::events::EventLog;
 use crate::ops::stats::ManagerStats;
 
 mod backups;
+mod convert;
 mod metrics;
 mod misc;
 mod nodes;
 mod volumes;
-
-pub use backups::{is_finished as is_backup_finished, BackupView, BackupVolumeView, CreateBackup};
-pub use misc::{BackupTargetView, RecurringJobView, SettingView};
-pub use nodes::{DiskView, NodeView};
-pub use volumes::{is_settled, ReplicaView, VolumeView};
 
 /// What handlers share.
 #[derive(Clone)]

@@ -1,19 +1,18 @@
 //! `/v1/volumes`: create, get, list, delete, and the actions attach, detach, expand, maintenance
 //! and snapshots. Every change is validated first and written with the version check.
-use std::collections::BTreeMap;
 
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::Json;
-use corral_store::resources::{
-    Condition, DataLocality, Node, Replica, ReplicaMode, Volume, VolumeSpec, VolumeState,
-};
+use corral_store::resources::{DataLocality, Node, Replica, Volume, VolumeSpec, VolumeState};
 use corral_store::Resource;
 
-use serde::{Deserialize, Serialize};
-use utoipa::ToSchema;
+use corral_api::{
+    AttachVolume, CreateSnapshot, CreateVolume, DetachVolume, ExpandVolume, MaintenanceVolume, ReplicaView,
+    SnapshotCreated, VolumeView,
+};
 
-use super::{ApiJson, AppState, OptionalJson};
+use super::{convert, ApiJson, AppState, OptionalJson};
 use crate::clients::engine::{EngineClient, EngineSnapshot};
 use crate::error::{ErrorBody, ManagerError, Result};
 use crate::model::scheduler::{placed_replicas, schedule_replicas, SchedulerSettings, VolumeRequest};
@@ -30,7 +29,7 @@ pub(crate) fn view(v: &Volume, replicas: &[Replica]) -> VolumeView {
             name: r.metadata.name.clone(),
             node: r.spec.node.clone(),
             disk: r.spec.disk.clone(),
-            mode: r.status.mode,
+            mode: r.status.mode.map(convert::replica_mode),
             rebuild_progress: r.status.rebuild_progress,
             state: serde_json::to_value(r.status.state)
                 .ok()
@@ -45,13 +44,13 @@ pub(crate) fn view(v: &Volume, replicas: &[Replica]) -> VolumeView {
         name: v.metadata.name.clone(),
         size: v.spec.size,
         number_of_replicas: v.spec.number_of_replicas,
-        state,
-        robustness: v.status.robustness,
+        state: convert::volume_state(state),
+        robustness: convert::robustness(v.status.robustness),
         endpoint: v.status.endpoint.clone(),
         replicas: rs,
-        conditions: v.status.conditions.clone(),
+        conditions: v.status.conditions.iter().map(convert::condition).collect(),
         stale_replica_timeout: v.spec.stale_replica_timeout,
-        data_locality: v.spec.data_locality,
+        data_locality: convert::data_locality(v.spec.data_locality),
         from_backup: v.spec.from_backup.clone(),
         labels: v.metadata.labels.clone(),
         node_selector: v.spec.node_selector.clone(),
@@ -379,151 +378,4 @@ pub async fn snapshot_revert(
     snapshots::refresh(&st.ds, &name, &engine).await?;
     st.events.normal("volume", &name, "Reverted", format!("to snapshot {snapshot}"));
     Ok(StatusCode::NO_CONTENT)
-}
-
-/// Used by the CLI's `--wait` and tests: the volume is ready when attached (if asked) and healthy.
-pub fn is_settled(v: &VolumeView) -> bool {
-    v.robustness == corral_store::resources::Robustness::Healthy
-        && matches!(v.state, VolumeState::Attached | VolumeState::Detached)
-}
-
-/// A replica as the API shows it.
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct ReplicaView {
-    pub name: String,
-    pub node: String,
-    pub disk: String,
-    /// `RW`, `WO` or `ERR`; absent while the volume is detached.
-    #[schema(value_type = Option<String>)]
-    pub mode: Option<ReplicaMode>,
-    /// Percent copied while rebuilding (100 when RW).
-    pub rebuild_progress: u32,
-    /// Process state: pending, starting, running, stopped, error.
-    pub state: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub failed_at: Option<String>,
-}
-
-/// A volume as the API shows it.
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct VolumeView {
-    pub name: String,
-    /// Bytes.
-    pub size: u64,
-    pub number_of_replicas: u32,
-    /// creating, detached, attaching, attached, detaching, deleting, error.
-    #[schema(value_type = String)]
-    pub state: VolumeState,
-    /// healthy, degraded, faulted, unknown.
-    #[schema(value_type = String)]
-    pub robustness: corral_store::resources::Robustness,
-    /// NBD URI while attached.
-    pub endpoint: Option<String>,
-    pub replicas: Vec<ReplicaView>,
-    #[schema(value_type = Vec<Object>)]
-    pub conditions: Vec<Condition>,
-    /// Minutes.
-    pub stale_replica_timeout: u64,
-    /// disabled or best-effort.
-    #[schema(value_type = String)]
-    pub data_locality: DataLocality,
-    pub from_backup: Option<String>,
-    pub labels: BTreeMap<String, String>,
-    pub node_selector: Vec<String>,
-    pub disk_selector: Vec<String>,
-    /// Node the volume is (to be) attached to.
-    pub node_id: Option<String>,
-    pub maintenance: bool,
-    pub created: String,
-    /// Pass back in an action's `resourceVersion` to make it conditional on no change since.
-    pub resource_version: String,
-}
-
-/// Body of `POST /v1/volumes`.
-#[derive(Debug, Deserialize, ToSchema)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct CreateVolume {
-    pub name: String,
-    /// Bytes; a non-zero multiple of 2 MiB. With `fromBackup` it may be omitted (the backup's
-    /// volume size); if given it must equal the backup's (expand after the restore).
-    #[serde(default)]
-    pub size: u64,
-    /// 1-20; default from the setting `default-replica-count`.
-    #[serde(default)]
-    pub number_of_replicas: Option<u32>,
-    /// Minutes; default from the setting `default-stale-replica-timeout`.
-    #[serde(default)]
-    pub stale_replica_timeout: Option<u64>,
-    /// `disabled` (default) or `best-effort`.
-    #[serde(default)]
-    pub data_locality: Option<String>,
-    /// Backup URL to restore from.
-    #[serde(default)]
-    pub from_backup: Option<String>,
-    #[serde(default)]
-    pub labels: BTreeMap<String, String>,
-    #[serde(default)]
-    pub node_selector: Vec<String>,
-    #[serde(default)]
-    pub disk_selector: Vec<String>,
-}
-
-/// Body of attach.
-#[derive(Debug, Default, Deserialize, ToSchema)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct AttachVolume {
-    /// Node to attach to; default: the manager's node.
-    #[serde(default)]
-    pub node: Option<String>,
-    /// Attach in maintenance mode (revert allowed, no client expected).
-    #[serde(default)]
-    pub maintenance: bool,
-    #[serde(default)]
-    pub resource_version: Option<String>,
-}
-
-/// Body of detach.
-#[derive(Debug, Default, Deserialize, ToSchema)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct DetachVolume {
-    #[serde(default)]
-    pub resource_version: Option<String>,
-}
-
-/// Body of expand.
-#[derive(Debug, Deserialize, ToSchema)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct ExpandVolume {
-    /// New size in bytes: larger than the current one, a multiple of 2 MiB.
-    pub size: u64,
-    #[serde(default)]
-    pub resource_version: Option<String>,
-}
-
-/// Body of maintenance.
-#[derive(Debug, Deserialize, ToSchema)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct MaintenanceVolume {
-    pub enabled: bool,
-    #[serde(default)]
-    pub resource_version: Option<String>,
-}
-
-/// Body of snapshot create.
-#[derive(Debug, Default, Deserialize, ToSchema)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct CreateSnapshot {
-    /// Default: generated.
-    #[serde(default)]
-    pub name: Option<String>,
-    #[serde(default)]
-    pub labels: BTreeMap<String, String>,
-}
-
-/// Answer of snapshot create.
-#[derive(Debug, Serialize, Deserialize, ToSchema)]
-pub struct SnapshotCreated {
-    pub name: String,
 }

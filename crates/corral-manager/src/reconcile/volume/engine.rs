@@ -12,6 +12,8 @@ use super::{
     active, delete_record, engine_instance_name, engine_record_name, expander_instance_name, fingerprint,
     running, EnginePoll, World, ENGINE_IDLE_POLL,
 };
+use corral_api::ReplicaMode as EngineMode;
+
 use crate::clients::engine::{EngineClient, EngineReplica};
 use crate::error::Result;
 use crate::ops::snapshots;
@@ -279,7 +281,7 @@ async fn sync_engine_replicas(
     // ERR ones, and addresses no replica has any more (its process died and came back on another
     // port before the engine noticed: the old address is dead).
     let gone = |e: &&EngineReplica| !replicas.iter().any(|r| r.status.address.as_ref() == Some(&e.address));
-    for e in list.iter().filter(|e| e.mode == "ERR" || gone(e)) {
+    for e in list.iter().filter(|e| e.mode == EngineMode::Error || gone(e)) {
         let still_ours = replicas.iter().any(|r| {
             r.status.address.as_ref() == Some(&e.address) && r.status.state == InstanceState::Running
         });
@@ -296,11 +298,13 @@ async fn sync_engine_replicas(
     }
     // Only while fewer than N are RW: a replica beyond that would be removed as surplus. Oldest
     // first, so a failed replica coming back (it has the data) goes before its replacement.
-    let rw = list.iter().filter(|e| e.mode == "RW" && serving(e, replicas)).count();
+    let rw = list.iter().filter(|e| e.mode == EngineMode::ReadWrite && serving(e, replicas)).count();
     let mut candidates: Vec<&Replica> = replicas
         .iter()
         .filter(|r| r.status.state == InstanceState::Running && r.status.address.is_some())
-        .filter(|r| !list.iter().any(|e| Some(&e.address) == r.status.address.as_ref() && e.mode != "ERR"))
+        .filter(|r| {
+            !list.iter().any(|e| Some(&e.address) == r.status.address.as_ref() && e.mode != EngineMode::Error)
+        })
         .collect();
     candidates.sort_by(|a, b| (&a.metadata.created, a.name()).cmp(&(&b.metadata.created, b.name())));
     for r in candidates {

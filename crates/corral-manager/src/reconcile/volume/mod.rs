@@ -29,6 +29,8 @@ use corral_store::resources::{
 use corral_store::Resource;
 
 use super::Reconciler;
+use corral_api::ReplicaMode as EngineMode;
+
 use crate::clients::engine::EngineReplica;
 use crate::error::{Code, Result};
 use crate::model::settings::Settings;
@@ -191,7 +193,10 @@ async fn update_status(
     (status.state, status.robustness) = if want_engine {
         match engine_replicas {
             Some(list) => {
-                let rw = list.iter().filter(|e| e.mode == "RW" && engine::serving(e, replicas)).count();
+                let rw = list
+                    .iter()
+                    .filter(|e| e.mode == EngineMode::ReadWrite && engine::serving(e, replicas))
+                    .count();
                 let robustness = if rw >= n {
                     Robustness::Healthy
                 } else if rw > 0 {

@@ -10,6 +10,8 @@ use corral_store::Resource;
 use std::time::Duration;
 
 use super::{delete_record, replica_instance_name, World};
+use corral_api::ReplicaMode as EngineMode;
+
 use crate::clients::engine::{EngineClient, EngineReplica};
 use crate::error::{Code, ManagerError, Result};
 use crate::model::scheduler::{
@@ -252,10 +254,10 @@ pub(super) async fn record_modes(
         let mut next = r.clone();
         let seen =
             engine_replicas.and_then(|l| l.iter().find(|e| Some(&e.address) == r.status.address.as_ref()));
-        next.status.mode = seen.map(|e| match e.mode.as_str() {
-            "RW" => ReplicaMode::RW,
-            "WO" => ReplicaMode::WO,
-            _ => ReplicaMode::ERR,
+        next.status.mode = seen.map(|e| match e.mode {
+            EngineMode::ReadWrite => ReplicaMode::RW,
+            EngineMode::WriteOnly => ReplicaMode::WO,
+            EngineMode::Error => ReplicaMode::ERR,
         });
         next.status.rebuild_progress = seen.map_or(0, |e| e.rebuild_progress);
         match next.status.mode {
