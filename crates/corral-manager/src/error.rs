@@ -1,40 +1,9 @@
-//! The one error type of corral-manager. Its [`Code`] is stable (clients switch on it) and maps to
-//! an HTTP status; API errors are sent as `{"code": "...", "message": "..."}`.
+//! The one error type of corral-manager. Its [`Code`] (defined in corral-api, with the body) is
+//! stable (clients switch on it) and maps to an HTTP status; API errors are sent as `{"code": "...", "message": "..."}`.
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use serde::{Deserialize, Serialize};
 
-/// Stable error code of the API.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum Code {
-    /// The request is malformed or a value is not allowed (400).
-    InvalidArgument,
-    /// No such resource (404).
-    NotFound,
-    /// A resource of that name exists (409).
-    AlreadyExists,
-    /// The resource changed since the version the request was based on (409).
-    Conflict,
-    /// The request is valid but not in the resource's current state (e.g. delete while attached) (409).
-    FailedPrecondition,
-    /// A process or store the manager needs does not answer (503).
-    Unavailable,
-    /// A bug or an unexpected failure (500).
-    Internal,
-}
-
-impl Code {
-    pub fn http_status(self) -> StatusCode {
-        match self {
-            Code::InvalidArgument => StatusCode::BAD_REQUEST,
-            Code::NotFound => StatusCode::NOT_FOUND,
-            Code::AlreadyExists | Code::Conflict | Code::FailedPrecondition => StatusCode::CONFLICT,
-            Code::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
-            Code::Internal => StatusCode::INTERNAL_SERVER_ERROR,
-        }
-    }
-}
+pub use corral_api::{Code, ErrorBody};
 
 /// An error of the manager, with its stable code and a message for humans.
 #[derive(Debug, thiserror::Error)]
@@ -97,16 +66,16 @@ impl From<corral_im::ImError> for ManagerError {
     }
 }
 
-/// The JSON body of every API error.
-#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
-pub struct ErrorBody {
-    pub code: Code,
-    pub message: String,
+impl From<corral_api::ApiError> for ManagerError {
+    fn from(e: corral_api::ApiError) -> Self {
+        ManagerError { code: e.code, message: e.message.clone(), source: Some(Box::new(e)) }
+    }
 }
 
 impl IntoResponse for ManagerError {
     fn into_response(self) -> Response {
-        let status = self.code.http_status();
+        let status =
+            StatusCode::from_u16(self.code.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         if status.is_server_error() {
             tracing::warn!(error = %self, "request failed");
         }

@@ -4,10 +4,15 @@
 //! by default), serves the REST API (axum; OpenAPI at `/v1/openapi.json`, also in
 //! `docs/openapi.json`), and runs level-triggered reconcilers that drive the node's instance manager
 //! (gRPC, `corral-im`) and the engines' control APIs toward that state: replicas placed by the
-//! [`scheduler`] and served by `corral replica serve`, an engine (`corral engine serve`) on the
+//! [`model::scheduler`] and served by `corral replica serve`, an engine (`corral engine serve`) on the
 //! attach node exposing the volume over NBD, failed replicas restarted and rebuilt or replaced.
 //! Prometheus metrics are served at `/metrics` ([`api`]), events are kept in the store (the newest
-//! 1000, [`events`]) and snapshots are mirrored into it ([`snapshots`]).
+//! 1000, [`events`]) and snapshots are mirrored into it ([`ops::snapshots`]).
+//!
+//! # Layout
+//! Layers point one way: [`api`] (HTTP only) and [`reconcile`] (one module per resource) both
+//! stand on [`ops`] (operations they share), [`clients`] (engines, instance manager, backup store,
+//! disks) and [`model`] (pure rules), and never import each other. This file only wires them.
 //!
 //! # Threading
 //! Tokio. The API serves requests concurrently; one reconcile loop per manager runs passes one at
@@ -29,15 +34,12 @@
 //! ```
 
 pub mod api;
-pub mod client;
-pub mod engine_client;
+pub mod clients;
 mod error;
 pub mod events;
+pub mod model;
+pub mod ops;
 pub mod reconcile;
-pub mod scheduler;
-pub mod settings;
-pub mod snapshots;
-pub mod validation;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -99,7 +101,7 @@ impl Manager {
     pub async fn start(config: ManagerConfig, store: Arc<dyn Store>) -> Result<Manager> {
         let ds = Datastore::new(store);
         for (name, value) in &config.initial_settings {
-            settings::set_if_absent(&ds, name, value).await?;
+            model::settings::set_if_absent(&ds, name, value).await?;
         }
         if let Some(url) = &config.initial_backup_target {
             use corral_store::resources::{BackupTarget, BackupTargetSpec};
@@ -116,7 +118,7 @@ impl Manager {
         let im = corral_im::ImClient::new(&config.instance_manager_url)?;
         let events = Arc::new(events::EventLog::persistent(ds.clone(), events::DEFAULT_CAPACITY).await?);
         let wake = Arc::new(tokio::sync::Notify::new());
-        let stats = Arc::new(api::ManagerStats::default());
+        let stats = Arc::new(ops::stats::ManagerStats::default());
         let rec = reconcile::Reconciler {
             ds: ds.clone(),
             im,

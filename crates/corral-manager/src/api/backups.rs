@@ -12,66 +12,15 @@ use axum::http::StatusCode;
 use axum::Json;
 use corral_backup::{BackupSummary, LockTimings};
 use corral_store::resources::{Backup, BackupState, BackupVolume, Replica, Volume, VolumeState};
-use serde::{Deserialize, Serialize};
-use utoipa::ToSchema;
 
 use super::{AppState, OptionalJson};
-use crate::engine_client::EngineClient;
+use corral_api::{BackupView, BackupVolumeView, CreateBackup};
+
+use crate::clients::backup_store::{backup_error, open_target};
+use crate::clients::engine::EngineClient;
 use crate::error::{ErrorBody, ManagerError, Result};
-use crate::reconcile::backup::{backup_error, open_target, request_backup, target_url};
-use crate::reconcile::backup_in_progress;
-use crate::validation::{check_labels, check_name};
-
-/// A backup as the API shows it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct BackupView {
-    pub name: String,
-    /// The backup volume (the volume's name).
-    pub volume: String,
-    /// The snapshot it holds.
-    pub snapshot: String,
-    /// `<target>?backup=<name>&volume=<volume>` (what `corral backup create` prints); empty until
-    /// the backup is in the target.
-    pub url: String,
-    /// `in-progress`, `completed` or `error`.
-    pub state: String,
-    /// Percent done (0-100).
-    pub progress: u32,
-    /// Bytes covered by the backup's blocks.
-    pub size: u64,
-    /// RFC 3339 time the backup was requested (or, for a backup only in the target, completed).
-    pub created: String,
-    pub labels: BTreeMap<String, String>,
-    /// Why it failed (`state` = `error`), else empty.
-    pub error: String,
-}
-
-/// A backup volume: one volume's backups in the target.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct BackupVolumeView {
-    pub name: String,
-    /// Size of the volume its backups restore to (0 before the first backup completes).
-    pub size: u64,
-    pub created: String,
-    pub last_backup_name: String,
-    pub last_backup_at: String,
-    /// Backups in the target plus those still pending or running.
-    pub backup_count: usize,
-    pub labels: BTreeMap<String, String>,
-}
-
-/// Body of `POST /v1/volumes/{name}/backups`.
-#[derive(Debug, Default, Deserialize, ToSchema)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct CreateBackup {
-    /// Snapshot to back up; default: a new snapshot taken now (the volume must be attached).
-    #[serde(default)]
-    pub snapshot: Option<String>,
-    #[serde(default)]
-    pub labels: BTreeMap<String, String>,
-}
+use crate::model::validation::{check_labels, check_name};
+use crate::ops::backups::{backup_in_progress, request_backup, target_url};
 
 fn state_name(s: BackupState) -> &'static str {
     match s {
@@ -181,9 +130,7 @@ pub async fn create(
     }
     check_labels(&req.labels)?;
     require_target(&st).await?;
-    // The backup store's names are stricter than volume names (at least two characters).
-    corral_backup::names::validate_new_name("volume", &name)
-        .map_err(|e| ManagerError::invalid(e.to_string()))?;
+    check_name("volume", &name)?;
     let v: Volume = st.ds.try_get(&name).await?.ok_or_else(|| ManagerError::not_found("volume", &name))?;
     if v.metadata.deletion_requested.is_some() {
         return Err(ManagerError::precondition(format!("volume {name:?} is being deleted")));
@@ -393,11 +340,6 @@ pub async fn volume_delete(State(st): State<AppState>, Path(name): Path<String>)
     }
     st.events.normal("backupvolume", &name, "Deleted", "backup volume deleted");
     Ok(StatusCode::NO_CONTENT)
-}
-
-/// Used by `corral backup create --wait` and tests: the backup is finished (either way).
-pub fn is_finished(b: &BackupView) -> bool {
-    b.state == "completed" || b.state == "error"
 }
 
 #[cfg(test)]

@@ -10,9 +10,9 @@
 //!
 //! Every value is computed when scraped (nothing is kept in long-lived metric objects), so the
 //! small encoder below writes families directly instead of going through a metrics registry.
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use axum::extract::State;
@@ -20,38 +20,9 @@ use axum::http::header;
 use axum::response::IntoResponse;
 use corral_store::resources::{Node, Replica, Volume, VolumeState};
 use corral_store::Resource as _;
-use parking_lot::Mutex;
 
 use super::AppState;
-use crate::engine_client::EngineClient;
-
-/// Counters the reconcile loop updates and `/metrics` reads.
-#[derive(Default)]
-pub struct ManagerStats {
-    /// Reconcile passes run.
-    pub passes: AtomicU64,
-    /// Duration of the last pass, microseconds.
-    pub last_pass_micros: AtomicU64,
-    /// I/O counters of each volume at the previous scrape, for the IOPS / throughput gauges.
-    previous_io: Mutex<HashMap<String, (Instant, EngineIo)>>,
-}
-
-impl ManagerStats {
-    /// Record one reconcile pass.
-    pub fn pass_done(&self, took: Duration) {
-        self.passes.fetch_add(1, Ordering::Relaxed);
-        self.last_pass_micros.store(u64::try_from(took.as_micros()).unwrap_or(u64::MAX), Ordering::Relaxed);
-    }
-}
-
-/// Cumulative I/O counters of an engine.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct EngineIo {
-    pub read_ops: u64,
-    pub write_ops: u64,
-    pub read_bytes: u64,
-    pub write_bytes: u64,
-}
+use crate::clients::engine::{EngineClient, EngineIo};
 
 /// One metric family being written.
 struct Family<'a> {

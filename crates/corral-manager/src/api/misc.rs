@@ -1,5 +1,4 @@
 //! `/healthz`, `/v1/settings`, `/v1/events`, `/v1/backuptarget`, `/v1/recurringjobs`.
-use std::collections::BTreeMap;
 
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
@@ -7,21 +6,17 @@ use axum::Json;
 use corral_store::resources::{
     BackupTarget, BackupTargetSpec, JobTask, RecurringJob, RecurringJobSpec, Setting, SettingSpec,
 };
-use serde::{Deserialize, Serialize};
-use utoipa::ToSchema;
+use serde::Deserialize;
+
+use corral_api::{BackupTargetView, Health, RecurringJobView, SetBackupTarget, SetSetting, SettingView};
 
 use super::{ApiJson, AppState};
 use crate::error::{Code, ErrorBody, ManagerError, Result};
 use crate::events::Event;
-use crate::settings::{self, SETTINGS};
-use crate::validation::{check_backup_url, check_labels, check_name};
-
-/// Answer of `/healthz`.
-#[derive(Debug, Serialize, Deserialize, ToSchema)]
-pub struct Health {
-    pub status: String,
-    pub node: String,
-}
+use crate::model::recurring::parse_cron;
+use crate::model::settings::{self, SETTINGS};
+use crate::model::validation::{check_backup_url, check_labels, check_name};
+use crate::ops::backups::TARGET_RESOURCE as TARGET;
 
 #[utoipa::path(get, path = "/healthz", tag = "health",
     responses((status = 200, body = Health), (status = 503, body = ErrorBody)))]
@@ -37,28 +32,6 @@ pub async fn healthz(State(st): State<AppState>) -> Result<Json<Health>> {
 #[utoipa::path(get, path = "/v1/openapi.json", tag = "health", responses((status = 200, description = "OpenAPI 3.1 document", body = Object)))]
 #[allow(dead_code)]
 pub async fn openapi_doc() {}
-
-/// A setting with its effective value.
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct SettingView {
-    pub name: String,
-    pub value: String,
-    pub default: String,
-    pub description: String,
-    /// Empty while the default applies.
-    pub resource_version: String,
-}
-
-/// Body of `PUT /v1/settings/{name}`.
-#[derive(Debug, Deserialize, ToSchema)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct SetSetting {
-    pub value: String,
-    /// Make the change conditional on this version (from a previous read).
-    #[serde(default)]
-    pub resource_version: Option<String>,
-}
 
 async fn setting_view(st: &AppState, name: &str) -> Result<SettingView> {
     let def = settings::definition(name)?;
@@ -142,25 +115,6 @@ pub async fn events(
     Ok(Json(st.events.list(f.resource.as_deref(), f.name.as_deref())))
 }
 
-/// The backup target.
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct BackupTargetView {
-    /// Empty when none is set.
-    pub url: String,
-    pub available: bool,
-    pub message: String,
-}
-
-/// Body of `PUT /v1/backuptarget`.
-#[derive(Debug, Deserialize, ToSchema)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct SetBackupTarget {
-    pub url: String,
-}
-
-const TARGET: &str = "default";
-
 #[utoipa::path(get, path = "/v1/backuptarget", tag = "backups", responses((status = 200, body = BackupTargetView)))]
 pub async fn backup_target_get(State(st): State<AppState>) -> Result<Json<BackupTargetView>> {
     let t: Option<BackupTarget> = st.ds.try_get(TARGET).await?;
@@ -202,35 +156,6 @@ pub async fn backup_target_set(
     backup_target_get(State(st)).await
 }
 
-/// A recurring job.
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct RecurringJobView {
-    pub name: String,
-    /// `snapshot` or `backup`.
-    pub task: String,
-    /// Cron expression: 5 fields (minute hour day month weekday), or 6 with seconds first.
-    pub cron: String,
-    /// How many snapshots/backups of this job to keep per volume (1-100).
-    pub retain: u32,
-    #[serde(default = "one")]
-    pub concurrency: u32,
-    /// Volume label groups the job applies to.
-    #[serde(default)]
-    pub groups: Vec<String>,
-    /// Volumes the job applies to by name.
-    #[serde(default)]
-    pub volumes: Vec<String>,
-    #[serde(default)]
-    pub labels: BTreeMap<String, String>,
-    #[serde(default)]
-    pub last_run: Option<String>,
-}
-
-fn one() -> u32 {
-    1
-}
-
 fn job_view(j: &RecurringJob) -> RecurringJobView {
     RecurringJobView {
         name: j.metadata.name.clone(),
@@ -246,14 +171,6 @@ fn job_view(j: &RecurringJob) -> RecurringJobView {
         labels: j.spec.labels.clone(),
         last_run: j.status.last_run.clone(),
     }
-}
-
-/// Parse a cron expression as the job runner will.
-pub fn parse_cron(expr: &str) -> Result<croner::Cron> {
-    croner::Cron::new(expr)
-        .with_seconds_optional()
-        .parse()
-        .map_err(|e| ManagerError::invalid(format!("invalid cron expression {expr:?}: {e}")))
 }
 
 #[utoipa::path(get, path = "/v1/recurringjobs", tag = "recurringjobs", responses((status = 200, body = [RecurringJobView])))]

@@ -13,19 +13,14 @@ use utoipa::OpenApi;
 
 use crate::error::{ManagerError, Result};
 use crate::events::EventLog;
+use crate::ops::stats::ManagerStats;
 
 mod backups;
+mod convert;
 mod metrics;
 mod misc;
 mod nodes;
 mod volumes;
-
-pub use backups::{is_finished as is_backup_finished, BackupView, BackupVolumeView, CreateBackup};
-pub use metrics::{EngineIo, ManagerStats};
-pub use misc::{parse_cron, BackupTargetView, RecurringJobView, SettingView};
-pub use nodes::{DiskView, NodeView};
-pub(crate) use volumes::placed as placed_replicas;
-pub use volumes::{is_settled, ReplicaView, VolumeView};
 
 /// What handlers share.
 #[derive(Clone)]

@@ -3,40 +3,13 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::Json;
 use corral_store::resources::{ConditionType, DiskSpec, Node, Replica};
-use serde::{Deserialize, Serialize};
-use utoipa::ToSchema;
+
+use corral_api::{AddDisk, DiskView, NodeView, UpdateDisk, UpdateNode};
 
 use super::{ApiJson, AppState};
+use crate::clients::disks::disk_status;
 use crate::error::{Code, ErrorBody, ManagerError, Result};
-use crate::validation::check_name;
-
-/// A disk as the API shows it.
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct DiskView {
-    pub name: String,
-    pub path: String,
-    pub allow_scheduling: bool,
-    pub storage_reserved: u64,
-    pub tags: Vec<String>,
-    pub storage_maximum: u64,
-    pub storage_available: u64,
-    pub storage_scheduled: u64,
-    pub scheduled_replicas: Vec<String>,
-}
-
-/// A node as the API shows it.
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct NodeView {
-    pub name: String,
-    pub address: String,
-    pub allow_scheduling: bool,
-    pub tags: Vec<String>,
-    pub ready: bool,
-    pub disks: Vec<DiskView>,
-    pub resource_version: String,
-}
+use crate::model::validation::check_name;
 
 pub(crate) fn view(n: &Node, replicas: &[Replica]) -> NodeView {
     let disks = n
@@ -69,51 +42,6 @@ pub(crate) fn view(n: &Node, replicas: &[Replica]) -> NodeView {
         disks,
         resource_version: n.metadata.resource_version.as_ref().map(|r| r.0.clone()).unwrap_or_default(),
     }
-}
-
-/// Body of `PATCH /v1/nodes/{name}`.
-#[derive(Debug, Default, Deserialize, ToSchema)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct UpdateNode {
-    #[serde(default)]
-    pub allow_scheduling: Option<bool>,
-    #[serde(default)]
-    pub tags: Option<Vec<String>>,
-    #[serde(default)]
-    pub resource_version: Option<String>,
-}
-
-/// Body of `POST /v1/nodes/{name}/disks`.
-#[derive(Debug, Deserialize, ToSchema)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct AddDisk {
-    /// Absolute path of an existing directory on the node.
-    pub path: String,
-    /// Default: derived from the path.
-    #[serde(default)]
-    pub name: Option<String>,
-    #[serde(default)]
-    pub tags: Vec<String>,
-    #[serde(default)]
-    pub storage_reserved: u64,
-    #[serde(default = "yes")]
-    pub allow_scheduling: bool,
-}
-
-fn yes() -> bool {
-    true
-}
-
-/// Body of `PATCH /v1/nodes/{name}/disks/{disk}`.
-#[derive(Debug, Default, Deserialize, ToSchema)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct UpdateDisk {
-    #[serde(default)]
-    pub allow_scheduling: Option<bool>,
-    #[serde(default)]
-    pub tags: Option<Vec<String>>,
-    #[serde(default)]
-    pub storage_reserved: Option<u64>,
 }
 
 async fn mutate_node(
@@ -252,6 +180,7 @@ pub async fn disk_add(
             }
         }
     }
+    let local_status = if name == st.node { Some(disk_status(&path).await) } else { None };
     let n = mutate_node(&st, &name, None, |n| {
         if n.spec.disks.contains_key(&disk) {
             return Err(ManagerError::new(
@@ -274,8 +203,8 @@ pub async fn disk_add(
                 tags: req.tags.clone(),
             },
         );
-        if name == st.node {
-            n.status.disks.insert(disk.clone(), crate::reconcile::disk_status(&path));
+        if let Some(status) = &local_status {
+            n.status.disks.insert(disk.clone(), status.clone());
         }
         Ok(())
     })

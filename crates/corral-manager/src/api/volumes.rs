@@ -1,78 +1,25 @@
 //! `/v1/volumes`: create, get, list, delete, and the actions attach, detach, expand, maintenance
 //! and snapshots. Every change is validated first and written with the version check.
-use std::collections::BTreeMap;
 
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::Json;
-use corral_store::resources::{
-    Condition, DataLocality, Node, Replica, ReplicaMode, Volume, VolumeSpec, VolumeState,
+use corral_store::resources::{DataLocality, Node, Replica, Volume, VolumeSpec, VolumeState};
+use corral_store::Resource;
+
+use corral_api::{
+    AttachVolume, CreateSnapshot, CreateVolume, DetachVolume, ExpandVolume, MaintenanceVolume, ReplicaView,
+    SnapshotCreated, VolumeView,
 };
-use corral_store::{Datastore, Resource};
 
-use serde::{Deserialize, Serialize};
-use utoipa::ToSchema;
-
-use super::{ApiJson, AppState, OptionalJson};
-use crate::engine_client::{EngineClient, EngineSnapshot};
-use crate::error::{Code, ErrorBody, ManagerError, Result};
-use crate::scheduler::{schedule_replicas, PlacedReplica, SchedulerSettings, VolumeRequest};
-use crate::settings::{self, Settings};
-use crate::validation::{check_backup_url, check_labels, check_name, check_size, MAX_REPLICAS};
-
-/// A replica as the API shows it.
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct ReplicaView {
-    pub name: String,
-    pub node: String,
-    pub disk: String,
-    /// `RW`, `WO` or `ERR`; absent while the volume is detached.
-    #[schema(value_type = Option<String>)]
-    pub mode: Option<ReplicaMode>,
-    /// Percent copied while rebuilding (100 when RW).
-    pub rebuild_progress: u32,
-    /// Process state: pending, starting, running, stopped, error.
-    pub state: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub failed_at: Option<String>,
-}
-
-/// A volume as the API shows it.
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct VolumeView {
-    pub name: String,
-    /// Bytes.
-    pub size: u64,
-    pub number_of_replicas: u32,
-    /// creating, detached, attaching, attached, detaching, deleting, error.
-    #[schema(value_type = String)]
-    pub state: VolumeState,
-    /// healthy, degraded, faulted, unknown.
-    #[schema(value_type = String)]
-    pub robustness: corral_store::resources::Robustness,
-    /// NBD URI while attached.
-    pub endpoint: Option<String>,
-    pub replicas: Vec<ReplicaView>,
-    #[schema(value_type = Vec<Object>)]
-    pub conditions: Vec<Condition>,
-    /// Minutes.
-    pub stale_replica_timeout: u64,
-    /// disabled or best-effort.
-    #[schema(value_type = String)]
-    pub data_locality: DataLocality,
-    pub from_backup: Option<String>,
-    pub labels: BTreeMap<String, String>,
-    pub node_selector: Vec<String>,
-    pub disk_selector: Vec<String>,
-    /// Node the volume is (to be) attached to.
-    pub node_id: Option<String>,
-    pub maintenance: bool,
-    pub created: String,
-    /// Pass back in an action's `resourceVersion` to make it conditional on no change since.
-    pub resource_version: String,
-}
+use super::{convert, ApiJson, AppState, OptionalJson};
+use crate::clients::engine::{EngineClient, EngineSnapshot};
+use crate::error::{ErrorBody, ManagerError, Result};
+use crate::model::scheduler::{placed_replicas, schedule_replicas, SchedulerSettings, VolumeRequest};
+use crate::model::settings::{self, Settings};
+use crate::model::validation::{check_backup_url, check_labels, check_name, check_size, MAX_REPLICAS};
+use crate::ops::backups::{backup_in_progress, size_from_backup};
+use crate::ops::{snapshots, volumes};
 
 pub(crate) fn view(v: &Volume, replicas: &[Replica]) -> VolumeView {
     let mut rs: Vec<ReplicaView> = replicas
@@ -82,7 +29,7 @@ pub(crate) fn view(v: &Volume, replicas: &[Replica]) -> VolumeView {
             name: r.metadata.name.clone(),
             node: r.spec.node.clone(),
             disk: r.spec.disk.clone(),
-            mode: r.status.mode,
+            mode: r.status.mode.map(convert::replica_mode),
             rebuild_progress: r.status.rebuild_progress,
             state: serde_json::to_value(r.status.state)
                 .ok()
@@ -97,13 +44,13 @@ pub(crate) fn view(v: &Volume, replicas: &[Replica]) -> VolumeView {
         name: v.metadata.name.clone(),
         size: v.spec.size,
         number_of_replicas: v.spec.number_of_replicas,
-        state,
-        robustness: v.status.robustness,
+        state: convert::volume_state(state),
+        robustness: convert::robustness(v.status.robustness),
         endpoint: v.status.endpoint.clone(),
         replicas: rs,
-        conditions: v.status.conditions.clone(),
+        conditions: v.status.conditions.iter().map(convert::condition).collect(),
         stale_replica_timeout: v.spec.stale_replica_timeout,
-        data_locality: v.spec.data_locality,
+        data_locality: convert::data_locality(v.spec.data_locality),
         from_backup: v.spec.from_backup.clone(),
         labels: v.metadata.labels.clone(),
         node_selector: v.spec.node_selector.clone(),
@@ -113,93 +60,6 @@ pub(crate) fn view(v: &Volume, replicas: &[Replica]) -> VolumeView {
         created: v.metadata.created.clone(),
         resource_version: v.metadata.resource_version.as_ref().map(|r| r.0.clone()).unwrap_or_default(),
     }
-}
-
-/// Body of `POST /v1/volumes`.
-#[derive(Debug, Deserialize, ToSchema)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct CreateVolume {
-    pub name: String,
-    /// Bytes; a non-zero multiple of 2 MiB. With `fromBackup` it may be omitted (the backup's
-    /// volume size); if given it must equal the backup's (expand after the restore).
-    #[serde(default)]
-    pub size: u64,
-    /// 1-20; default from the setting `default-replica-count`.
-    #[serde(default)]
-    pub number_of_replicas: Option<u32>,
-    /// Minutes; default from the setting `default-stale-replica-timeout`.
-    #[serde(default)]
-    pub stale_replica_timeout: Option<u64>,
-    /// `disabled` (default) or `best-effort`.
-    #[serde(default)]
-    pub data_locality: Option<String>,
-    /// Backup URL to restore from.
-    #[serde(default)]
-    pub from_backup: Option<String>,
-    #[serde(default)]
-    pub labels: BTreeMap<String, String>,
-    #[serde(default)]
-    pub node_selector: Vec<String>,
-    #[serde(default)]
-    pub disk_selector: Vec<String>,
-}
-
-/// Body of attach.
-#[derive(Debug, Default, Deserialize, ToSchema)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct AttachVolume {
-    /// Node to attach to; default: the manager's node.
-    #[serde(default)]
-    pub node: Option<String>,
-    /// Attach in maintenance mode (revert allowed, no client expected).
-    #[serde(default)]
-    pub maintenance: bool,
-    #[serde(default)]
-    pub resource_version: Option<String>,
-}
-
-/// Body of detach.
-#[derive(Debug, Default, Deserialize, ToSchema)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct DetachVolume {
-    #[serde(default)]
-    pub resource_version: Option<String>,
-}
-
-/// Body of expand.
-#[derive(Debug, Deserialize, ToSchema)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct ExpandVolume {
-    /// New size in bytes: larger than the current one, a multiple of 2 MiB.
-    pub size: u64,
-    #[serde(default)]
-    pub resource_version: Option<String>,
-}
-
-/// Body of maintenance.
-#[derive(Debug, Deserialize, ToSchema)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct MaintenanceVolume {
-    pub enabled: bool,
-    #[serde(default)]
-    pub resource_version: Option<String>,
-}
-
-/// Body of snapshot create.
-#[derive(Debug, Default, Deserialize, ToSchema)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct CreateSnapshot {
-    /// Default: generated.
-    #[serde(default)]
-    pub name: Option<String>,
-    #[serde(default)]
-    pub labels: BTreeMap<String, String>,
-}
-
-/// Answer of snapshot create.
-#[derive(Debug, Serialize, Deserialize, ToSchema)]
-pub struct SnapshotCreated {
-    pub name: String,
 }
 
 fn parse_locality(s: Option<&str>) -> Result<DataLocality> {
@@ -212,58 +72,14 @@ fn parse_locality(s: Option<&str>) -> Result<DataLocality> {
     }
 }
 
-pub(crate) fn placed(replicas: &[Replica]) -> Vec<PlacedReplica> {
-    replicas
-        .iter()
-        .map(|r| PlacedReplica {
-            volume: r.spec.volume.clone(),
-            node: r.spec.node.clone(),
-            disk: r.spec.disk.clone(),
-            size: r.spec.size,
-        })
-        .collect()
-}
-
-async fn load(ds: &Datastore, name: &str) -> Result<Volume> {
-    ds.get::<Volume>(name).await.map_err(|e| {
-        if e.is_not_found() {
-            ManagerError::not_found("volume", name)
-        } else {
-            e.into()
-        }
-    })
-}
-
-/// Read-modify-write of a volume: `f` validates against the current state and changes the spec.
-/// With `expected`, the write happens only if the volume is still at that version (409 otherwise);
-/// without, a conflict with a concurrent writer re-reads and re-validates.
-pub(crate) async fn mutate(
+/// Read-modify-write of a volume through [`crate::ops::volumes::mutate`], waking the reconcilers.
+async fn mutate(
     st: &AppState,
     name: &str,
     expected: Option<&str>,
-    mut f: impl FnMut(&mut Volume) -> Result<()>,
+    f: impl FnMut(&mut Volume) -> Result<()>,
 ) -> Result<Volume> {
-    for _ in 0..20 {
-        let mut v = load(&st.ds, name).await?;
-        if let Some(exp) = expected {
-            if v.metadata.resource_version.as_ref().is_none_or(|cur| cur.0 != exp) {
-                return Err(ManagerError::new(
-                    Code::Conflict,
-                    format!("volume {name:?} changed since version {exp}; read it again and retry"),
-                ));
-            }
-        }
-        f(&mut v)?;
-        match st.ds.update(&v).await {
-            Ok(v) => {
-                st.wake.notify_one();
-                return Ok(v);
-            }
-            Err(e) if e.is_conflict() && expected.is_none() => continue,
-            Err(e) => return Err(e.into()),
-        }
-    }
-    Err(ManagerError::new(Code::Conflict, format!("volume {name:?} keeps changing; retry")))
+    volumes::mutate(&st.ds, &st.wake, name, expected, f).await
 }
 
 async fn view_of(st: &AppState, v: &Volume) -> Result<VolumeView> {
@@ -289,7 +105,7 @@ pub async fn create(
     let size = match &req.from_backup {
         Some(url) => {
             check_backup_url(url)?;
-            crate::reconcile::size_from_backup(url, req.size).await?
+            size_from_backup(url, req.size).await?
         }
         None => req.size,
     };
@@ -324,7 +140,7 @@ pub async fn create(
         data_locality: locality,
         attach_node: None,
     };
-    schedule_replicas(&vr, replicas, &nodes, &placed(&existing), SchedulerSettings::from(&settings))
+    schedule_replicas(&vr, replicas, &nodes, &placed_replicas(&existing), SchedulerSettings::from(&settings))
         .map_err(|f| ManagerError::invalid(f.to_string()))?;
     let spec = VolumeSpec {
         size,
@@ -348,7 +164,7 @@ pub async fn create(
 #[utoipa::path(get, path = "/v1/volumes/{name}", tag = "volumes", params(("name" = String, Path)),
     responses((status = 200, body = VolumeView), (status = 404, body = ErrorBody)))]
 pub async fn get(State(st): State<AppState>, Path(name): Path<String>) -> Result<Json<VolumeView>> {
-    let v = load(&st.ds, &name).await?;
+    let v = volumes::load(&st.ds, &name).await?;
     Ok(Json(view_of(&st, &v).await?))
 }
 
@@ -474,7 +290,7 @@ pub async fn maintenance(
 
 /// The engine of an attached volume.
 async fn engine_of(st: &AppState, name: &str, action: &str) -> Result<(Volume, EngineClient)> {
-    let v = load(&st.ds, name).await?;
+    let v = volumes::load(&st.ds, name).await?;
     match (&v.status.engine_control_url, v.status.state) {
         (Some(url), VolumeState::Attached) => {
             let c = EngineClient::new(url);
@@ -495,12 +311,12 @@ pub async fn snapshot_list(
     State(st): State<AppState>,
     Path(name): Path<String>,
 ) -> Result<Json<Vec<EngineSnapshot>>> {
-    let v = load(&st.ds, &name).await?;
+    let v = volumes::load(&st.ds, &name).await?;
     if let (Some(url), VolumeState::Attached) = (&v.status.engine_control_url, v.status.state) {
-        return Ok(Json(crate::snapshots::refresh(&st.ds, &name, &EngineClient::new(url)).await?));
+        return Ok(Json(snapshots::refresh(&st.ds, &name, &EngineClient::new(url)).await?));
     }
-    let stored = crate::snapshots::stored(&st.ds, &name).await?;
-    Ok(Json(stored.iter().map(crate::snapshots::as_engine_snapshot).collect()))
+    let stored = snapshots::stored(&st.ds, &name).await?;
+    Ok(Json(stored.iter().map(snapshots::as_engine_snapshot).collect()))
 }
 
 #[utoipa::path(post, path = "/v1/volumes/{name}/snapshots", tag = "snapshots", params(("name" = String, Path)), request_body = CreateSnapshot,
@@ -516,7 +332,7 @@ pub async fn snapshot_create(
     check_labels(&req.labels)?;
     let (_, engine) = engine_of(&st, &name, "take a snapshot").await?;
     let created = engine.snapshot_create(req.name.as_deref(), &req.labels).await?;
-    crate::snapshots::refresh(&st.ds, &name, &engine).await?;
+    snapshots::refresh(&st.ds, &name, &engine).await?;
     st.events.normal("volume", &name, "Snapshot", format!("snapshot {created} created"));
     Ok((StatusCode::CREATED, Json(SnapshotCreated { name: created })))
 }
@@ -531,14 +347,14 @@ pub async fn snapshot_delete(
     check_name("snapshot", &snapshot)?;
     let (_, engine) = engine_of(&st, &name, "delete a snapshot").await?;
     // Purge merges snapshot files that a running backup of this volume may be reading.
-    if let Some(b) = crate::reconcile::backup_in_progress(&st.ds, &name).await? {
+    if let Some(b) = backup_in_progress(&st.ds, &name).await? {
         return Err(ManagerError::precondition(format!(
             "backup {b:?} of volume {name:?} is running; delete snapshots after it finished"
         )));
     }
     engine.snapshot_remove(&snapshot).await?;
     engine.snapshot_purge().await?;
-    crate::snapshots::refresh(&st.ds, &name, &engine).await?;
+    snapshots::refresh(&st.ds, &name, &engine).await?;
     st.events.normal("volume", &name, "SnapshotDeleted", format!("snapshot {snapshot} removed"));
     Ok(StatusCode::NO_CONTENT)
 }
@@ -551,7 +367,7 @@ pub async fn snapshot_revert(
     Path((name, snapshot)): Path<(String, String)>,
 ) -> Result<StatusCode> {
     check_name("snapshot", &snapshot)?;
-    let v = load(&st.ds, &name).await?;
+    let v = volumes::load(&st.ds, &name).await?;
     if !v.spec.maintenance {
         return Err(ManagerError::precondition(format!(
             "volume {name:?} is not in maintenance mode: revert needs it (attach with maintenance, no client connected)"
@@ -559,13 +375,7 @@ pub async fn snapshot_revert(
     }
     let (_, engine) = engine_of(&st, &name, "revert").await?;
     engine.revert(&snapshot).await?;
-    crate::snapshots::refresh(&st.ds, &name, &engine).await?;
+    snapshots::refresh(&st.ds, &name, &engine).await?;
     st.events.normal("volume", &name, "Reverted", format!("to snapshot {snapshot}"));
     Ok(StatusCode::NO_CONTENT)
-}
-
-/// Used by the CLI's `--wait` and tests: the volume is ready when attached (if asked) and healthy.
-pub fn is_settled(v: &VolumeView) -> bool {
-    v.robustness == corral_store::resources::Robustness::Healthy
-        && matches!(v.state, VolumeState::Attached | VolumeState::Detached)
 }

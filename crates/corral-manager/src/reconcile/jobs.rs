@@ -15,26 +15,17 @@ use std::collections::BTreeMap;
 use corral_store::resources::{JobTask, RecurringJob, Volume, VolumeState};
 
 use super::Reconciler;
-use crate::engine_client::EngineClient;
+use crate::clients::engine::EngineClient;
 use crate::error::Result;
-
-/// Label put on snapshots a job creates.
-pub const JOB_LABEL: &str = "recurring-job.corral.io";
-
-fn applies_to(job: &RecurringJob, v: &Volume) -> bool {
-    job.spec.volumes.contains(&v.metadata.name)
-        || job
-            .spec
-            .groups
-            .iter()
-            .any(|g| v.metadata.labels.contains_key(&format!("recurring-job-group.corral.io/{g}")))
-}
+use crate::model::recurring::{applies_to, parse_cron, JOB_LABEL};
+use crate::ops::backups::{backup_in_progress, request_backup};
+use crate::ops::snapshots;
 
 pub(super) async fn run_due_jobs(rec: &Reconciler, volumes: &[Volume]) -> Result<()> {
     let jobs: Vec<RecurringJob> = rec.ds.list().await?;
     let now = chrono::Utc::now();
     for job in jobs {
-        let Ok(cron) = crate::api::parse_cron(&job.spec.cron) else { continue };
+        let Ok(cron) = parse_cron(&job.spec.cron) else { continue };
         let since = job
             .status
             .last_run
@@ -57,7 +48,7 @@ pub(super) async fn run_due_jobs(rec: &Reconciler, volumes: &[Volume]) -> Result
                 else {
                     continue;
                 };
-                let busy = super::backup::backup_in_progress(&rec.ds, &v.metadata.name).await?;
+                let busy = backup_in_progress(&rec.ds, &v.metadata.name).await?;
                 let run = match (job.spec.task, busy) {
                     (JobTask::Backup, Some(running)) => {
                         message = format!("volume {}: backup {running} still runs; skipped", v.metadata.name);
@@ -80,9 +71,7 @@ pub(super) async fn run_due_jobs(rec: &Reconciler, volumes: &[Volume]) -> Result
                     message = e.to_string();
                 }
                 // Mirror what the run left (its new snapshot, pruned ones) into the store.
-                if let Err(e) =
-                    crate::snapshots::refresh(&rec.ds, &v.metadata.name, &EngineClient::new(url)).await
-                {
+                if let Err(e) = snapshots::refresh(&rec.ds, &v.metadata.name, &EngineClient::new(url)).await {
                     rec.events.warning("volume", &v.metadata.name, "SnapshotSyncFailed", e.to_string());
                 }
             }
@@ -127,14 +116,8 @@ async fn snapshot_and_back_up(
 ) -> Result<()> {
     let labels = job_labels(job);
     let snapshot = engine.snapshot_create(Some(&snapshot_name(job)), &labels).await?;
-    let b = super::backup::request_backup(
-        &rec.ds,
-        &v.metadata.name,
-        &snapshot,
-        labels,
-        Some(job.metadata.name.clone()),
-    )
-    .await?;
+    let b =
+        request_backup(&rec.ds, &v.metadata.name, &snapshot, labels, Some(job.metadata.name.clone())).await?;
     rec.events.normal(
         "recurringjob",
         &job.metadata.name,

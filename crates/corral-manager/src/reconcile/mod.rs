@@ -8,21 +8,22 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use corral_im::ImClient;
-use corral_store::resources::{ConditionType, DiskSpec, DiskStatus, Node, NodeSpec};
 use corral_store::Datastore;
 use futures::StreamExt;
 
+use crate::clients::instance_manager::ImClient;
 use crate::error::Result;
 use crate::events::EventLog;
+use crate::ops::stats::ManagerStats;
 
-pub(crate) mod backup;
+mod backup;
 mod jobs;
+mod node;
+mod restore;
 mod volume;
 
-pub use backup::{backup_in_progress, backup_job_name, restore_job_name, size_from_backup, PROGRESS_PREFIX};
-pub use jobs::JOB_LABEL;
-
+pub use backup::backup_job_name;
+pub use restore::restore_job_name;
 pub use volume::{engine_instance_name, replica_instance_name};
 
 /// What the reconcilers of one manager need.
@@ -37,99 +38,12 @@ pub struct Reconciler {
     pub(crate) wake: Arc<tokio::sync::Notify>,
     pub(crate) restarts: Arc<parking_lot::Mutex<std::collections::HashMap<String, std::time::Instant>>>,
     /// Pass counters for `/metrics`.
-    pub(crate) stats: Arc<crate::api::ManagerStats>,
+    pub(crate) stats: Arc<ManagerStats>,
     /// What the volume reconciler remembers of each attached volume between passes.
     pub(crate) volume_cache: Arc<parking_lot::Mutex<std::collections::HashMap<String, volume::VolumeCache>>>,
 }
 
 impl Reconciler {
-    /// Register this node (with `default_disk` on first registration) and keep its disks' capacity
-    /// and its readiness up to date.
-    pub(crate) async fn reconcile_node(
-        &self,
-        default_disk: Option<&std::path::Path>,
-        im_url: &str,
-    ) -> Result<()> {
-        let node = match self.ds.try_get::<Node>(&self.node).await? {
-            Some(n) => n,
-            None => {
-                let mut disks = std::collections::BTreeMap::new();
-                if let Some(d) = default_disk {
-                    std::fs::create_dir_all(d).map_err(|e| {
-                        crate::error::ManagerError::new(
-                            crate::error::Code::Internal,
-                            format!("cannot create default disk {}: {e}", d.display()),
-                        )
-                    })?;
-                    disks.insert(
-                        "default".to_string(),
-                        DiskSpec {
-                            path: d.display().to_string(),
-                            allow_scheduling: true,
-                            storage_reserved: 0,
-                            tags: vec![],
-                        },
-                    );
-                }
-                let spec = NodeSpec {
-                    address: self.node_address.clone(),
-                    instance_manager_url: im_url.to_string(),
-                    allow_scheduling: true,
-                    tags: vec![],
-                    disks,
-                };
-                match self.ds.create(&Node::new(self.node.clone(), spec)).await {
-                    Ok(n) => {
-                        self.events.normal(
-                            "node",
-                            &self.node,
-                            "Registered",
-                            format!("instance manager {im_url}"),
-                        );
-                        n
-                    }
-                    Err(e) if e.kind() == corral_store::ErrorKind::AlreadyExists => {
-                        self.ds.get(&self.node).await?
-                    }
-                    Err(e) => return Err(e.into()),
-                }
-            }
-        };
-        let ready = self.im.info().await.is_ok();
-        let mut next = node.clone();
-        next.spec.instance_manager_url = im_url.to_string();
-        next.spec.address = self.node_address.clone();
-        for (name, disk) in &node.spec.disks {
-            let status = disk_status(&disk.path);
-            // Only real changes are written: a few MiB of churn on a busy disk is not news.
-            let old = next.status.disks.get(name);
-            let changed = old.is_none_or(|o| {
-                o.storage_maximum != status.storage_maximum
-                    || o.message != status.message
-                    || o.storage_available.abs_diff(status.storage_available) > 64 << 20
-            });
-            if changed {
-                next.status.disks.insert(name.clone(), status);
-            }
-        }
-        next.status.disks.retain(|d, _| node.spec.disks.contains_key(d));
-        corral_store::resources::set_condition(
-            &mut next.status.conditions,
-            ConditionType::Ready,
-            ready,
-            if ready { "InstanceManagerReady" } else { "InstanceManagerDown" },
-            "",
-        );
-        if next != node {
-            match self.ds.update(&next).await {
-                Ok(_) => {}
-                Err(e) if e.is_conflict() => self.wake.notify_one(),
-                Err(e) => return Err(e.into()),
-            }
-        }
-        Ok(())
-    }
-
     /// One pass over every volume, then the backups, then the recurring jobs that are due.
     pub(crate) async fn pass(&self) -> Result<()> {
         volume::pass(self).await?;
@@ -138,18 +52,6 @@ impl Reconciler {
         }
         let volumes: Vec<corral_store::resources::Volume> = self.ds.list().await?;
         jobs::run_due_jobs(self, &volumes).await
-    }
-}
-
-/// Capacity and free space of the filesystem holding `path`.
-pub(crate) fn disk_status(path: &str) -> DiskStatus {
-    match nix::sys::statvfs::statvfs(path) {
-        Ok(s) => DiskStatus {
-            storage_maximum: s.blocks().saturating_mul(s.fragment_size()),
-            storage_available: s.blocks_available().saturating_mul(s.fragment_size()),
-            ..DiskStatus::default()
-        },
-        Err(e) => DiskStatus { message: format!("cannot read {path}: {e}"), ..DiskStatus::default() },
     }
 }
 

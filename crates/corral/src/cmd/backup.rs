@@ -199,7 +199,7 @@ struct LineProgress {
 impl Progress for LineProgress {
     fn begin(&self, _operation: &str, total_bytes: u64) {
         self.total.store(total_bytes, std::sync::atomic::Ordering::Relaxed);
-        eprintln!("{}0", corral_manager::reconcile::PROGRESS_PREFIX);
+        eprintln!("{}0", corral_manager::clients::instance_manager::PROGRESS_PREFIX);
     }
 
     fn advance(&self, bytes: u64) {
@@ -208,12 +208,12 @@ impl Progress for LineProgress {
         let total = self.total.load(Relaxed).max(1);
         let pct = (done.saturating_mul(100) / total).min(100);
         if self.printed.fetch_max(pct, Relaxed) < pct {
-            eprintln!("{}{pct}", corral_manager::reconcile::PROGRESS_PREFIX);
+            eprintln!("{}{pct}", corral_manager::clients::instance_manager::PROGRESS_PREFIX);
         }
     }
 
     fn finish(&self) {
-        eprintln!("{}100", corral_manager::reconcile::PROGRESS_PREFIX);
+        eprintln!("{}100", corral_manager::clients::instance_manager::PROGRESS_PREFIX);
     }
 }
 

@@ -11,7 +11,8 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
-use corral_engine::{ControlClient, EngineConfig, Mode, NbdListen, ServeOptions};
+use corral_api::{EngineClient, ReplicaMode};
+use corral_engine::{EngineConfig, NbdListen, ServeOptions};
 
 use super::size::parse_size;
 
@@ -193,7 +194,7 @@ fn print_json<T: serde::Serialize>(value: &T) -> anyhow::Result<()> {
 }
 
 async fn control(command: EngineCommand, url: &str, json: bool) -> anyhow::Result<ExitCode> {
-    let client = ControlClient::new(url)?;
+    let client = EngineClient::new(url);
     match command {
         EngineCommand::Serve(_) => bail!("serve is not a control command"),
         EngineCommand::Info => {
@@ -217,7 +218,7 @@ async fn control(command: EngineCommand, url: &str, json: bool) -> anyhow::Resul
                 } else {
                     println!("{:<40} {:<4} {:>8}  ERROR", "ADDRESS", "MODE", "REBUILD");
                     for r in list {
-                        let mode = serde_json::to_value(r.mode)?.as_str().unwrap_or("?").to_string();
+                        let mode = r.mode.as_str();
                         println!(
                             "{:<40} {:<4} {:>7}%  {}",
                             r.address,
@@ -235,8 +236,8 @@ async fn control(command: EngineCommand, url: &str, json: bool) -> anyhow::Resul
                         tokio::time::sleep(Duration::from_millis(200)).await;
                         let list = client.replicas().await?;
                         match list.iter().find(|r| r.address == address).map(|r| r.mode) {
-                            Some(Mode::ReadWrite) => break,
-                            Some(Mode::WriteOnly) => continue,
+                            Some(ReplicaMode::ReadWrite) => break,
+                            Some(ReplicaMode::WriteOnly) => continue,
                             _ => {
                                 let report = client.last_rebuild().await?;
                                 bail!(
@@ -272,7 +273,7 @@ async fn control(command: EngineCommand, url: &str, json: bool) -> anyhow::Resul
                     }
                     map.insert(k.to_string(), v.to_string());
                 }
-                let name = client.snapshot_create(name, map).await?;
+                let name = client.snapshot_create(name.as_deref(), &map).await?;
                 if json {
                     print_json(&serde_json::json!({ "name": name }))?;
                 } else {

@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use corral_manager::client::ApiClient;
+use corral_api::ApiClient;
 
 use super::TargetCommand;
 use crate::cmd::size::format_size;

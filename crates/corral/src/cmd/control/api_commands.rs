@@ -5,8 +5,9 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context;
-use corral_manager::api::{RecurringJobView, VolumeView};
-use corral_manager::client::ApiClient;
+use corral_api::{
+    AddDisk, ApiClient, CreateVolume, RecurringJobView, ReplicaMode, ReplicaView, VolumeState, VolumeView,
+};
 use serde::Serialize;
 use serde_json::json;
 
@@ -280,7 +281,7 @@ fn print_volume(v: &VolumeView, json: bool) -> anyhow::Result<()> {
                     r.name.clone(),
                     r.node.clone(),
                     r.disk.clone(),
-                    r.mode.map(|m| format!("{m:?}")).unwrap_or_else(|| "-".into()),
+                    r.mode.map(|m| m.as_str().to_string()).unwrap_or_else(|| "-".into()),
                     r.state.clone(),
                     format!("{}%", r.rebuild_progress),
                 ]
@@ -296,10 +297,10 @@ fn print_volume(v: &VolumeView, json: bool) -> anyhow::Result<()> {
 
 /// Progress while waiting on a volume: its state and health, and the rebuild of any WO replica.
 fn volume_progress(bar: &WaitProgress, v: &VolumeView) {
-    let rebuilding: Vec<&corral_manager::api::ReplicaView> =
-        v.replicas.iter().filter(|r| r.mode.is_some_and(|m| format!("{m:?}") == "WO")).collect();
+    let rebuilding: Vec<&ReplicaView> =
+        v.replicas.iter().filter(|r| r.mode == Some(ReplicaMode::WriteOnly)).collect();
     let percent = if rebuilding.is_empty() {
-        if corral_manager::api::is_settled(v) {
+        if corral_api::is_settled(v) {
             100
         } else {
             0
@@ -337,33 +338,27 @@ pub async fn volume(cmd: VolumeCommand) -> anyhow::Result<ExitCode> {
         } => {
             let c = ApiClient::new(&api.url);
             let size = size.as_deref().map(parse_size).transpose()?.unwrap_or(0);
-            let mut label_map = serde_json::Map::new();
+            let mut label_map = std::collections::BTreeMap::new();
             for l in &labels {
                 let (k, v) = l.split_once('=').with_context(|| format!("label {l:?} is not k=v"))?;
-                label_map.insert(k.to_string(), json!(v));
+                label_map.insert(k.to_string(), v.to_string());
             }
-            let mut body = json!({"name": name, "labels": label_map});
-            if size > 0 {
-                body["size"] = json!(size);
-            }
-            if let Some(n) = replicas {
-                body["numberOfReplicas"] = json!(n);
-            }
-            if let Some(b) = from_backup {
-                body["fromBackup"] = json!(b);
-            }
-            if let Some(t) = stale_replica_timeout {
-                body["staleReplicaTimeout"] = json!(t);
-            }
-            if let Some(d) = data_locality {
-                body["dataLocality"] = json!(d);
-            }
-            let mut v = c.create_volume(body).await?;
+            let body = CreateVolume {
+                name: name.clone(),
+                size,
+                number_of_replicas: replicas,
+                stale_replica_timeout,
+                data_locality,
+                from_backup,
+                labels: label_map,
+                node_selector: Vec::new(),
+                disk_selector: Vec::new(),
+            };
+            let mut v = c.create_volume(&body).await?;
             if wait {
                 let bar = WaitProgress::new();
-                let r = c
-                    .wait_volume(&name, WAIT, corral_manager::api::is_settled, |v| volume_progress(&bar, v))
-                    .await;
+                let r =
+                    c.wait_volume(&name, WAIT, corral_api::is_settled, |v| volume_progress(&bar, v)).await;
                 bar.finish();
                 v = r?;
             }
@@ -389,7 +384,7 @@ pub async fn volume(cmd: VolumeCommand) -> anyhow::Result<ExitCode> {
                     .wait_volume(
                         &name,
                         WAIT,
-                        |v| v.state == corral_store::resources::VolumeState::Attached && v.endpoint.is_some(),
+                        |v| v.state == VolumeState::Attached && v.endpoint.is_some(),
                         |v| volume_progress(&bar, v),
                     )
                     .await;
@@ -413,7 +408,7 @@ pub async fn volume(cmd: VolumeCommand) -> anyhow::Result<ExitCode> {
                     .wait_volume(
                         &name,
                         WAIT,
-                        |v| v.state == corral_store::resources::VolumeState::Detached,
+                        |v| v.state == VolumeState::Detached,
                         |v| volume_progress(&bar, v),
                     )
                     .await;
@@ -433,7 +428,7 @@ pub async fn volume(cmd: VolumeCommand) -> anyhow::Result<ExitCode> {
                 let deadline = tokio::time::Instant::now() + WAIT;
                 loop {
                     match c.volume(&name).await {
-                        Err(e) if e.code == corral_manager::Code::NotFound => break,
+                        Err(e) if e.code == corral_api::Code::NotFound => break,
                         Err(e) => return Err(e.into()),
                         Ok(_) if tokio::time::Instant::now() > deadline => {
                             anyhow::bail!("volume {name} is still being deleted")
@@ -539,7 +534,8 @@ pub async fn node(cmd: NodeCommand) -> anyhow::Result<ExitCode> {
 pub async fn disk(cmd: DiskCommand) -> anyhow::Result<ExitCode> {
     let (n, json) = match cmd {
         DiskCommand::Add { node, path, tags, api } => {
-            (ApiClient::new(&api.url).disk_add(&node, &path, &tags).await?, api.json)
+            let body = AddDisk { path, name: None, tags, storage_reserved: 0, allow_scheduling: true };
+            (ApiClient::new(&api.url).disk_add(&node, &body).await?, api.json)
         }
         DiskCommand::Rm { node, disk, api } => {
             let c = ApiClient::new(&api.url);

@@ -6,17 +6,10 @@ pub const SIZE_ALIGNMENT: u64 = 2 << 20;
 /// Most replicas a volume may ask for.
 pub const MAX_REPLICAS: u32 = 20;
 
-/// `^[a-z0-9][a-z0-9._-]{0,62}$`: names of volumes, snapshots, backups, jobs, disks.
+/// Corral's one name rule, [`corral_api::names`] (`^[a-z0-9][a-z0-9._-]{0,62}$`): names of volumes,
+/// snapshots, backups, jobs, disks.
 pub fn check_name(what: &str, name: &str) -> Result<()> {
-    let mut chars = name.chars();
-    let first_ok = chars.next().is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit());
-    let rest_ok = chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '.' | '_' | '-'));
-    if !first_ok || !rest_ok || name.len() > 63 {
-        return Err(ManagerError::invalid(format!(
-            "invalid {what} name {name:?}: use 1-63 characters a-z, 0-9, '.', '_', '-', starting with a letter or digit"
-        )));
-    }
-    Ok(())
+    corral_api::check_name(what, name).map_err(|e| ManagerError::invalid(e.to_string()))
 }
 
 /// A volume size: non-zero and a multiple of 2 MiB.

@@ -11,9 +11,9 @@ use std::time::Duration;
 use corral_store::resources::{Snapshot, SnapshotSpec, SnapshotStatus};
 use corral_store::{Datastore, Resource};
 
-use crate::engine_client::{EngineClient, EngineSnapshot};
+use crate::clients::engine::{EngineClient, EngineSnapshot};
 use crate::error::Result;
-use crate::reconcile::JOB_LABEL;
+use crate::model::recurring::JOB_LABEL;
 
 /// Longest time between two refreshes of an attached volume's mirror.
 pub const RESYNC: Duration = Duration::from_secs(60);

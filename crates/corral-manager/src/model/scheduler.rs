@@ -15,9 +15,9 @@
 //!    provisionable space left, then names (deterministic).
 use std::collections::BTreeMap;
 
-use corral_store::resources::{ConditionType, DataLocality, Node};
+use corral_store::resources::{ConditionType, DataLocality, Node, Replica};
 
-use crate::settings::{self, Settings};
+use crate::model::settings::{self, Settings};
 
 /// The settings the scheduler reads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -281,6 +281,19 @@ pub fn schedule_replacement(
         }
     }
     schedule_replica(req, nodes, &without_failed, s)
+}
+
+/// Where the stored replicas are, as the scheduler counts them.
+pub fn placed_replicas(replicas: &[Replica]) -> Vec<PlacedReplica> {
+    replicas
+        .iter()
+        .map(|r| PlacedReplica {
+            volume: r.spec.volume.clone(),
+            node: r.spec.node.clone(),
+            disk: r.spec.disk.clone(),
+            size: r.spec.size,
+        })
+        .collect()
 }
 
 #[cfg(test)]

@@ -1,0 +1,23 @@
+//! This node's disks: capacity and free space of the filesystem holding a disk's directory.
+use corral_store::resources::DiskStatus;
+
+/// Capacity and free space of the filesystem holding `path`. `statvfs` blocks (a hung NFS mount
+/// blocks for long), so it runs on the blocking pool, never on a runtime worker.
+pub async fn disk_status(path: &str) -> DiskStatus {
+    let owned = path.to_string();
+    match tokio::task::spawn_blocking(move || disk_status_blocking(&owned)).await {
+        Ok(status) => status,
+        Err(e) => DiskStatus { message: format!("cannot read {path}: {e}"), ..DiskStatus::default() },
+    }
+}
+
+fn disk_status_blocking(path: &str) -> DiskStatus {
+    match nix::sys::statvfs::statvfs(path) {
+        Ok(s) => DiskStatus {
+            storage_maximum: s.blocks().saturating_mul(s.fragment_size()),
+            storage_available: s.blocks_available().saturating_mul(s.fragment_size()),
+            ..DiskStatus::default()
+        },
+        Err(e) => DiskStatus { message: format!("cannot read {path}: {e}"), ..DiskStatus::default() },
+    }
+}
