@@ -31,7 +31,6 @@ use crate::messages::{
 };
 use crate::outbound::Outbound;
 use crate::pending::{Answer, Failure, Pending};
-use crate::protocol::{BoxFuture, ReplicaProtocol};
 
 /// How a [`ReplicaClient`] connects and when it gives up.
 #[derive(Debug, Clone)]
@@ -204,6 +203,11 @@ impl ReplicaClient {
         self.shared.fail("closed by the client");
     }
 
+    /// True if data requests time out on their own ([`ClientOptions::request_timeout`]).
+    pub(crate) fn times_out_data_requests(&self) -> bool {
+        self.shared.options.request_timeout.is_some()
+    }
+
     /// Number of requests in flight over all connections.
     pub fn in_flight(&self) -> usize {
         self.shared.connections.iter().map(|c| c.pending.in_flight()).sum()
@@ -250,13 +254,13 @@ impl ReplicaClient {
         Ok(answer)
     }
 
-    async fn call(&self, request: Request) -> Result<Answer> {
+    pub(crate) async fn call(&self, request: Request) -> Result<Answer> {
         let count = self.shared.connections.len();
         let index = self.shared.next.fetch_add(1, Ordering::Relaxed) % count;
         self.call_on(index, request).await
     }
 
-    async fn call_empty(&self, request: Request) -> Result<()> {
+    pub(crate) async fn call_empty(&self, request: Request) -> Result<()> {
         self.call(request).await.map(|_| ())
     }
 
@@ -412,89 +416,6 @@ impl ReplicaClient {
     /// Rebuild target: installs `chain` (root first) under the head.
     pub async fn finish_rebuild(&self, chain: &[SnapshotInfo]) -> Result<()> {
         self.call_empty(Request::FinishRebuild(chain.to_vec())).await
-    }
-}
-
-/// The verbs through the trait: the inherent methods above, boxed (the engine holds replicas as
-/// `dyn ReplicaProtocol`). Inherent methods win method resolution, so each line calls the wire method.
-impl ReplicaProtocol for ReplicaClient {
-    fn read(&self, offset: u64, len: u64) -> BoxFuture<'_, Result<Bytes>> {
-        Box::pin(ReplicaClient::read(self, offset, len))
-    }
-    fn write(&self, offset: u64, data: Bytes) -> BoxFuture<'_, Result<()>> {
-        Box::pin(ReplicaClient::write(self, offset, data))
-    }
-    fn unmap(&self, offset: u64, len: u64) -> BoxFuture<'_, Result<()>> {
-        Box::pin(ReplicaClient::unmap(self, offset, len))
-    }
-    fn write_zeroes(&self, offset: u64, len: u64) -> BoxFuture<'_, Result<()>> {
-        Box::pin(ReplicaClient::write_zeroes(self, offset, len))
-    }
-    fn flush(&self) -> BoxFuture<'_, Result<()>> {
-        Box::pin(ReplicaClient::flush(self))
-    }
-    fn ping(&self) -> BoxFuture<'_, Result<()>> {
-        Box::pin(ReplicaClient::ping(self))
-    }
-    fn info(&self) -> BoxFuture<'_, Result<RecoveryFacts>> {
-        Box::pin(ReplicaClient::info(self))
-    }
-    fn set_generation(&self, generation: u64) -> BoxFuture<'_, Result<()>> {
-        Box::pin(ReplicaClient::set_generation(self, generation))
-    }
-    fn set_revision(&self, revision: u64) -> BoxFuture<'_, Result<()>> {
-        Box::pin(ReplicaClient::set_revision(self, revision))
-    }
-    fn set_rebuilding(&self, rebuilding: bool) -> BoxFuture<'_, Result<()>> {
-        Box::pin(ReplicaClient::set_rebuilding(self, rebuilding))
-    }
-    fn snapshot(&self, request: SnapshotRequest) -> BoxFuture<'_, Result<()>> {
-        Box::pin(ReplicaClient::snapshot(self, request))
-    }
-    fn list_snapshots(&self) -> BoxFuture<'_, Result<Vec<SnapshotInfo>>> {
-        Box::pin(ReplicaClient::list_snapshots(self))
-    }
-    fn mark_removed(&self, name: String) -> BoxFuture<'_, Result<()>> {
-        Box::pin(self.call_empty(Request::MarkRemoved { name }))
-    }
-    fn purge(&self) -> BoxFuture<'_, Result<()>> {
-        Box::pin(ReplicaClient::purge(self))
-    }
-    fn revert(&self, name: String) -> BoxFuture<'_, Result<()>> {
-        Box::pin(self.call_empty(Request::Revert { name }))
-    }
-    fn expand(&self, size: u64) -> BoxFuture<'_, Result<()>> {
-        Box::pin(ReplicaClient::expand(self, size))
-    }
-    fn layer_extents(&self, name: String) -> BoxFuture<'_, Result<Vec<Extent>>> {
-        Box::pin(async move {
-            let answer = self.call(Request::LayerExtents { name, offset: 0, len: 0 }).await?;
-            decode_extents(&answer.payload)
-        })
-    }
-    fn read_layer(&self, name: String, offset: u64, len: u64) -> BoxFuture<'_, Result<Bytes>> {
-        Box::pin(async move { ReplicaClient::read_layer(self, &name, offset, len).await })
-    }
-    fn layer_checksum(&self, name: String, offset: u64, len: u64) -> BoxFuture<'_, Result<[u8; 32]>> {
-        Box::pin(async move { ReplicaClient::layer_checksum(self, &name, offset, len).await })
-    }
-    fn begin_layer(&self, info: SnapshotInfo) -> BoxFuture<'_, Result<()>> {
-        Box::pin(self.call_empty(Request::BeginLayer(info)))
-    }
-    fn write_layer(&self, name: String, offset: u64, data: Bytes) -> BoxFuture<'_, Result<()>> {
-        Box::pin(self.call_empty(Request::WriteLayer { name, offset, data }))
-    }
-    fn punch_layer(&self, name: String, offset: u64, len: u64) -> BoxFuture<'_, Result<()>> {
-        Box::pin(self.call_empty(Request::PunchLayer { name, offset, len }))
-    }
-    fn finish_rebuild(&self, chain: Vec<SnapshotInfo>) -> BoxFuture<'_, Result<()>> {
-        Box::pin(self.call_empty(Request::FinishRebuild(chain)))
-    }
-    fn close(&self) {
-        ReplicaClient::close(self);
-    }
-    fn times_out_data_requests(&self) -> bool {
-        self.shared.options.request_timeout.is_some()
     }
 }
 

@@ -20,8 +20,10 @@ use std::pin::Pin;
 
 use bytes::Bytes;
 
+use crate::client::ReplicaClient;
 use crate::error::Result;
-use crate::messages::{Extent, RecoveryFacts, SnapshotInfo, SnapshotRequest};
+use crate::frame::Request;
+use crate::messages::{decode_extents, Extent, RecoveryFacts, SnapshotInfo, SnapshotRequest};
 
 /// A boxed, `Send` future borrowing for `'a` (what every [`ReplicaProtocol`] verb returns).
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -87,5 +89,88 @@ pub trait ReplicaProtocol: Send + Sync + 'static {
     /// no timer of its own per request; otherwise it must bound every data call itself.
     fn times_out_data_requests(&self) -> bool {
         false
+    }
+}
+
+/// The client's verbs through the trait: its inherent methods, boxed (the engine holds replicas as
+/// `dyn ReplicaProtocol`). Inherent methods win method resolution, so each line calls the wire method.
+impl ReplicaProtocol for ReplicaClient {
+    fn read(&self, offset: u64, len: u64) -> BoxFuture<'_, Result<Bytes>> {
+        Box::pin(ReplicaClient::read(self, offset, len))
+    }
+    fn write(&self, offset: u64, data: Bytes) -> BoxFuture<'_, Result<()>> {
+        Box::pin(ReplicaClient::write(self, offset, data))
+    }
+    fn unmap(&self, offset: u64, len: u64) -> BoxFuture<'_, Result<()>> {
+        Box::pin(ReplicaClient::unmap(self, offset, len))
+    }
+    fn write_zeroes(&self, offset: u64, len: u64) -> BoxFuture<'_, Result<()>> {
+        Box::pin(ReplicaClient::write_zeroes(self, offset, len))
+    }
+    fn flush(&self) -> BoxFuture<'_, Result<()>> {
+        Box::pin(ReplicaClient::flush(self))
+    }
+    fn ping(&self) -> BoxFuture<'_, Result<()>> {
+        Box::pin(ReplicaClient::ping(self))
+    }
+    fn info(&self) -> BoxFuture<'_, Result<RecoveryFacts>> {
+        Box::pin(ReplicaClient::info(self))
+    }
+    fn set_generation(&self, generation: u64) -> BoxFuture<'_, Result<()>> {
+        Box::pin(ReplicaClient::set_generation(self, generation))
+    }
+    fn set_revision(&self, revision: u64) -> BoxFuture<'_, Result<()>> {
+        Box::pin(ReplicaClient::set_revision(self, revision))
+    }
+    fn set_rebuilding(&self, rebuilding: bool) -> BoxFuture<'_, Result<()>> {
+        Box::pin(ReplicaClient::set_rebuilding(self, rebuilding))
+    }
+    fn snapshot(&self, request: SnapshotRequest) -> BoxFuture<'_, Result<()>> {
+        Box::pin(ReplicaClient::snapshot(self, request))
+    }
+    fn list_snapshots(&self) -> BoxFuture<'_, Result<Vec<SnapshotInfo>>> {
+        Box::pin(ReplicaClient::list_snapshots(self))
+    }
+    fn mark_removed(&self, name: String) -> BoxFuture<'_, Result<()>> {
+        Box::pin(self.call_empty(Request::MarkRemoved { name }))
+    }
+    fn purge(&self) -> BoxFuture<'_, Result<()>> {
+        Box::pin(ReplicaClient::purge(self))
+    }
+    fn revert(&self, name: String) -> BoxFuture<'_, Result<()>> {
+        Box::pin(self.call_empty(Request::Revert { name }))
+    }
+    fn expand(&self, size: u64) -> BoxFuture<'_, Result<()>> {
+        Box::pin(ReplicaClient::expand(self, size))
+    }
+    fn layer_extents(&self, name: String) -> BoxFuture<'_, Result<Vec<Extent>>> {
+        Box::pin(async move {
+            let answer = self.call(Request::LayerExtents { name, offset: 0, len: 0 }).await?;
+            decode_extents(&answer.payload)
+        })
+    }
+    fn read_layer(&self, name: String, offset: u64, len: u64) -> BoxFuture<'_, Result<Bytes>> {
+        Box::pin(async move { ReplicaClient::read_layer(self, &name, offset, len).await })
+    }
+    fn layer_checksum(&self, name: String, offset: u64, len: u64) -> BoxFuture<'_, Result<[u8; 32]>> {
+        Box::pin(async move { ReplicaClient::layer_checksum(self, &name, offset, len).await })
+    }
+    fn begin_layer(&self, info: SnapshotInfo) -> BoxFuture<'_, Result<()>> {
+        Box::pin(self.call_empty(Request::BeginLayer(info)))
+    }
+    fn write_layer(&self, name: String, offset: u64, data: Bytes) -> BoxFuture<'_, Result<()>> {
+        Box::pin(self.call_empty(Request::WriteLayer { name, offset, data }))
+    }
+    fn punch_layer(&self, name: String, offset: u64, len: u64) -> BoxFuture<'_, Result<()>> {
+        Box::pin(self.call_empty(Request::PunchLayer { name, offset, len }))
+    }
+    fn finish_rebuild(&self, chain: Vec<SnapshotInfo>) -> BoxFuture<'_, Result<()>> {
+        Box::pin(self.call_empty(Request::FinishRebuild(chain)))
+    }
+    fn close(&self) {
+        ReplicaClient::close(self);
+    }
+    fn times_out_data_requests(&self) -> bool {
+        ReplicaClient::times_out_data_requests(self)
     }
 }
