@@ -337,15 +337,15 @@ fn rebuild_bench(o: &Options, root: &Path) -> Result<(), BenchError> {
         .build()
         .map_err(|e| tool_error("tokio", e.to_string()))?;
     let report = runtime.block_on(async {
-        let client = corral_engine::ControlClient::new(&c.control);
+        let client = corral_api::EngineClient::new(&c.control);
         let started = Instant::now();
         client.add_replica(&address).await.map_err(|e| tool_error("replica add", e.to_string()))?;
         loop {
             tokio::time::sleep(Duration::from_millis(100)).await;
             let list = client.replicas().await.map_err(|e| tool_error("replica ls", e.to_string()))?;
             match list.iter().find(|r| r.address == address).map(|r| r.mode) {
-                Some(corral_engine::control_api::ReplicaMode::WriteOnly) => continue,
-                Some(corral_engine::control_api::ReplicaMode::ReadWrite) => break,
+                Some(corral_api::ReplicaMode::WriteOnly) => continue,
+                Some(corral_api::ReplicaMode::ReadWrite) => break,
                 _ => return Err(tool_error("rebuild", format!("failed: {:?}", client.last_rebuild().await))),
             }
         }

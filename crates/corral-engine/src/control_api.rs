@@ -1,7 +1,7 @@
 //! The engine's control API: HTTP/JSON on `--listen`. The routes, bodies, answers and the error
 //! body are corral-api's ([`corral_api::engine`], which documents them); this module serves them
-//! over an [`Engine`]. The one client is [`corral_api::EngineClient`] (re-exported here as
-//! [`ControlClient`] for existing callers), used by the manager and by `corral engine <command>`.
+//! over an [`Engine`]. The one client is [`corral_api::EngineClient`], used by the manager, by
+//! `corral engine <command>` and by the benchmarks.
 
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
@@ -17,10 +17,6 @@ use corral_api::SnapshotCreated;
 use crate::engine::Engine;
 use crate::error::{EngineError, ErrorKind};
 use crate::replica_set::Mode;
-
-/// The one control client, from corral-api, and the replica mode its answers carry (re-exported
-/// for crates that reach the engine only through this crate).
-pub use corral_api::{EngineClient as ControlClient, ReplicaMode};
 
 struct ApiError(EngineError);
 
@@ -58,16 +54,9 @@ impl From<EngineError> for ApiError {
 
 type ApiResult<T> = std::result::Result<Json<T>, ApiError>;
 
-/// Refuses a snapshot name that breaks Corral's one name rule ([`corral_api::names`]) before the
-/// engine sees it.
+/// Refuses a snapshot name that breaks Corral's one name rule before the engine sees it.
 fn check_snapshot_name(op: &'static str, name: &str) -> Result<(), ApiError> {
-    if corral_api::names::is_valid_name(name) {
-        return Ok(());
-    }
-    Err(ApiError(EngineError::invalid(
-        op,
-        format!("bad name {name:?}: must match {}", corral_api::names::NAME_PATTERN),
-    )))
+    crate::validate_name(op, name).map_err(ApiError)
 }
 
 fn info_view(i: crate::EngineInfo) -> EngineInfo {
@@ -96,9 +85,9 @@ fn replica_view(r: crate::ReplicaStatus) -> EngineReplica {
     EngineReplica {
         address: r.address,
         mode: match r.mode {
-            Mode::ReadWrite => ReplicaMode::ReadWrite,
-            Mode::WriteOnly => ReplicaMode::WriteOnly,
-            Mode::Error => ReplicaMode::Error,
+            Mode::ReadWrite => corral_api::ReplicaMode::ReadWrite,
+            Mode::WriteOnly => corral_api::ReplicaMode::WriteOnly,
+            Mode::Error => corral_api::ReplicaMode::Error,
         },
         rebuild_progress: u32::from(r.rebuild_progress),
         error: r.error,

@@ -74,7 +74,6 @@ pub mod service;
 pub mod start;
 
 pub use connector::{ClientConnector, Connector};
-pub use control_api::ControlClient;
 /// The replica verbs and types are the data protocol's own.
 pub use corral_wire::{RecoveryFacts, ReplicaProtocol, SnapshotInfo};
 pub use engine::{Engine, EngineConfig, Frontend, BLOCK};

@@ -61,21 +61,11 @@ pub struct EngineInfo {
     pub write_bytes: u64,
 }
 
-/// Checks a volume or snapshot name: `^[a-z0-9][a-z0-9._-]{0,62}$`.
+/// Checks a volume or snapshot name with the one name rule ([`corral_api::names`]); the head's
+/// name is reserved.
 pub fn validate_name(op: &'static str, name: &str) -> Result<()> {
-    let bytes = name.as_bytes();
-    let ok = !bytes.is_empty()
-        && bytes.len() <= 63
-        && (bytes[0].is_ascii_lowercase() || bytes[0].is_ascii_digit())
-        && bytes
-            .iter()
-            .all(|&b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'.' || b == b'_' || b == b'-');
-    if !ok {
-        return Err(EngineError::invalid(
-            op,
-            format!("bad name {name:?}: must match ^[a-z0-9][a-z0-9._-]{{0,62}}$"),
-        ));
-    }
+    corral_api::check_name("volume or snapshot", name)
+        .map_err(|e| EngineError::invalid(op, format!("bad name: {e}")))?;
     if name == HEAD_NAME {
         return Err(EngineError::invalid(op, format!("{HEAD_NAME:?} is reserved for the head")));
     }
