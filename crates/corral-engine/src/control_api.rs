@@ -10,7 +10,7 @@ use axum::routing::{delete, get, post};
 use axum::{Json, Router};
 use corral_api::engine::{
     AddressBody, EngineErrorBody, EngineErrorKind, EngineHealth, EngineInfo, EngineReplica, EngineSnapshot,
-    NameBody, RebuildReport, SizeBody, SnapshotBody,
+    NameBody, SizeBody, SnapshotBody,
 };
 use corral_api::SnapshotCreated;
 
@@ -94,18 +94,6 @@ fn replica_view(r: crate::ReplicaStatus) -> EngineReplica {
     }
 }
 
-fn rebuild_view(r: crate::RebuildReport) -> RebuildReport {
-    RebuildReport {
-        address: r.address,
-        succeeded: r.succeeded,
-        error: r.error,
-        total_bytes: r.total_bytes,
-        copied_bytes: r.copied_bytes,
-        reused_bytes: r.reused_bytes,
-        seconds: r.seconds,
-    }
-}
-
 fn snapshot_view(s: corral_wire::SnapshotInfo) -> EngineSnapshot {
     EngineSnapshot {
         name: s.name,
@@ -143,10 +131,7 @@ pub fn router(engine: Engine) -> Router {
                 ApiResult::Ok(Json(serde_json::json!({})))
             }),
         )
-        .route(
-            "/v1/rebuild",
-            get(|State(e): State<Engine>| async move { Json(e.last_rebuild().map(rebuild_view)) }),
-        )
+        .route("/v1/rebuild", get(|State(e): State<Engine>| async move { Json(e.last_rebuild()) }))
         .route(
             "/v1/snapshots",
             get(|State(e): State<Engine>| async move {

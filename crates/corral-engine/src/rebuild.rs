@@ -30,7 +30,6 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use futures::future::join_all;
 use futures::StreamExt;
-use serde::{Deserialize, Serialize};
 
 use crate::engine::Engine;
 use crate::error::{EngineError, ErrorKind, Result};
@@ -48,25 +47,9 @@ pub(crate) struct RebuildTracker {
     pub(crate) last: Option<RebuildReport>,
 }
 
-/// Outcome of one rebuild.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct RebuildReport {
-    /// Target address.
-    pub address: String,
-    /// Whether the target became RW.
-    pub succeeded: bool,
-    /// Error text when it did not.
-    pub error: Option<String>,
-    /// Allocated bytes of the source's layers.
-    pub total_bytes: u64,
-    /// Bytes sent to the target.
-    pub copied_bytes: u64,
-    /// Bytes found equal on the target and not sent.
-    pub reused_bytes: u64,
-    /// Wall time of the copy and verify phases.
-    pub seconds: f64,
-}
+/// Outcome of one rebuild: the control API's own type, so the engine reports what `GET /v1/rebuild`
+/// answers with no conversion.
+pub use corral_api::engine::RebuildReport;
 
 enum Side {
     Source,
