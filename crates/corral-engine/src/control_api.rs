@@ -16,7 +16,6 @@ use corral_api::SnapshotCreated;
 
 use crate::engine::Engine;
 use crate::error::{EngineError, ErrorKind};
-use crate::replica_set::Mode;
 
 struct ApiError(EngineError);
 
@@ -84,11 +83,7 @@ fn info_view(i: crate::EngineInfo) -> EngineInfo {
 fn replica_view(r: crate::ReplicaStatus) -> EngineReplica {
     EngineReplica {
         address: r.address,
-        mode: match r.mode {
-            Mode::ReadWrite => corral_api::ReplicaMode::ReadWrite,
-            Mode::WriteOnly => corral_api::ReplicaMode::WriteOnly,
-            Mode::Error => corral_api::ReplicaMode::Error,
-        },
+        mode: r.mode,
         rebuild_progress: u32::from(r.rebuild_progress),
         error: r.error,
     }

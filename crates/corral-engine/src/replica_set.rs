@@ -10,34 +10,24 @@ use serde::{Deserialize, Serialize};
 
 use corral_wire::ReplicaProtocol;
 
-/// A replica's role in the volume (Longhorn's controller-side modes, reference §3.1).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub enum Mode {
-    /// Read and write: healthy and up to date.
-    #[serde(rename = "RW")]
-    ReadWrite,
-    /// Write-only: a rebuild target; receives every write, serves no read.
-    #[serde(rename = "WO")]
-    WriteOnly,
-    /// Excluded from I/O: failed, unreachable, or stale (needs a rebuild).
-    #[serde(rename = "ERR")]
-    Error,
+/// A replica's role in the volume (Longhorn's controller-side modes, reference §3.1): the control
+/// API's own type, so the engine reports modes with no conversion.
+pub use corral_api::ReplicaMode as Mode;
+
+/// A mode as the byte a slot stores atomically.
+fn mode_to_u8(mode: Mode) -> u8 {
+    match mode {
+        Mode::ReadWrite => 0,
+        Mode::WriteOnly => 1,
+        Mode::Error => 2,
+    }
 }
 
-impl Mode {
-    fn to_u8(self) -> u8 {
-        match self {
-            Mode::ReadWrite => 0,
-            Mode::WriteOnly => 1,
-            Mode::Error => 2,
-        }
-    }
-    fn from_u8(v: u8) -> Mode {
-        match v {
-            0 => Mode::ReadWrite,
-            1 => Mode::WriteOnly,
-            _ => Mode::Error,
-        }
+fn mode_from_u8(v: u8) -> Mode {
+    match v {
+        0 => Mode::ReadWrite,
+        1 => Mode::WriteOnly,
+        _ => Mode::Error,
     }
 }
 
@@ -59,7 +49,7 @@ impl ReplicaSlot {
         Arc::new(ReplicaSlot {
             address,
             link,
-            mode: AtomicU8::new(mode.to_u8()),
+            mode: AtomicU8::new(mode_to_u8(mode)),
             progress: AtomicU8::new(0),
             reason: Mutex::new(None),
         })
@@ -67,17 +57,17 @@ impl ReplicaSlot {
 
     /// Current mode.
     pub fn mode(&self) -> Mode {
-        Mode::from_u8(self.mode.load(Ordering::SeqCst))
+        mode_from_u8(self.mode.load(Ordering::SeqCst))
     }
 
     pub(crate) fn set_mode(&self, mode: Mode) {
-        self.mode.store(mode.to_u8(), Ordering::SeqCst);
+        self.mode.store(mode_to_u8(mode), Ordering::SeqCst);
     }
 
     /// Sets ERR; returns the previous mode.
     pub(crate) fn set_error(&self, reason: String) -> Mode {
         *self.reason.lock() = Some(reason);
-        Mode::from_u8(self.mode.swap(Mode::Error.to_u8(), Ordering::SeqCst))
+        mode_from_u8(self.mode.swap(mode_to_u8(Mode::Error), Ordering::SeqCst))
     }
 
     /// Why it is ERR, if it is.
