@@ -3,7 +3,8 @@
 //! - the directory always opens, and `corral replica check` passes on it after every crash;
 //! - every write acknowledged before the last acknowledged FLUSH reads back exactly (a model of the
 //!   flushed data is kept; blocks written after the last acknowledged flush may hold either version);
-//! - every acknowledged snapshot still exists, and one acknowledged as removed is gone or marked removed.
+//! - every acknowledged snapshot still exists, and one acknowledged as removed is gone or marked removed;
+//!   one whose mark-removed was cut off by the kill still exists, removed or not.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod replica_support;
@@ -33,6 +34,10 @@ struct Model {
     live_snapshots: BTreeSet<String>,
     /// Snapshots acknowledged as marked removed.
     removed_snapshots: BTreeSet<String>,
+    /// Live snapshots whose mark-removed was sent but never acknowledged (the server died): each
+    /// may or may not be marked removed, but it must still exist at the next restart (only a purge
+    /// after an acknowledged mark-removed could delete it, and none ran since).
+    maybe_removed: BTreeSet<String>,
     next_snapshot: u32,
     /// Counters for the log: acknowledged writes, flushes, snapshot operations.
     acked: [u64; 3],
@@ -46,6 +51,7 @@ impl Model {
             unsettled: HashSet::new(),
             live_snapshots: BTreeSet::new(),
             removed_snapshots: BTreeSet::new(),
+            maybe_removed: BTreeSet::new(),
             next_snapshot: 0,
             acked: [0; 3],
         }
@@ -83,6 +89,19 @@ async fn verify_after_restart(client: &ReplicaClient, model: &mut Model, iterati
     for name in &model.live_snapshots {
         let found = snapshots.iter().find(|s| &s.name == name);
         assert!(found.is_some(), "iteration {iteration} (seed {seed}): acknowledged snapshot {name} lost");
+    }
+    for name in std::mem::take(&mut model.maybe_removed) {
+        match snapshots.iter().find(|s| s.name == name) {
+            Some(found) if found.removed => {
+                model.removed_snapshots.insert(name);
+            }
+            Some(_) => {
+                model.live_snapshots.insert(name);
+            }
+            None => panic!(
+                "iteration {iteration} (seed {seed}): snapshot {name} lost (its mark-removed was never acknowledged)"
+            ),
+        }
     }
     for name in &model.removed_snapshots {
         if let Some(found) = snapshots.iter().find(|s| &s.name == name) {
@@ -185,7 +204,13 @@ async fn workload(
                             model.removed_snapshots.insert(name);
                             client.purge().await
                         }
-                        Err(err) => Err(err),
+                        Err(err) => {
+                            if is_connection_loss(&err) {
+                                model.live_snapshots.remove(&name);
+                                model.maybe_removed.insert(name);
+                            }
+                            Err(err)
+                        }
                     }
                 }
             };
