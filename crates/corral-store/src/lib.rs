@@ -7,8 +7,9 @@
 //! version is a `Conflict` error, never last-writer-wins. `watch` streams every change in commit
 //! order so reconcilers can be level-triggered (list, then react to changes).
 //!
-//! Backends: [`RedbStore`] (embedded, the default, one file), [`MemoryStore`] (tests). etcd and
-//! Kubernetes backends come later behind the same trait: nothing above the trait may assume the
+//! Backends: [`RedbStore`] (embedded, the default, one file), [`EtcdStore`] (several nodes over an
+//! etcd cluster; key layout and failover in its module), [`MemoryStore`] (tests). A Kubernetes
+//! backend may come later behind the same trait: nothing above the trait may assume the
 //! data is local, that versions are numbers, or that a watch cannot end (a watch that ends means
 //! "list again").
 //!
@@ -37,6 +38,7 @@
 
 pub mod conformance;
 mod error;
+mod etcd;
 mod memory;
 mod object;
 mod redb_store;
@@ -45,6 +47,7 @@ mod store;
 mod watch_hub;
 
 pub use error::{ErrorKind, Result, StoreError};
+pub use etcd::{parse_etcd_url, EtcdStore};
 pub use memory::MemoryStore;
 pub use object::{Change, Datastore, Metadata, Object, Resource};
 pub use redb_store::RedbStore;

@@ -1,0 +1,169 @@
+//! The conformance suite against real etcd (Debian `etcd-server`): one member; three members with
+//! one SIGKILLed in the middle of the suite; two clients racing on one record; bad URLs and
+//! unreachable endpoints.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use corral_store::{conformance, ErrorKind, EtcdStore, Kind, Store};
+use corral_testkit::etcd::EtcdCluster;
+use serde_json::json;
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap()
+}
+
+/// A cluster name no other test of this process uses: every suite part starts from an empty store.
+fn fresh_cluster(label: &str) -> String {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    format!("{label}-{}-{}", std::process::id(), NEXT.fetch_add(1, Ordering::SeqCst))
+}
+
+async fn connect(url: &str, cluster: &str) -> Arc<dyn Store> {
+    Arc::new(EtcdStore::connect(url, cluster).await.unwrap())
+}
+
+/// `conformance::reopen` opens synchronously; the store's connect is async and needs the runtime.
+async fn reopen_suite(url: &str) {
+    let cluster = fresh_cluster("reopen");
+    conformance::reopen(|| {
+        tokio::task::block_in_place(|| tokio::runtime::Handle::current().block_on(connect(url, &cluster)))
+    })
+    .await;
+}
+
+#[test]
+fn one_member_passes_the_conformance_suite() {
+    let etcd = EtcdCluster::start(1);
+    let url = etcd.url();
+    let rt = runtime();
+    rt.block_on(async {
+        conformance::crud(&*connect(&url, &fresh_cluster("crud")).await).await;
+        conformance::watch_in_order(&*connect(&url, &fresh_cluster("watch")).await).await;
+        reopen_suite(&url).await;
+    });
+    let store = rt.block_on(connect(&url, &fresh_cluster("counter")));
+    let conflicts = conformance::concurrent_updates(store, 4, 25);
+    assert!(conflicts > 0, "no conflict was observed");
+}
+
+#[test]
+fn three_members_pass_the_suite_with_one_killed_in_the_middle() {
+    let mut etcd = EtcdCluster::start(3);
+    let url = etcd.url();
+    let rt = runtime();
+    rt.block_on(async {
+        conformance::crud(&*connect(&url, &fresh_cluster("crud")).await).await;
+    });
+    // Member 0 is the first endpoint, the one the store talks to: it dies while four threads do
+    // read-modify-write on one record, and the count must still come out exact.
+    let counter_cluster = fresh_cluster("counter");
+    let store = rt.block_on(connect(&url, &counter_cluster));
+    let counter = store.clone();
+    let started = Instant::now();
+    let conflicts = std::thread::scope(|scope| {
+        let updates = scope.spawn(move || conformance::concurrent_updates(counter, 4, 60));
+        std::thread::sleep(Duration::from_millis(400));
+        assert!(!updates.is_finished(), "the updates ended before the kill: make them longer");
+        etcd.kill(0);
+        updates.join().unwrap()
+    });
+    assert!(conflicts > 0, "no conflict was observed");
+    eprintln!("240 increments with member 0 killed after 400 ms took {:?}", started.elapsed());
+    rt.block_on(async {
+        // The rest of the suite on the two members left, through the store that saw the kill and
+        // through new ones whose first endpoint is dead.
+        conformance::watch_in_order(&*connect(&url, &fresh_cluster("watch")).await).await;
+        conformance::crud(&*connect(&url, &fresh_cluster("crud")).await).await;
+        reopen_suite(&url).await;
+        assert_eq!(store.get(Kind::Setting, "counter").await.unwrap().value, json!(240));
+    });
+    etcd.restart(0);
+    rt.block_on(async {
+        // Only the restarted member: it caught up with what was written while it was dead.
+        let alone = etcd.url_of(&[0]);
+        let counter = store.get(Kind::Setting, "counter").await.unwrap();
+        let restarted = connect(&alone, &counter_cluster).await;
+        assert_eq!(restarted.get(Kind::Setting, "counter").await.unwrap(), counter);
+    });
+}
+
+#[test]
+fn two_clients_racing_on_one_record_exactly_one_wins() {
+    let etcd = EtcdCluster::start(3);
+    let rt = runtime();
+    rt.block_on(async {
+        let cluster = fresh_cluster("race");
+        // Two clients on different members.
+        let a = connect(&etcd.url_of(&[0, 1, 2]), &cluster).await;
+        let b = connect(&etcd.url_of(&[1, 2, 0]), &cluster).await;
+        let (ca, cb) =
+            tokio::join!(a.create(Kind::Volume, "v", json!("a")), b.create(Kind::Volume, "v", json!("b")));
+        let created = match (ca, cb) {
+            (Ok(r), Err(e)) | (Err(e), Ok(r)) => {
+                assert_eq!(e.kind(), ErrorKind::AlreadyExists, "{e}");
+                r
+            }
+            other => panic!("exactly one create must win: {other:?}"),
+        };
+        let mut current = created;
+        for round in 0..20 {
+            let (ua, ub) = tokio::join!(
+                a.update(Kind::Volume, "v", &current.version, json!({"a": round})),
+                b.update(Kind::Volume, "v", &current.version, json!({"b": round})),
+            );
+            let winner = match (ua, ub) {
+                (Ok(r), Err(e)) | (Err(e), Ok(r)) => {
+                    assert_eq!(e.kind(), ErrorKind::Conflict, "round {round}: {e}");
+                    r
+                }
+                other => panic!("round {round}: exactly one update must win: {other:?}"),
+            };
+            for client in [&a, &b] {
+                assert_eq!(client.get(Kind::Volume, "v").await.unwrap(), winner, "round {round}");
+            }
+            current = winner;
+        }
+        let (da, db) = tokio::join!(
+            a.delete(Kind::Volume, "v", Some(&current.version)),
+            b.delete(Kind::Volume, "v", Some(&current.version)),
+        );
+        match (da, db) {
+            (Ok(()), Err(e)) | (Err(e), Ok(())) => assert_eq!(e.kind(), ErrorKind::NotFound, "{e}"),
+            other => panic!("exactly one delete must win: {other:?}"),
+        }
+    });
+}
+
+#[test]
+fn bad_urls_and_unreachable_stores_are_clear_errors() {
+    let etcd = EtcdCluster::start(1);
+    let rt = runtime();
+    rt.block_on(async {
+        for url in ["http://127.0.0.1:2379", "etcd://", "etcd://127.0.0.1", "etcd://127.0.0.1:0"] {
+            let err = EtcdStore::connect(url, "c").await.err().unwrap();
+            assert_eq!(err.kind(), ErrorKind::InvalidArgument, "{url}: {err}");
+            assert!(err.to_string().contains(url), "{err}");
+        }
+        let err = EtcdStore::connect(&etcd.url(), "a/b").await.err().unwrap();
+        assert_eq!(err.kind(), ErrorKind::InvalidArgument, "{err}");
+
+        // Nothing listens on these ports.
+        let dead = format!(
+            "etcd://127.0.0.1:{},127.0.0.1:{}",
+            corral_testkit::ports::free_port(),
+            corral_testkit::ports::free_port()
+        );
+        let started = Instant::now();
+        let err = EtcdStore::connect(&dead, "c").await.err().unwrap();
+        assert_eq!(err.kind(), ErrorKind::Unavailable, "{err}");
+        assert!(err.to_string().contains(&dead), "the error names the store: {err}");
+        assert!(started.elapsed() < Duration::from_secs(15), "took {:?}", started.elapsed());
+
+        // A dead endpoint listed first is skipped for the live one.
+        let first_dead =
+            format!("etcd://127.0.0.1:{},{}", corral_testkit::ports::free_port(), etcd.endpoint(0));
+        conformance::crud(&*connect(&first_dead, &fresh_cluster("crud")).await).await;
+    });
+}
