@@ -157,10 +157,14 @@ fn version_of(kv: &KeyValue) -> ResourceVersion {
     ResourceVersion(kv.mod_revision.to_string())
 }
 
-/// The revision a version stands for; a version that is not one (never issued by this backend)
-/// becomes -1, which no key has, so the comparison fails as for any stale version.
+/// The revision a version stands for. A version that is not one (never issued by this backend)
+/// becomes -1, which no key has, so the comparison fails as for any stale version. So does "0":
+/// etcd compares an absent key as `mod_revision == 0`, which must not let an update create it.
 fn revision_of(version: &ResourceVersion) -> i64 {
-    version.0.parse().unwrap_or(-1)
+    match version.0.parse::<i64>() {
+        Ok(revision) if revision > 0 => revision,
+        _ => -1,
+    }
 }
 
 fn decode(kind: Kind, name: &str, kv: &KeyValue) -> Result<(Record, String)> {
