@@ -47,7 +47,7 @@ mod store;
 mod watch_hub;
 
 pub use error::{ErrorKind, Result, StoreError};
-pub use etcd::{parse_etcd_url, EtcdStore};
+pub use etcd::{parse_etcd_url, EtcdStore, Guarded, NodeLease};
 pub use memory::MemoryStore;
 pub use object::{Change, Datastore, Metadata, Object, Resource};
 pub use redb_store::RedbStore;

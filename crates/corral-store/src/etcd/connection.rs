@@ -132,6 +132,11 @@ impl Connection {
         LeaseClient::new(self.channel(index))
     }
 
+    /// The endpoint to try first.
+    pub(crate) fn preferred(&self) -> usize {
+        self.preferred.load(Ordering::SeqCst)
+    }
+
     /// Moves the preference past `index` after it failed (unless another caller already did).
     pub(crate) fn failed(&self, index: usize) {
         let next = (index + 1) % self.endpoints.len();

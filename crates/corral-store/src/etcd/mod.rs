@@ -45,6 +45,7 @@
 //! [`EtcdStore::connect`] must run inside a tokio runtime; the gRPC channels' I/O runs on that
 //! runtime, which must outlive the store. The store is `Send + Sync` and cheap to clone.
 mod connection;
+mod lease;
 mod proto;
 mod watch;
 
@@ -57,6 +58,8 @@ use serde::{Deserialize, Serialize};
 
 pub use connection::parse_etcd_url;
 use connection::{Connection, OPERATION_DEADLINE};
+use lease::Guard;
+pub use lease::{Guarded, NodeLease};
 use proto::etcdserverpb::{
     compare, request_op, response_op, Compare, DeleteRangeRequest, PutRequest, RangeRequest, RequestOp,
     TxnRequest, TxnResponse,
@@ -142,6 +145,52 @@ impl EtcdStore {
     pub fn prefix(&self) -> &str {
         &self.inner.prefix
     }
+
+    /// Claims `name` (e.g. `node/n1`, `leader`) for `holder` with a new lease of `ttl` (etcd rounds
+    /// it up to whole seconds, at least its minimum), kept alive in the background until the
+    /// returned lease is dropped or revoked. `None` when someone else holds the claim.
+    pub async fn acquire_lease(&self, name: &str, holder: &str, ttl: Duration) -> Result<Option<NodeLease>> {
+        lease::acquire(&self.inner, name, holder, ttl).await
+    }
+
+    /// Who holds claim `name` now, if anyone (a claim whose lease expired is gone).
+    pub async fn lease_holder(&self, name: &str) -> Result<Option<String>> {
+        self.inner.lease_holder(name).await
+    }
+
+    /// [`Store::create`], only while `lease` still holds its claim.
+    pub async fn create_guarded(
+        &self,
+        lease: &NodeLease,
+        kind: Kind,
+        name: &str,
+        value: serde_json::Value,
+    ) -> Result<Guarded<Record>> {
+        self.inner.create(kind, name, value, Some(&lease.guard())).await
+    }
+
+    /// [`Store::update`], only while `lease` still holds its claim.
+    pub async fn update_guarded(
+        &self,
+        lease: &NodeLease,
+        kind: Kind,
+        name: &str,
+        expected: &ResourceVersion,
+        value: serde_json::Value,
+    ) -> Result<Guarded<Record>> {
+        self.inner.update(kind, name, expected, value, Some(&lease.guard())).await
+    }
+
+    /// [`Store::delete`], only while `lease` still holds its claim.
+    pub async fn delete_guarded(
+        &self,
+        lease: &NodeLease,
+        kind: Kind,
+        name: &str,
+        expected: Option<&ResourceVersion>,
+    ) -> Result<Guarded<()>> {
+        self.inner.delete(kind, name, expected, Some(&lease.guard())).await
+    }
 }
 
 fn new_write_id() -> String {
@@ -212,12 +261,40 @@ fn compare(key: &[u8], result: compare::CompareResult, target: compare::TargetUn
     }
 }
 
-/// The key-value the failure branch's `range` of a transaction read, if the key exists.
-fn ranged_kv(resp: &TxnResponse) -> Option<&KeyValue> {
-    resp.responses.iter().find_map(|r| match &r.response {
+/// The key-value that operation `index` of a transaction's branch read (a `range`), if the key exists.
+fn ranged_kv(resp: &TxnResponse, index: usize) -> Option<&KeyValue> {
+    match resp.responses.get(index).and_then(|r| r.response.as_ref()) {
         Some(response_op::Response::ResponseRange(range)) => range.kvs.first(),
         _ => None,
-    })
+    }
+}
+
+/// Adds the fence of `guard` to a transaction: the claim must carry its lease; the failure branch
+/// reads the claim (as operation 1) so the caller can tell a lost lease from a stale version.
+fn add_guard(request: &mut TxnRequest, guard: Option<&Guard>) {
+    if let Some(guard) = guard {
+        request.compare.push(compare(
+            &guard.key,
+            compare::CompareResult::Equal,
+            compare::TargetUnion::Lease(guard.lease_id),
+        ));
+        request.failure.push(range(&guard.key));
+    }
+}
+
+/// Whether a failed transaction failed because the claim of `guard` is gone or not its lease's.
+fn guard_lost(guard: Option<&Guard>, resp: &TxnResponse) -> bool {
+    guard.is_some_and(|g| ranged_kv(resp, 1).is_none_or(|kv| kv.lease != g.lease_id))
+}
+
+/// The result of an unguarded write (which cannot lose a lease).
+fn written<T>(outcome: Guarded<T>, op: &'static str, kind: Kind, name: &str) -> Result<T> {
+    match outcome {
+        Guarded::Written(value) => Ok(value),
+        Guarded::LeaseLost => {
+            Err(StoreError::new(ErrorKind::Io, op, Some(kind), name, "lost a lease it did not hold"))
+        }
+    }
 }
 
 /// The first byte string after every key that starts with `prefix` (etcd's `range_end`).
@@ -338,11 +415,17 @@ impl Inner {
         }
     }
 
-    async fn create(&self, kind: Kind, name: &str, value: serde_json::Value) -> Result<Record> {
+    async fn create(
+        &self,
+        kind: Kind,
+        name: &str,
+        value: serde_json::Value,
+        guard: Option<&Guard>,
+    ) -> Result<Guarded<Record>> {
         check_name("create", kind, name)?;
         let key = self.key(kind, name);
         let write_id = new_write_id();
-        let request = TxnRequest {
+        let mut request = TxnRequest {
             compare: vec![compare(
                 &key,
                 compare::CompareResult::Equal,
@@ -351,21 +434,21 @@ impl Inner {
             success: vec![put(&key, encode(&write_id, &value))],
             failure: vec![range(&key)],
         };
+        add_guard(&mut request, guard);
         let (resp, maybe_applied) = self.txn("create", kind, name, request).await?;
         if resp.succeeded {
             let revision = resp.header.map_or(0, |h| h.revision);
-            return Ok(Record {
-                kind,
-                name: name.to_string(),
-                version: ResourceVersion(revision.to_string()),
-                value,
-            });
+            let version = ResourceVersion(revision.to_string());
+            return Ok(Guarded::Written(Record { kind, name: name.to_string(), version, value }));
         }
-        if let Some(kv) = ranged_kv(&resp) {
+        if let Some(kv) = ranged_kv(&resp, 0) {
             let (record, stored_id) = decode(kind, name, kv)?;
             if maybe_applied && stored_id == write_id {
-                return Ok(record);
+                return Ok(Guarded::Written(record));
             }
+        }
+        if guard_lost(guard, &resp) {
+            return Ok(Guarded::LeaseLost);
         }
         Err(StoreError::new(ErrorKind::AlreadyExists, "create", Some(kind), name, "already exists"))
     }
@@ -376,11 +459,12 @@ impl Inner {
         name: &str,
         expected: &ResourceVersion,
         value: serde_json::Value,
-    ) -> Result<Record> {
+        guard: Option<&Guard>,
+    ) -> Result<Guarded<Record>> {
         let key = self.key(kind, name);
         let expected_rev = revision_of(expected);
         let write_id = new_write_id();
-        let request = TxnRequest {
+        let mut request = TxnRequest {
             compare: vec![compare(
                 &key,
                 compare::CompareResult::Equal,
@@ -389,28 +473,28 @@ impl Inner {
             success: vec![put(&key, encode(&write_id, &value))],
             failure: vec![range(&key)],
         };
+        add_guard(&mut request, guard);
         let (resp, maybe_applied) = self.txn("update", kind, name, request).await?;
         if resp.succeeded {
             let revision = resp.header.map_or(0, |h| h.revision);
-            return Ok(Record {
-                kind,
-                name: name.to_string(),
-                version: ResourceVersion(revision.to_string()),
-                value,
-            });
+            let version = ResourceVersion(revision.to_string());
+            return Ok(Guarded::Written(Record { kind, name: name.to_string(), version, value }));
         }
         if maybe_applied {
-            let current = ranged_kv(&resp);
+            let current = ranged_kv(&resp, 0);
             if let Some(watch::Change::Put(kv)) =
                 self.first_change_after("update", kind, name, expected_rev, current).await?
             {
                 let (record, stored_id) = decode(kind, name, &kv)?;
                 if stored_id == write_id {
-                    return Ok(record);
+                    return Ok(Guarded::Written(record));
                 }
             }
         }
-        match ranged_kv(&resp) {
+        if guard_lost(guard, &resp) {
+            return Ok(Guarded::LeaseLost);
+        }
+        match ranged_kv(&resp, 0) {
             None => Err(StoreError::new(ErrorKind::NotFound, "update", Some(kind), name, "not found")),
             Some(kv) => Err(StoreError::new(
                 ErrorKind::Conflict,
@@ -422,7 +506,13 @@ impl Inner {
         }
     }
 
-    async fn delete(&self, kind: Kind, name: &str, expected: Option<&ResourceVersion>) -> Result<()> {
+    async fn delete(
+        &self,
+        kind: Kind,
+        name: &str,
+        expected: Option<&ResourceVersion>,
+        guard: Option<&Guard>,
+    ) -> Result<Guarded<()>> {
         let key = self.key(kind, name);
         let condition = match expected {
             Some(v) => compare(
@@ -438,26 +528,31 @@ impl Inner {
                 ..DeleteRangeRequest::default()
             })),
         };
-        let request =
+        let mut request =
             TxnRequest { compare: vec![condition], success: vec![delete], failure: vec![range(&key)] };
+        add_guard(&mut request, guard);
         let (resp, maybe_applied) = self.txn("delete", kind, name, request).await?;
         if resp.succeeded {
-            return Ok(());
+            return Ok(Guarded::Written(()));
         }
         if maybe_applied {
             let applied = match expected {
                 // The record is gone: this delete (or an identical one) took it.
-                None => true,
+                None => ranged_kv(&resp, 0).is_none(),
                 Some(v) => matches!(
-                    self.first_change_after("delete", kind, name, revision_of(v), ranged_kv(&resp)).await?,
+                    self.first_change_after("delete", kind, name, revision_of(v), ranged_kv(&resp, 0))
+                        .await?,
                     Some(watch::Change::Deleted)
                 ),
             };
             if applied {
-                return Ok(());
+                return Ok(Guarded::Written(()));
             }
         }
-        match ranged_kv(&resp) {
+        if guard_lost(guard, &resp) {
+            return Ok(Guarded::LeaseLost);
+        }
+        match ranged_kv(&resp, 0) {
             None => Err(StoreError::new(ErrorKind::NotFound, "delete", Some(kind), name, "not found")),
             Some(kv) => Err(StoreError::new(
                 ErrorKind::Conflict,
@@ -502,7 +597,8 @@ impl Store for EtcdStore {
 
     fn create(&self, kind: Kind, name: &str, value: serde_json::Value) -> BoxFuture<'_, Result<Record>> {
         let name = name.to_string();
-        async move { self.inner.create(kind, &name, value).await }.boxed()
+        async move { written(self.inner.create(kind, &name, value, None).await?, "create", kind, &name) }
+            .boxed()
     }
 
     fn update(
@@ -514,7 +610,10 @@ impl Store for EtcdStore {
     ) -> BoxFuture<'_, Result<Record>> {
         let name = name.to_string();
         let expected = expected.clone();
-        async move { self.inner.update(kind, &name, &expected, value).await }.boxed()
+        async move {
+            written(self.inner.update(kind, &name, &expected, value, None).await?, "update", kind, &name)
+        }
+        .boxed()
     }
 
     fn delete(
@@ -525,7 +624,10 @@ impl Store for EtcdStore {
     ) -> BoxFuture<'_, Result<()>> {
         let name = name.to_string();
         let expected = expected.cloned();
-        async move { self.inner.delete(kind, &name, expected.as_ref()).await }.boxed()
+        async move {
+            written(self.inner.delete(kind, &name, expected.as_ref(), None).await?, "delete", kind, &name)
+        }
+        .boxed()
     }
 
     fn watch(&self, kind: Option<Kind>) -> BoxFuture<'_, Result<WatchStream>> {
