@@ -18,7 +18,8 @@
 //!
 //! # Threading
 //! Every operation is `async` and `Send`; the redb backend runs its transactions on tokio's
-//! blocking pool and serialises writes with one lock. All types are `Send + Sync` and cheap to clone.
+//! blocking pool and serialises writes with one lock; the etcd backend's gRPC I/O runs on the
+//! tokio runtime it was connected in. All types are `Send + Sync` and cheap to clone.
 //!
 //! # Example
 //! ```

@@ -15,10 +15,11 @@ use tokio::sync::watch;
 
 use super::connection::OPERATION_DEADLINE;
 use super::proto::etcdserverpb::{
-    compare, LeaseGrantRequest, LeaseKeepAliveRequest, LeaseRevokeRequest, PutRequest, RangeRequest,
-    RequestOp, TxnRequest,
+    compare, request_op, LeaseGrantRequest, LeaseKeepAliveRequest, LeaseRevokeRequest, PutRequest,
+    RangeRequest, RequestOp, TxnRequest,
 };
-use super::{range, ranged_kv, request_op, Inner};
+use super::records::{range, ranged_kv};
+use super::Inner;
 use crate::error::{ErrorKind, Result, StoreError};
 
 /// What a write guarded by a lease did.
@@ -179,7 +180,7 @@ pub(super) async fn acquire(
         })),
     };
     let request = TxnRequest {
-        compare: vec![super::compare(
+        compare: vec![super::records::compare(
             &key,
             compare::CompareResult::Equal,
             compare::TargetUnion::CreateRevision(0),

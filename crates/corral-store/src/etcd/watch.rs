@@ -18,7 +18,8 @@ use super::connection::ATTEMPT_TIMEOUT;
 use super::proto::etcdserverpb::watch_client::WatchClient;
 use super::proto::etcdserverpb::{watch_request, WatchCreateRequest, WatchRequest, WatchResponse};
 use super::proto::mvccpb::{event::EventType, KeyValue};
-use super::{decode, prefix_end, Inner};
+use super::records::{decode, prefix_end};
+use super::Inner;
 use crate::error::{ErrorKind, Result, StoreError};
 use crate::store::{Kind, WatchEvent, WatchStream};
 
