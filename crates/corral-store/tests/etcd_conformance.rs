@@ -62,15 +62,25 @@ fn three_members_pass_the_suite_with_one_killed_in_the_middle() {
     let store = rt.block_on(connect(&url, &counter_cluster));
     let counter = store.clone();
     let started = Instant::now();
+    let observer = rt.block_on(connect(&etcd.url_of(&[1, 2]), &counter_cluster));
     let conflicts = std::thread::scope(|scope| {
         let updates = scope.spawn(move || conformance::concurrent_updates(counter, 4, 60));
-        std::thread::sleep(Duration::from_millis(400));
-        assert!(!updates.is_finished(), "the updates ended before the kill: make them longer");
+        // Killed a quarter of the way through, while the updates run.
+        loop {
+            let done = rt.block_on(observer.get(Kind::Setting, "counter")).map(|r| r.value.as_u64().unwrap());
+            if done.is_ok_and(|n| n >= 60) {
+                break;
+            }
+            assert!(!updates.is_finished(), "the updates ended before the kill");
+            std::thread::sleep(Duration::from_millis(5));
+        }
         etcd.kill(0);
+        let at_kill = rt.block_on(observer.get(Kind::Setting, "counter")).unwrap().value.as_u64().unwrap();
+        assert!(at_kill < 240, "the updates ended before the kill: make them longer");
         updates.join().unwrap()
     });
     assert!(conflicts > 0, "no conflict was observed");
-    eprintln!("240 increments with member 0 killed after 400 ms took {:?}", started.elapsed());
+    eprintln!("240 increments with member 0 killed after 60 took {:?}", started.elapsed());
     rt.block_on(async {
         // The rest of the suite on the two members left, through the store that saw the kill and
         // through new ones whose first endpoint is dead.
