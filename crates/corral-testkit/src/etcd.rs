@@ -54,8 +54,23 @@ pub struct EtcdCluster {
 
 impl EtcdCluster {
     /// Starts `members` members (1 or 3, usually) and waits until every one is healthy.
+    ///
+    /// A port from [`free_port`] may be taken by another process before etcd binds it (outgoing
+    /// connections use the same ephemeral range): a member that exits with "address already in
+    /// use" makes the cluster start again on new ports, up to three times.
     pub fn start(members: usize) -> EtcdCluster {
         assert!(members > 0, "an etcd cluster needs a member");
+        for _ in 0..3 {
+            match Self::try_start(members) {
+                Ok(cluster) => return cluster,
+                Err(stderr) if stderr.contains("address already in use") => continue,
+                Err(stderr) => panic!("etcd did not start: {stderr}"),
+            }
+        }
+        panic!("etcd did not start: its ports were taken three times in a row");
+    }
+
+    fn try_start(members: usize) -> Result<EtcdCluster, String> {
         let dir = if Path::new("/dev/shm").is_dir() {
             tempfile::Builder::new().prefix("corral-etcd-").tempdir_in("/dev/shm")
         } else {
@@ -90,9 +105,9 @@ impl EtcdCluster {
             cluster.spawn(i);
         }
         for i in 0..cluster.members.len() {
-            cluster.wait_healthy(i);
+            cluster.try_wait_healthy(i)?;
         }
-        cluster
+        Ok(cluster)
     }
 
     fn spawn(&mut self, i: usize) {
@@ -114,26 +129,40 @@ impl EtcdCluster {
         self.members[i].process = Some(process);
     }
 
-    /// Waits until member `i` answers `/health` with `"health":"true"` (it has a leader).
+    /// Waits until member `i` answers `/health` with `"health":"true"` (it has a leader); panics
+    /// with its stderr if it does not.
     fn wait_healthy(&mut self, i: usize) {
+        if let Err(message) = self.try_wait_healthy(i) {
+            panic!("{message}");
+        }
+    }
+
+    fn try_wait_healthy(&mut self, i: usize) -> Result<(), String> {
         let deadline = Instant::now() + READY_TIMEOUT;
         let port = self.members[i].client_port;
         loop {
             if health(port) {
-                return;
+                return Ok(());
             }
             let member = &mut self.members[i];
-            let process =
-                member.process.as_mut().unwrap_or_else(|| panic!("etcd {} is not running", member.name));
+            let Some(process) = member.process.as_mut() else {
+                return Err(format!("etcd {} is not running", member.name));
+            };
             if !process.is_running() {
-                panic!("etcd {} exited before it was healthy; stderr:\n{}", member.name, process.stderr());
+                // Reaped and its pipes drained, so the stderr below is complete.
+                process.wait_exit(Duration::from_secs(2));
+                return Err(format!(
+                    "etcd {} exited before it was healthy; stderr:\n{}",
+                    member.name,
+                    process.stderr()
+                ));
             }
             if Instant::now() >= deadline {
-                panic!(
+                return Err(format!(
                     "etcd {} was not healthy within {READY_TIMEOUT:?}; stderr:\n{}",
                     member.name,
                     process.stderr()
-                );
+                ));
             }
             std::thread::sleep(Duration::from_millis(50));
         }
