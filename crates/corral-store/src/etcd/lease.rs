@@ -156,7 +156,8 @@ pub(super) async fn acquire(
 ) -> Result<Option<NodeLease>> {
     check_lease_name(name)?;
     let conn = &inner.conn;
-    let ttl_secs = i64::try_from(ttl.as_secs().max(1)).unwrap_or(i64::MAX);
+    let whole_secs = ttl.as_secs() + u64::from(ttl.subsec_nanos() > 0);
+    let ttl_secs = i64::try_from(whole_secs.max(1)).unwrap_or(i64::MAX);
     let (granted, _) = conn
         .call("acquire lease", None, name, OPERATION_DEADLINE, |i| {
             let mut client = conn.lease(i);

@@ -7,7 +7,7 @@
 //! was cut off or lost its leader — delivers every later event exactly once.
 use std::collections::VecDeque;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures::{FutureExt, StreamExt};
 use tonic::metadata::MetadataValue;
@@ -25,6 +25,10 @@ use crate::store::{Kind, WatchEvent, WatchStream};
 
 /// How long a broken watch keeps trying to reopen before it ends (the watcher then lists again).
 const RECONNECT_DEADLINE: Duration = Duration::from_secs(60);
+/// A stream that lived this long before it broke was healthy: its break starts a new count.
+const STABLE_STREAM: Duration = Duration::from_secs(10);
+/// How many quick breaks in a row end the watch (etcd cancelling it again and again).
+const MAX_QUICK_BREAKS: u32 = 20;
 
 /// A change of one key, as far as the write-outcome check needs it.
 pub(super) enum Change {
@@ -153,6 +157,8 @@ pub(super) fn resuming(inner: Arc<Inner>, kind: Option<Kind>, start_revision: i6
         stream: None,
         pending: VecDeque::new(),
         ended: false,
+        breaks: 0,
+        opened_at: Instant::now(),
     };
     futures::stream::unfold(state, |mut state| async move { state.next().await.map(|item| (item, state)) })
         .boxed()
@@ -166,6 +172,10 @@ struct Resuming {
     stream: Option<(usize, Streaming<WatchResponse>)>,
     pending: VecDeque<WatchEvent>,
     ended: bool,
+    /// Breaks (or cancels) of streams that lived less than [`STABLE_STREAM`], in a row: reopening
+    /// backs off with them and gives up after [`MAX_QUICK_BREAKS`].
+    breaks: u32,
+    opened_at: Instant,
 }
 
 impl Resuming {
@@ -179,15 +189,30 @@ impl Resuming {
             }
             let message = match self.stream.as_mut() {
                 Some((index, stream)) => (*index, stream.message().await),
-                None => match open_resuming(self.inner.clone(), self.kind, self.range(), self.next_revision)
-                    .await
-                {
-                    Ok((index, stream, first)) => {
-                        self.stream = Some((index, stream));
-                        (index, Ok(Some(first)))
+                None => {
+                    if self.breaks > MAX_QUICK_BREAKS {
+                        let message = format!("the watch broke {} times in a row: list again", self.breaks);
+                        return Some(self.end(StoreError::new(
+                            ErrorKind::Unavailable,
+                            "watch",
+                            self.kind,
+                            "",
+                            message,
+                        )));
                     }
-                    Err(err) => return Some(self.end(err)),
-                },
+                    if self.breaks > 0 {
+                        tokio::time::sleep(Duration::from_millis(50 << self.breaks.min(5))).await;
+                    }
+                    match open_resuming(self.inner.clone(), self.kind, self.range(), self.next_revision).await
+                    {
+                        Ok((index, stream, first)) => {
+                            self.opened_at = Instant::now();
+                            self.stream = Some((index, stream));
+                            (index, Ok(Some(first)))
+                        }
+                        Err(err) => return Some(self.end(err)),
+                    }
+                }
             };
             match message {
                 (index, Ok(Some(response))) => {
@@ -200,11 +225,17 @@ impl Resuming {
                         endpoint = self.inner.conn.endpoint(index),
                         "etcd watch broke; reopening"
                     );
-                    self.inner.conn.failed(index);
-                    self.stream = None;
+                    self.broke(index);
                 }
             }
         }
+    }
+
+    /// The stream from endpoint `index` broke or was canceled: the next one opens elsewhere.
+    fn broke(&mut self, index: usize) {
+        self.inner.conn.failed(index);
+        self.stream = None;
+        self.breaks = if self.opened_at.elapsed() >= STABLE_STREAM { 1 } else { self.breaks + 1 };
     }
 
     fn end(&mut self, err: StoreError) -> Result<WatchEvent> {
@@ -229,8 +260,7 @@ impl Resuming {
         }
         if response.canceled {
             tracing::debug!(reason = %response.cancel_reason, "etcd canceled the watch; reopening elsewhere");
-            self.inner.conn.failed(index);
-            self.stream = None;
+            self.broke(index);
             return Ok(());
         }
         for event in response.events {
