@@ -177,3 +177,46 @@ fn bad_urls_and_unreachable_stores_are_clear_errors() {
         conformance::crud(&*connect(&first_dead, &fresh_cluster("crud")).await).await;
     });
 }
+
+#[test]
+fn a_list_pages_through_many_records_and_sees_no_claims() {
+    let etcd = EtcdCluster::start(1);
+    let rt = runtime();
+    rt.block_on(async {
+        let store = EtcdStore::connect(&etcd.url(), &fresh_cluster("pages")).await.unwrap();
+        let mut watch_all = store.watch(None).await.unwrap();
+        // More than two pages of 500, written concurrently a hundred at a time.
+        let names: Vec<String> = (0..1234).map(|i| format!("r{i}")).collect();
+        for chunk in names.chunks(100) {
+            let writes = chunk.iter().map(|n| store.create(Kind::Replica, n, json!({"n": n})));
+            for result in futures::future::join_all(writes).await {
+                result.unwrap();
+            }
+        }
+        // A claim lives under the same prefix but is no record of any kind.
+        let _lease = store.acquire_lease("node/n1", "n1", Duration::from_secs(5)).await.unwrap().unwrap();
+        store.create(Kind::Node, "n1", json!({})).await.unwrap();
+        let mut want = names.clone();
+        want.sort();
+        let got: Vec<String> = store.list(Kind::Replica).await.unwrap().into_iter().map(|r| r.name).collect();
+        assert_eq!(got.len(), want.len());
+        assert_eq!(got, want, "every record once, sorted by name");
+        let nodes: Vec<String> = store.list(Kind::Node).await.unwrap().into_iter().map(|r| r.name).collect();
+        assert_eq!(nodes, ["n1"]);
+        // The watch of every kind saw the records and the node, not the claim.
+        use futures::StreamExt;
+        for i in 0..=names.len() {
+            let event = tokio::time::timeout(Duration::from_secs(10), watch_all.next())
+                .await
+                .unwrap()
+                .unwrap()
+                .unwrap();
+            let kind = event.record().kind;
+            assert!(
+                kind == Kind::Replica || (i == names.len() && kind == Kind::Node),
+                "event {i}: {event:?}"
+            );
+        }
+        assert!(tokio::time::timeout(Duration::from_millis(300), watch_all.next()).await.is_err());
+    });
+}
