@@ -169,6 +169,7 @@ fn bad_urls_and_unreachable_stores_are_clear_errors() {
         let err = EtcdStore::connect(&dead, "c").await.err().unwrap();
         assert_eq!(err.kind(), ErrorKind::Unavailable, "{err}");
         assert!(err.to_string().contains(&dead), "the error names the store: {err}");
+        eprintln!("unreachable store: {err}");
         assert!(started.elapsed() < Duration::from_secs(15), "took {:?}", started.elapsed());
 
         // A dead endpoint listed first is skipped for the live one.

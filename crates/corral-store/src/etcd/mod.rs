@@ -85,6 +85,12 @@ pub struct EtcdStore {
     inner: Arc<Inner>,
 }
 
+impl std::fmt::Debug for EtcdStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EtcdStore").field("url", &self.inner.url).field("prefix", &self.inner.prefix).finish()
+    }
+}
+
 impl EtcdStore {
     /// Connects to the etcd members of `url` (`etcd://HOST:PORT[,HOST:PORT…]`) and uses the keys of
     /// Corral cluster `cluster`. Fails with `InvalidArgument` on a bad URL or cluster name and with
@@ -109,10 +115,11 @@ impl EtcdStore {
             inner: Arc::new(Inner { conn, url: url.to_string(), prefix: format!("/corral/{cluster}/") }),
         };
         // Fail now, with a clear error, rather than at the first operation.
-        store.inner.current_revision("open", Duration::from_secs(6)).await.map_err(|e| StoreError {
-            message: format!("cannot reach the etcd store {url}: {}", e.message),
-            ..e
-        })?;
+        store
+            .inner
+            .current_revision("open", Duration::from_secs(6))
+            .await
+            .map_err(|e| StoreError { name: url.to_string(), ..e })?;
         Ok(store)
     }
 
