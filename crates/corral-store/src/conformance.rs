@@ -1,7 +1,7 @@
 //! The conformance suite every backend must pass, written as plain functions so each backend's
-//! tests call them (`tests/conformance.rs` runs them against the memory and redb backends; the etcd
-//! and Kubernetes backends will call the same functions). They panic on a violation: this module is
-//! test support, not production code.
+//! tests call them (`tests/conformance.rs` runs them against the memory and redb backends,
+//! `tests/etcd_conformance.rs` against real etcd; a Kubernetes backend would call the same
+//! functions). They panic on a violation: this module is test support, not production code.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::sync::Arc;

@@ -26,12 +26,12 @@
 //! # Retries and failover
 //! The URL `etcd://HOST:PORT[,HOST:PORT…]` lists the members to use; an operation goes to the one
 //! that answered last and moves to the next when it is unreachable, times out or reports a leader
-//! change, for up to 30 s. Reads are linearizable. A write whose reply was lost
-//! may have been applied, so it is sent again (its comparison makes a second application
-//! impossible) and, if that comparison then fails, the key's history decides: when the first
-//! change after the expected revision carries this write's id, the write was applied and
-//! succeeds. Limit: a `create` whose reply was lost and whose record was changed by someone else
-//! before the retry reports `AlreadyExists`.
+//! change, for up to 30 s. Reads are linearizable. A write whose reply was lost may have been
+//! applied, so it is sent again (its comparison makes a second application impossible) and, if
+//! that comparison then fails, the key's history decides: when the first change after the
+//! expected revision carries this write's id, the write was applied and succeeds; a `delete`
+//! whose reply was lost succeeds when that first change is a delete. Limit: a `create` whose reply
+//! was lost and whose record was changed by someone else before the retry reports `AlreadyExists`.
 //!
 //! # Watch
 //! [`Store::watch`] reads the current revision and watches the prefix from the next one, with the
