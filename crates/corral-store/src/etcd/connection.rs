@@ -72,6 +72,8 @@ pub fn parse_etcd_url(url: &str) -> Result<Vec<String>> {
 /// One channel per endpoint and which endpoint to try first.
 pub(crate) struct Connection {
     endpoints: Vec<String>,
+    /// The cluster's key prefix, to name keys in errors.
+    prefix: String,
     channels: Vec<Channel>,
     /// The endpoint that answered last; moves on when it fails.
     preferred: AtomicUsize,
@@ -80,7 +82,7 @@ pub(crate) struct Connection {
 impl Connection {
     /// Channels to `endpoints` (connected on first use). Must run inside a tokio runtime, which then
     /// carries the channels' I/O: it must outlive the store.
-    pub(crate) fn new(url: &str, endpoints: Vec<String>) -> Result<Connection> {
+    pub(crate) fn new(url: &str, endpoints: Vec<String>, prefix: String) -> Result<Connection> {
         let mut channels = Vec::with_capacity(endpoints.len());
         for endpoint in &endpoints {
             let uri = format!("http://{endpoint}");
@@ -103,7 +105,7 @@ impl Connection {
                 .keep_alive_while_idle(true);
             channels.push(ep.connect_lazy());
         }
-        Ok(Connection { endpoints, channels, preferred: AtomicUsize::new(0) })
+        Ok(Connection { endpoints, prefix, channels, preferred: AtomicUsize::new(0) })
     }
 
     /// The endpoints, as given.
@@ -137,6 +139,14 @@ impl Connection {
         self.preferred.load(Ordering::SeqCst)
     }
 
+    /// The etcd key (or prefix) an operation on `kind/name` works on, for error messages.
+    fn key(&self, kind: Option<Kind>, name: &str) -> String {
+        match kind {
+            Some(kind) => format!("{}{kind}/{name}", self.prefix),
+            None => self.prefix.clone(),
+        }
+    }
+
     /// Moves the preference past `index` after it failed (unless another caller already did).
     pub(crate) fn failed(&self, index: usize) {
         let next = (index + 1) % self.endpoints.len();
@@ -166,9 +176,9 @@ impl Connection {
             let error = match tokio::time::timeout(ATTEMPT_TIMEOUT, attempt(index)).await {
                 Ok(Ok(response)) => return Ok((response, failed_before)),
                 Ok(Err(status)) if !retryable(&status) => {
-                    return Err(status_error(op, kind, name, endpoint, status));
+                    return Err(status_error(op, kind, name, &self.key(kind, name), endpoint, status));
                 }
-                Ok(Err(status)) => status_error(op, kind, name, endpoint, status),
+                Ok(Err(status)) => status_error(op, kind, name, &self.key(kind, name), endpoint, status),
                 Err(_) => StoreError::new(
                     ErrorKind::Unavailable,
                     op,
@@ -208,11 +218,12 @@ fn retryable(status: &Status) -> bool {
     )
 }
 
-/// A gRPC status as a store error that names the endpoint.
-pub(crate) fn status_error(
+/// A gRPC status as a store error that names the endpoint and the key.
+fn status_error(
     op: &'static str,
     kind: Option<Kind>,
     name: &str,
+    key: &str,
     endpoint: &str,
     status: Status,
 ) -> StoreError {
@@ -222,7 +233,7 @@ pub(crate) fn status_error(
         code if retryable_code(code) => ErrorKind::Unavailable,
         _ => ErrorKind::Io,
     };
-    let message = format!("etcd {endpoint}: {:?}: {}", status.code(), status.message());
+    let message = format!("etcd {endpoint}, key {key}: {:?}: {}", status.code(), status.message());
     StoreError::new(error_kind, op, kind, name, message).with_source(status)
 }
 

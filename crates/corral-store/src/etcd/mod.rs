@@ -110,10 +110,9 @@ impl EtcdStore {
                 "a cluster name must be non-empty, without '/' or control characters, not starting with '.'",
             ));
         }
-        let conn = Connection::new(url, endpoints)?;
-        let store = EtcdStore {
-            inner: Arc::new(Inner { conn, url: url.to_string(), prefix: format!("/corral/{cluster}/") }),
-        };
+        let prefix = format!("/corral/{cluster}/");
+        let conn = Connection::new(url, endpoints, prefix.clone())?;
+        let store = EtcdStore { inner: Arc::new(Inner { conn, url: url.to_string(), prefix }) };
         // Fail now, with a clear error, rather than at the first operation.
         store
             .inner
