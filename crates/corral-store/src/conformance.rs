@@ -1,7 +1,7 @@
 //! The conformance suite every backend must pass, written as plain functions so each backend's
-//! tests call them (`tests/conformance.rs` runs them against the memory and redb backends; the etcd
-//! and Kubernetes backends will call the same functions). They panic on a violation: this module is
-//! test support, not production code.
+//! tests call them (`tests/conformance.rs` runs them against the memory and redb backends,
+//! `tests/etcd_conformance.rs` against real etcd; a Kubernetes backend would call the same
+//! functions). They panic on a violation: this module is test support, not production code.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::sync::Arc;
@@ -10,7 +10,7 @@ use futures::StreamExt;
 use serde_json::json;
 
 use crate::error::ErrorKind;
-use crate::store::{Kind, Store, WatchEvent};
+use crate::store::{Kind, ResourceVersion, Store, WatchEvent};
 
 /// create / get / list / update / delete, and the errors each must give.
 pub async fn crud(store: &dyn Store) {
@@ -43,6 +43,18 @@ pub async fn crud(store: &dyn Store) {
         store.update(Kind::Volume, "zz", &a.version, json!({})).await.unwrap_err().kind(),
         ErrorKind::NotFound
     );
+    // Versions no backend issued (etcd compares an absent key's revision as 0) find nothing either.
+    for bogus in ["0", "-1", "x"] {
+        let bogus = ResourceVersion(bogus.to_string());
+        assert_eq!(
+            store.update(Kind::Volume, "zz", &bogus, json!({})).await.unwrap_err().kind(),
+            ErrorKind::NotFound
+        );
+        assert_eq!(
+            store.delete(Kind::Volume, "zz", Some(&bogus)).await.unwrap_err().kind(),
+            ErrorKind::NotFound
+        );
+    }
 
     assert_eq!(
         store.delete(Kind::Volume, "a", Some(&a.version)).await.unwrap_err().kind(),

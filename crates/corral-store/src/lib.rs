@@ -7,8 +7,9 @@
 //! version is a `Conflict` error, never last-writer-wins. `watch` streams every change in commit
 //! order so reconcilers can be level-triggered (list, then react to changes).
 //!
-//! Backends: [`RedbStore`] (embedded, the default, one file), [`MemoryStore`] (tests). etcd and
-//! Kubernetes backends come later behind the same trait: nothing above the trait may assume the
+//! Backends: [`RedbStore`] (embedded, the default, one file), [`EtcdStore`] (several nodes over an
+//! etcd cluster; key layout and failover in its module), [`MemoryStore`] (tests). A Kubernetes
+//! backend may come later behind the same trait: nothing above the trait may assume the
 //! data is local, that versions are numbers, or that a watch cannot end (a watch that ends means
 //! "list again").
 //!
@@ -17,7 +18,8 @@
 //!
 //! # Threading
 //! Every operation is `async` and `Send`; the redb backend runs its transactions on tokio's
-//! blocking pool and serialises writes with one lock. All types are `Send + Sync` and cheap to clone.
+//! blocking pool and serialises writes with one lock; the etcd backend's gRPC I/O runs on the
+//! tokio runtime it was connected in. All types are `Send + Sync` and cheap to clone.
 //!
 //! # Example
 //! ```
@@ -37,6 +39,7 @@
 
 pub mod conformance;
 mod error;
+mod etcd;
 mod memory;
 mod object;
 mod redb_store;
@@ -45,6 +48,7 @@ mod store;
 mod watch_hub;
 
 pub use error::{ErrorKind, Result, StoreError};
+pub use etcd::{parse_etcd_url, EtcdStore, Guarded, NodeLease};
 pub use memory::MemoryStore;
 pub use object::{Change, Datastore, Metadata, Object, Resource};
 pub use redb_store::RedbStore;

@@ -6,6 +6,8 @@
 //! - [`process`]: a child process that announces itself on its first stdout line, killed on drop;
 //!   [`corral`]: the `corral replica serve` process on top of it (the binary path comes from the test,
 //!   `env!("CARGO_BIN_EXE_corral")`, so this crate never guesses where a build put it).
+//! - [`etcd`]: [`etcd::EtcdCluster`], real etcd with one or three members on loopback that a test can
+//!   SIGKILL and restart member by member.
 //! - [`ports`]: free loopback ports and waiting for a server to listen.
 //! - [`s3`]: S3-compatible servers (moto over HTTP or HTTPS, s3s-fs), test certificates and
 //!   [`s3::RecordingProxy`], a forward proxy that records what went through it.
@@ -29,6 +31,7 @@
 pub mod cluster;
 pub mod corral;
 pub mod data;
+pub mod etcd;
 pub mod fixtures;
 pub mod nbd;
 pub mod ports;
