@@ -92,8 +92,17 @@ impl Driver {
                 )));
             }
         } else if let Err(e) = self.api.create_volume(&body).await {
-            if e.code != corral_api::Code::AlreadyExists {
-                return Err(CsiError::api(format!("cannot create volume {name}"), e));
+            match e.code {
+                corral_api::Code::AlreadyExists => {}
+                // The manager refuses a volume it cannot place at once (its message says
+                // "scheduling failed"): for CSI that is a capacity the plugin cannot serve.
+                corral_api::Code::InvalidArgument if e.message.contains("scheduling failed") => {
+                    return Err(CsiError::out_of_range(format!(
+                        "volume {:?} of {size} bytes cannot be placed: {}",
+                        req.name, e.message
+                    )))
+                }
+                _ => return Err(CsiError::api(format!("cannot create volume {name}"), e)),
             }
         }
         let restoring = body.from_backup.is_some();
@@ -243,28 +252,30 @@ pub(crate) fn require(what: &str, value: &str) -> Result<()> {
     Ok(())
 }
 
-/// Paging: the index a `starting_token` stands for (Aborted when it is not one we gave out).
-pub(crate) fn page_start(token: &str, len: usize) -> Result<usize> {
-    if token.is_empty() {
-        return Ok(0);
-    }
-    match token.parse::<usize>() {
-        Ok(i) if i <= len => Ok(i),
-        _ => Err(CsiError::new(
-            tonic::Code::Aborted,
-            format!("starting token {token:?} is not valid (any more)"),
-        )),
-    }
-}
+/// Paging tokens name the first entry of the next page (`next:<key>`, a form no key takes
+/// alone), not its index, so a page boundary survives entries created or deleted in between.
+const TOKEN_PREFIX: &str = "next:";
 
-/// Paging: the end of a page and the next token.
-pub(crate) fn page_end(start: usize, max_entries: i32, len: usize) -> Result<(usize, String)> {
+/// One page of `keys` (sorted): the index range to answer and the next token (empty at the end).
+/// A token this driver did not hand out is `Aborted`, a negative `max_entries` InvalidArgument.
+pub(crate) fn page(keys: &[&str], token: &str, max_entries: i32) -> Result<(std::ops::Range<usize>, String)> {
     if max_entries < 0 {
         return Err(CsiError::invalid("max_entries must not be negative"));
     }
-    let end = if max_entries == 0 { len } else { (start + max_entries as usize).min(len) };
-    let next = if end < len { end.to_string() } else { String::new() };
-    Ok((end, next))
+    let start = if token.is_empty() {
+        0
+    } else {
+        let key = token.strip_prefix(TOKEN_PREFIX).ok_or_else(|| {
+            CsiError::new(
+                tonic::Code::Aborted,
+                format!("starting token {token:?} was not handed out by this driver"),
+            )
+        })?;
+        keys.partition_point(|k| *k < key)
+    };
+    let end = if max_entries == 0 { keys.len() } else { (start + max_entries as usize).min(keys.len()) };
+    let next = keys.get(end).map(|k| format!("{TOKEN_PREFIX}{k}")).unwrap_or_default();
+    Ok((start..end, next))
 }
 
 type Reply<T> = std::result::Result<Response<T>, Status>;
@@ -348,9 +359,9 @@ impl Controller for Driver {
         let req = req.into_inner();
         let mut all = self.api.volumes().await.map_err(|e| CsiError::api("cannot list volumes", e))?;
         all.sort_by(|a, b| a.name.cmp(&b.name));
-        let start = page_start(&req.starting_token, all.len())?;
-        let (end, next_token) = page_end(start, req.max_entries, all.len())?;
-        let entries = all[start..end]
+        let keys: Vec<&str> = all.iter().map(|v| v.name.as_str()).collect();
+        let (range, next_token) = page(&keys, &req.starting_token, req.max_entries)?;
+        let entries = all[range]
             .iter()
             .map(|v| list_volumes_response::Entry {
                 volume: Some(self.csi_volume(v)),
@@ -472,5 +483,25 @@ impl Controller for Driver {
                 volume_condition: Some(condition_of(&v)),
             }),
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pages_resume_after_entries_come_and_go() -> Result<()> {
+        let keys = ["a", "b", "c", "d", "e"];
+        let (r, next) = page(&keys, "", 2)?;
+        assert_eq!((r, next.as_str()), (0..2, "next:c"));
+        // "c" was deleted before the next page was asked for.
+        let keys = ["a", "b", "d", "e"];
+        let (r, next) = page(&keys, &next, 2)?;
+        assert_eq!((r, next.as_str()), (2..4, ""));
+        assert_eq!(page(&keys, "", 0)?.0, 0..4);
+        assert_eq!(page(&keys, "bogus", 1).map_err(|e| e.code).err(), Some(tonic::Code::Aborted));
+        assert_eq!(page(&keys, "", -1).map_err(|e| e.code).err(), Some(tonic::Code::InvalidArgument));
+        Ok(())
     }
 }

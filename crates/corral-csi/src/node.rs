@@ -227,14 +227,20 @@ impl Driver {
         require("target path", &req.target_path)?;
         let _guard = self.lock(&req.volume_id)?;
         let target = PathBuf::from(&req.target_path);
+        let state = self.state();
+        let record = state.load(&req.volume_id)?;
+        if record.is_none() && !is_mounted(&target)? {
+            // Nothing to undo; but a volume that does not exist at all is NotFound, as the spec's
+            // sanity suite checks.
+            self.volume(&req.volume_id).await?;
+        }
         mounts::unmount_all(&target).await?;
         if target.is_dir() {
             let _ = std::fs::remove_dir(&target);
         } else if target.exists() {
             let _ = std::fs::remove_file(&target);
         }
-        let state = self.state();
-        if let Some(mut record) = state.load(&req.volume_id)? {
+        if let Some(mut record) = record {
             record.publishes.retain(|p| *p != target);
             state.save(&record)?;
         }

@@ -18,7 +18,7 @@ use std::time::Duration;
 use corral_api::{BackupView, CreateSnapshot, SnapshotCreated, VolumeState};
 use reqwest::Method;
 
-use crate::controller::{page_end, page_start, require};
+use crate::controller::{page, require};
 use crate::error::{CsiError, Result};
 use crate::names::{check_csi_name, corral_name, SnapshotId, CSI_NAME_LABEL};
 use crate::proto::volume_content_source::Type as SourceType;
@@ -393,10 +393,11 @@ impl Driver {
             all.retain(|e| e.snapshot.source_volume_id == req.source_volume_id);
         }
         all.sort_by(|a, b| a.snapshot.snapshot_id.cmp(&b.snapshot.snapshot_id));
-        let start = page_start(&req.starting_token, all.len())?;
-        let (end, next_token) = page_end(start, req.max_entries, all.len())?;
+        let keys: Vec<String> = all.iter().map(|e| e.snapshot.snapshot_id.clone()).collect();
+        let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
+        let (range, next_token) = page(&keys, &req.starting_token, req.max_entries)?;
         let entries = all
-            .drain(start..end)
+            .drain(range)
             .map(|e| crate::proto::list_snapshots_response::Entry { snapshot: Some(e.snapshot) })
             .collect();
         Ok(ListSnapshotsResponse { entries, next_token })

@@ -208,7 +208,6 @@ pub fn assert_code<T: std::fmt::Debug>(
 /// staging path).
 pub fn create_publish_stage(csi: &Csi, name: &str, bytes: i64, cap: VolumeCapability) -> (String, String) {
     let mut c = csi.controller.clone();
-    let mut n = csi.node.clone();
     let v = csi
         .call(c.create_volume(create_request(name, bytes, cap.clone())))
         .unwrap()
