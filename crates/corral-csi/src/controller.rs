@@ -457,6 +457,13 @@ impl Controller for Driver {
             req.volume_capability.as_ref().and_then(|c| c.access_type.as_ref()),
             Some(volume_capability::AccessType::Block(_))
         );
+        if size > v.size && v.state != VolumeState::Detached {
+            return Err(CsiError::precondition(format!(
+                "volume {} is published: Corral volumes expand offline through CSI (unpublish it first)",
+                v.name
+            ))
+            .into());
+        }
         if size > v.size {
             self.api
                 .expand(&v.name, size)

@@ -73,6 +73,28 @@ pub async fn start_fuse(endpoint: &str, fuse_dir: &Path, log: &Path) -> Result<O
     Ok(pid)
 }
 
+/// Wait until the export at `endpoint` is at least `size` bytes. An engine started while its
+/// volume's offline expansion was still pending grows right after it starts; an NBD client keeps
+/// the size it saw when it connected, so the node connects only once the export has it all.
+pub async fn wait_export_size(endpoint: &str, size: u64) -> Result<()> {
+    let deadline = tokio::time::Instant::now() + FUSE_TIMEOUT;
+    loop {
+        let out = run("nbdinfo", &["--size", endpoint]).await?;
+        let now: u64 =
+            out.trim().parse().map_err(|_| CsiError::internal(format!("nbdinfo printed {out:?}")))?;
+        if now >= size {
+            return Ok(());
+        }
+        if tokio::time::Instant::now() > deadline {
+            return Err(CsiError::new(
+                tonic::Code::Unavailable,
+                format!("the engine serves {now} bytes of the volume's {size} after {FUSE_TIMEOUT:?}; retry"),
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 /// The loop device over `file`: the one already there, or a new one.
 pub async fn attach_loop(file: &Path) -> Result<PathBuf> {
     let f = file.to_string_lossy().into_owned();

@@ -29,12 +29,14 @@ impl Identity for Driver {
     ) -> Result<Response<GetPluginCapabilitiesResponse>, Status> {
         let service =
             |t: service::Type| PluginCapability { r#type: Some(Type::Service(Service { r#type: t as i32 })) };
+        // Offline expansion: the node's block device (a loop device over nbdfuse's file) keeps
+        // the size the export had when it was staged, so a filesystem grows at its next stage.
         let capabilities = vec![
             service(service::Type::ControllerService),
             service(service::Type::VolumeAccessibilityConstraints),
             PluginCapability {
                 r#type: Some(Type::VolumeExpansion(VolumeExpansion {
-                    r#type: volume_expansion::Type::Online as i32,
+                    r#type: volume_expansion::Type::Offline as i32,
                 })),
             },
         ];

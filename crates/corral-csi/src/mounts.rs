@@ -105,6 +105,37 @@ pub async fn grow_filesystem(fs: &str, device: &Path, mount_point: &Path) -> Res
     }
 }
 
+/// Grow the ext4 filesystem on the unmounted `device` to the device's size when it is smaller
+/// (checked first, as resize2fs requires). Growing before the mount needs no CAP_SYS_RESOURCE,
+/// which online ext4 resizing does and a plugin container may lack.
+pub async fn grow_ext4_unmounted(device: &Path) -> Result<()> {
+    let dev = device.to_string_lossy().into_owned();
+    let header = run("dumpe2fs", &["-h", &dev]).await?;
+    let field = |name: &str| -> Option<u64> {
+        header.lines().find_map(|l| l.strip_prefix(name)).and_then(|v| v.trim().parse().ok())
+    };
+    let (Some(blocks), Some(block_size)) = (field("Block count:"), field("Block size:")) else {
+        return Err(CsiError::internal(format!("dumpe2fs -h {dev} shows no block count or size")));
+    };
+    if blocks.saturating_add(1).saturating_mul(block_size) > device_size(device).await? {
+        return Ok(());
+    }
+    let fsck = tokio::process::Command::new("e2fsck")
+        .args(["-f", "-p", &dev])
+        .output()
+        .await
+        .map_err(|e| CsiError::io("cannot run e2fsck", e))?;
+    // 0: clean, 1: errors corrected.
+    if !matches!(fsck.status.code(), Some(0 | 1)) {
+        return Err(CsiError::internal(format!(
+            "e2fsck -f -p {dev} before growing it failed ({}): {}",
+            fsck.status,
+            String::from_utf8_lossy(&fsck.stdout).trim()
+        )));
+    }
+    run("resize2fs", &[&dev]).await.map(drop)
+}
+
 /// Bytes of a block device (or a file).
 pub async fn device_size(device: &Path) -> Result<u64> {
     let out = run("blockdev", &["--getsize64", &device.to_string_lossy()]).await?;

@@ -95,6 +95,9 @@ impl Driver {
         // Recorded before anything is started, so an interrupted stage is undone by unstage.
         state.save(&record)?;
         let log = self.config.state_dir.join(format!("{}.nbdfuse.log", v.name));
+        if !is_mounted(&fuse_dir)? {
+            device::wait_export_size(&endpoint, v.size).await?;
+        }
         if let Some(pid) = device::start_fuse(&endpoint, &fuse_dir, &log).await? {
             record.fuse_pid = Some(pid);
             state.save(&record)?;
@@ -107,6 +110,7 @@ impl Driver {
         }
         match mounts::filesystem_of(&dev).await? {
             None => mounts::make_filesystem(&fs, &dev).await?,
+            Some(found) if found == fs && fs == "ext4" => mounts::grow_ext4_unmounted(&dev).await?,
             Some(found) if found == fs => {}
             Some(found) => {
                 return Err(CsiError::precondition(format!(
@@ -128,8 +132,11 @@ impl Driver {
         args.push(dev.to_string_lossy().into_owned());
         args.push(req.staging_target_path.clone());
         run("mount", &args.iter().map(String::as_str).collect::<Vec<_>>()).await?;
-        // The volume may have grown while it was not staged (offline expansion).
-        mounts::grow_filesystem(&fs, &dev, &staging).await
+        // The volume may have grown while it was not staged (offline expansion); ext4 grew above.
+        if fs == "xfs" {
+            mounts::grow_filesystem(&fs, &dev, &staging).await?;
+        }
+        Ok(())
     }
 
     async fn unstage(&self, req: NodeUnstageVolumeRequest) -> Result<()> {
