@@ -303,7 +303,7 @@ fn identity_capabilities_and_bad_input_answer_with_the_codes_the_spec_names() {
         };
     let range = Some(proto::CapacityRange { required_bytes: 8 * MIB, limit_bytes: 0 });
     assert_code(
-        csi.call(c.controller_expand_volume(expand("", range.clone()))),
+        csi.call(c.controller_expand_volume(expand("", range))),
         Code::InvalidArgument,
         "expand without ID",
     );
@@ -313,11 +313,11 @@ fn identity_capabilities_and_bad_input_answer_with_the_codes_the_spec_names() {
         "expand without range",
     );
     assert_code(
-        csi.call(c.controller_expand_volume(expand("nope", range.clone()))),
+        csi.call(c.controller_expand_volume(expand("nope", range))),
         Code::NotFound,
         "expand unknown",
     );
-    let grown = csi.call(c.controller_expand_volume(expand(&vid, range.clone()))).unwrap().into_inner();
+    let grown = csi.call(c.controller_expand_volume(expand(&vid, range))).unwrap().into_inner();
     assert_eq!(grown.capacity_bytes, 8 * MIB);
     assert!(grown.node_expansion_required);
     let again = csi.call(c.controller_expand_volume(expand(&vid, range))).unwrap().into_inner();

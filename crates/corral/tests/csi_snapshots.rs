@@ -232,7 +232,7 @@ fn an_expanded_volume_grows_at_its_next_stage_and_a_killed_replica_shows_until_r
         volume_path: target.clone(),
         ..Default::default()
     };
-    let bytes = csi.call(n.node_get_volume_stats(stats)).unwrap().into_inner().usage[0].clone();
+    let bytes = csi.call(n.node_get_volume_stats(stats)).unwrap().into_inner().usage[0];
     assert!(bytes.total > 100 * MIB, "the filesystem grew at stage: {bytes:?}");
     let node_expand = proto::NodeExpandVolumeRequest {
         volume_id: id.clone(),
