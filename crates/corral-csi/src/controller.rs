@@ -67,7 +67,9 @@ impl Driver {
         };
         if let Some(s) = &source {
             body.from_backup = Some(s.url.clone());
-            size = size.max(s.size);
+            // Without a size of its own, a volume from a source has the source's size.
+            let asked = req.capacity_range.as_ref().is_some_and(|r| r.required_bytes > 0);
+            size = if asked { size.max(s.size) } else { s.size };
             body.size = s.size;
         }
         if let Some(v) = self.find_volume(&name).await? {

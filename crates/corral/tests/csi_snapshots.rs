@@ -43,9 +43,19 @@ fn controller_publish(csi: &Csi, id: &str, cap: &proto::VolumeCapability) {
     csi.call(c.controller_publish_volume(req)).unwrap();
 }
 
-fn create_from(csi: &Csi, name: &str, source: SourceType, cap: &proto::VolumeCapability) -> String {
+/// A new volume from `source`: of the source's size when `size` is None, else grown to `size`.
+fn create_from(
+    csi: &Csi,
+    name: &str,
+    source: SourceType,
+    cap: &proto::VolumeCapability,
+    size: Option<i64>,
+) -> String {
     let mut c = csi.controller.clone();
-    let mut req = create_request(name, 64 * MIB, cap.clone());
+    let mut req = create_request(name, size.unwrap_or(0), cap.clone());
+    if size.is_none() {
+        req.capacity_range = None;
+    }
     req.volume_content_source = Some(proto::VolumeContentSource { r#type: Some(source.clone()) });
     let v = csi
         .call(c.create_volume(req.clone()))
@@ -54,6 +64,7 @@ fn create_from(csi: &Csi, name: &str, source: SourceType, cap: &proto::VolumeCap
         .volume
         .unwrap();
     assert!(v.content_source.is_some());
+    assert_eq!(v.capacity_bytes, size.unwrap_or(64 * MIB), "{name}");
     let again = csi.call(c.create_volume(req)).unwrap().into_inner().volume.unwrap();
     assert_eq!(again.volume_id, v.volume_id, "{name}: a repeated create finds the same volume");
     v.volume_id
@@ -110,21 +121,24 @@ fn snap_and_bak_snapshots_and_clones_become_volumes_with_the_same_files() {
         listed.entries.iter().map(|e| e.snapshot.as_ref().unwrap().snapshot_id.clone()).collect();
     assert!(ids.contains(&snap.snapshot_id) && ids.contains(&bak.snapshot_id), "{ids:?}");
 
-    let from_snap = create_from(
+    let snap_source = SourceType::Snapshot(SnapshotSource { snapshot_id: snap.snapshot_id.clone() });
+    let bak_source = SourceType::Snapshot(SnapshotSource { snapshot_id: bak.snapshot_id.clone() });
+    let from_snap = create_from(&csi, "pvc-from-snap", snap_source, &cap, None);
+    let from_bak = create_from(&csi, "pvc-from-bak", bak_source.clone(), &cap, None);
+    let bigger = create_from(&csi, "pvc-from-bak-bigger", bak_source, &cap, Some(96 * MIB));
+    let clone = create_from(
         &csi,
-        "pvc-from-snap",
-        SourceType::Snapshot(SnapshotSource { snapshot_id: snap.snapshot_id.clone() }),
+        "pvc-clone",
+        SourceType::Volume(VolumeSource { volume_id: src.clone() }),
         &cap,
+        None,
     );
-    let from_bak = create_from(
-        &csi,
-        "pvc-from-bak",
-        SourceType::Snapshot(SnapshotSource { snapshot_id: bak.snapshot_id.clone() }),
-        &cap,
-    );
-    let clone =
-        create_from(&csi, "pvc-clone", SourceType::Volume(VolumeSource { volume_id: src.clone() }), &cap);
-    for (id, after) in [(&from_snap, false), (&from_bak, false), (&clone, true)] {
+    for (id, after, size) in [
+        (&from_snap, false, 64 * MIB),
+        (&from_bak, false, 64 * MIB),
+        (&bigger, false, 96 * MIB),
+        (&clone, true, 64 * MIB),
+    ] {
         controller_publish(&csi, id, &cap);
         let (staging, target) = mount(&csi, id, &cap);
         assert_eq!(
@@ -133,6 +147,17 @@ fn snap_and_bak_snapshots_and_clones_become_volumes_with_the_same_files() {
             "{id}"
         );
         assert_eq!(std::path::Path::new(&format!("{target}/after.txt")).exists(), after, "{id}");
+        let mut n = csi.node.clone();
+        let stats = proto::NodeGetVolumeStatsRequest {
+            volume_id: id.clone(),
+            volume_path: target.clone(),
+            ..Default::default()
+        };
+        let total = csi.call(n.node_get_volume_stats(stats)).unwrap().into_inner().usage[0].total;
+        assert!(
+            total > size * 3 / 4 && total <= size,
+            "{id}: a {total}-byte filesystem on a {size}-byte volume"
+        );
         unmount(&csi, id, &staging, &target);
         controller_unpublish(&csi, id);
         delete_volume(&csi, id);
