@@ -62,7 +62,7 @@ impl Driver {
         let mut body = create_body(&name, size, &req.parameters)?;
         body.labels.insert(CSI_NAME_LABEL.into(), req.name.clone());
         let source = match &req.volume_content_source {
-            Some(src) => Some(self.content_source_backup(src, req.capacity_range.as_ref()).await?),
+            Some(src) => Some(self.content_source_backup(src, req.capacity_range.as_ref(), &name).await?),
             None => None,
         };
         if let Some(s) = &source {
@@ -413,7 +413,6 @@ impl Controller for Driver {
             Rpc::CreateDeleteSnapshot,
             Rpc::ListSnapshots,
             Rpc::CloneVolume,
-            Rpc::PublishReadonly,
             Rpc::ExpandVolume,
             Rpc::ListVolumesPublishedNodes,
             Rpc::VolumeCondition,

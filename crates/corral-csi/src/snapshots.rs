@@ -161,11 +161,12 @@ impl Driver {
             .map_err(|e| CsiError::api(format!("backup of snapshot {snapshot} of {volume}"), e))
     }
 
-    /// The backup a new volume with content source `src` restores from.
+    /// The backup the new volume `target` with content source `src` restores from.
     pub(crate) async fn content_source_backup(
         &self,
         src: &VolumeContentSource,
         range: Option<&CapacityRange>,
+        target: &str,
     ) -> Result<BackupSource> {
         let backup = match &src.r#type {
             None => {
@@ -213,10 +214,10 @@ impl Driver {
                 let source = self.find_volume(&v.volume_id).await?.ok_or_else(|| {
                     CsiError::not_found(format!("source volume {:?} does not exist", v.volume_id))
                 })?;
-                // One snapshot per clone request, found again when the CO retries.
-                let snapshot =
-                    format!("clone-{}", corral_name(&format!("{}:{}", source.name, source.created)));
-                let snapshot: String = snapshot.chars().take(63).collect();
+                // The source may be attached for the snapshot: no other call on it meanwhile.
+                let _source_guard = self.lock(&source.name)?;
+                // One snapshot per new volume, found again when the CO retries.
+                let snapshot: String = format!("clone-{target}").chars().take(63).collect();
                 self.ensure_snapshot(&source.name, &snapshot, BTreeMap::new()).await?;
                 self.backup_of_snapshot(&source.name, &snapshot).await?
             }
