@@ -13,7 +13,7 @@ use tonic::Code;
 
 #[test]
 fn identity_capabilities_and_bad_input_answer_with_the_codes_the_spec_names() {
-    let cluster = start_cluster();
+    let mut cluster = start_cluster();
     let csi = Csi::start(&cluster);
     let (mut id, mut c, mut n) = (csi.identity.clone(), csi.controller.clone(), csi.node.clone());
 
@@ -439,4 +439,9 @@ fn identity_capabilities_and_bad_input_answer_with_the_codes_the_spec_names() {
     );
     delete_volume(&csi, &vid);
     delete_volume(&csi, &vid);
+
+    // Probe: not ready (and no error: the plugin is fine) while the manager does not answer.
+    cluster.kill();
+    let probe = csi.call(id.probe(proto::ProbeRequest {})).unwrap().into_inner();
+    assert_eq!(probe.ready, Some(false));
 }
