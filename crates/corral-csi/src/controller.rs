@@ -115,12 +115,16 @@ impl Driver {
         let mut v = match created.await {
             Ok(v) => v,
             Err(e) if e.code == tonic::Code::FailedPrecondition => {
-                // The manager could not place it: nothing must stay behind.
+                // Its scheduling or restore failed: nothing must stay behind.
                 let _ = self.api.delete_volume(&name).await;
-                return Err(CsiError::out_of_range(format!(
-                    "volume {:?} of {size} bytes cannot be placed: {}",
-                    req.name, e.message
-                )));
+                return Err(if restoring {
+                    CsiError::internal(format!("volume {:?} could not be restored: {}", req.name, e.message))
+                } else {
+                    CsiError::out_of_range(format!(
+                        "volume {:?} of {size} bytes cannot be placed: {}",
+                        req.name, e.message
+                    ))
+                });
             }
             Err(e) => return Err(e),
         };
