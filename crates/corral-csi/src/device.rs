@@ -137,6 +137,21 @@ pub async fn stop(fuse_dir: &Path, loop_device: Option<&Path>, fuse_pid: Option<
     Ok(())
 }
 
+/// Why the node's side of a staged volume is broken, if it is: its `nbdfuse` is gone (the FUSE
+/// file, and so the loop device over it, then fails every I/O).
+pub fn fault(fuse_dir: &Path, fuse_pid: Option<u32>) -> Option<String> {
+    let alive = fuse_pid
+        .and_then(|p| i32::try_from(p).ok())
+        .is_some_and(|p| is_nbdfuse(nix::unistd::Pid::from_raw(p)));
+    if fuse_pid.is_some() && !alive {
+        return Some(format!(
+            "the volume's NBD client on this node (nbdfuse at {}) is gone: unstage and stage the volume again",
+            fuse_dir.display()
+        ));
+    }
+    None
+}
+
 /// Whether `pid` is still an nbdfuse (and not a reused pid).
 fn is_nbdfuse(pid: nix::unistd::Pid) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == "nbdfuse")

@@ -293,7 +293,11 @@ impl Driver {
                 },
             ]
         };
-        Ok(NodeGetVolumeStatsResponse { usage, volume_condition: Some(condition_of(&v)) })
+        let mut condition = condition_of(&v);
+        if let Some(fault) = device::fault(&record.fuse_dir, record.fuse_pid) {
+            condition = VolumeCondition { abnormal: true, message: fault };
+        }
+        Ok(NodeGetVolumeStatsResponse { usage, volume_condition: Some(condition) })
     }
 
     async fn expand(&self, req: NodeExpandVolumeRequest) -> Result<NodeExpandVolumeResponse> {

@@ -1,7 +1,8 @@
 //! The CSI driver's volume lifecycle against a real quickstart, through a real gRPC client on the
 //! plugin's unix socket, with real mounts: ext4 and xfs filesystems keep their files across
 //! unstage/stage and a SIGKILL of the plugin, read-only publishing is honoured, every call repeats
-//! idempotently, and block access publishes a device that keeps what was written to it.
+//! idempotently, and block access publishes a device that keeps what was written to it (and a
+//! dead node-side NBD client shows in the volume condition).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 mod csi_support;
 
@@ -125,8 +126,18 @@ fn block_access_publishes_a_device_that_keeps_its_data() {
     dev.read_exact(&mut back).unwrap();
     assert!(back == pattern, "the block device lost what was written to it");
     drop(dev);
+
+    // The node's NBD client dies: the volume condition says so, and unstage still cleans up.
+    let fuse = processes_mentioning(&csi.path(&format!("state/volumes/{id}.fuse")).display().to_string());
+    assert_eq!(fuse.len(), 1, "{fuse:?}");
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(fuse[0].0 as i32), nix::sys::signal::Signal::SIGKILL)
+        .unwrap();
+    wait_until("nbdfuse to die", std::time::Duration::from_secs(10), || nbdfuse_of(&csi, &id) == 0);
+    let condition = stats(&csi, &id, &target).volume_condition.unwrap();
+    assert!(condition.abnormal && condition.message.contains("nbdfuse"), "{condition:?}");
     unpublish(&csi, &id, &target);
     unstage(&csi, &id, &staging);
+    assert!(!is_mounted(&csi.path(&format!("state/volumes/{id}.fuse")).display().to_string()));
     controller_unpublish(&csi, &id);
     delete_volume(&csi, &id);
 }
