@@ -335,32 +335,41 @@ impl Driver {
 
     /// The CSI snapshots of one volume: its Corral snapshots and its backups.
     async fn snapshot_entries(&self, volume: &str) -> Result<Vec<Entry>> {
-        let Some(v) = self.find_volume(volume).await? else { return Ok(Vec::new()) };
+        let v = self.find_volume(volume).await?;
         let mut out = Vec::new();
-        let snaps = self
-            .api
-            .snapshots(volume)
-            .await
-            .map_err(|e| CsiError::api(format!("cannot list snapshots of {volume}"), e))?;
-        for s in snaps.iter().filter(|s| !s.removed && s.name != "volume-head") {
-            out.push(Entry {
-                label: s.labels.get(CSI_NAME_LABEL).cloned().unwrap_or_default(),
-                snapshot: Snapshot {
-                    size_bytes: v.size as i64,
-                    snapshot_id: SnapshotId::Snap { volume: volume.into(), snapshot: s.name.clone() }
-                        .to_string(),
-                    source_volume_id: volume.into(),
-                    creation_time: timestamp(&s.created),
-                    ready_to_use: true,
-                    group_snapshot_id: String::new(),
-                },
-            });
+        if let Some(v) = &v {
+            let snaps = self
+                .api
+                .snapshots(volume)
+                .await
+                .map_err(|e| CsiError::api(format!("cannot list snapshots of {volume}"), e))?;
+            for s in snaps.iter().filter(|s| !s.removed && s.name != "volume-head") {
+                out.push(Entry {
+                    label: s.labels.get(CSI_NAME_LABEL).cloned().unwrap_or_default(),
+                    snapshot: Snapshot {
+                        size_bytes: v.size as i64,
+                        snapshot_id: SnapshotId::Snap { volume: volume.into(), snapshot: s.name.clone() }
+                            .to_string(),
+                        source_volume_id: volume.into(),
+                        creation_time: timestamp(&s.created),
+                        ready_to_use: true,
+                        group_snapshot_id: String::new(),
+                    },
+                });
+            }
         }
-        for b in self.backups_of(volume).await? {
+        // Backups outlive their volume: listed (and restorable) after it is gone.
+        let backups = self.backups_of(volume).await?;
+        let size = match &v {
+            Some(v) => v.size,
+            None if backups.is_empty() => 0,
+            None => self.restore_size(volume).await?,
+        };
+        for b in backups {
             out.push(Entry {
                 label: b.labels.get(CSI_NAME_LABEL).cloned().unwrap_or_default(),
                 snapshot: Snapshot {
-                    size_bytes: v.size as i64,
+                    size_bytes: size as i64,
                     snapshot_id: SnapshotId::Bak { volume: volume.into(), backup: b.name.clone() }
                         .to_string(),
                     source_volume_id: volume.into(),
@@ -386,8 +395,26 @@ impl Driver {
         } else if !req.source_volume_id.is_empty() {
             all = self.snapshot_entries(&req.source_volume_id).await?;
         } else {
-            for v in self.api.volumes().await.map_err(|e| CsiError::api("cannot list volumes", e))? {
-                all.extend(self.snapshot_entries(&v.name).await?);
+            let mut sources: std::collections::BTreeSet<String> = self
+                .api
+                .volumes()
+                .await
+                .map_err(|e| CsiError::api("cannot list volumes", e))?
+                .into_iter()
+                .map(|v| v.name)
+                .collect();
+            match self.api.backup_volumes().await {
+                Ok(bvs) => sources.extend(bvs.into_iter().map(|b| b.name)),
+                // No backup target set: no backups to list.
+                Err(e)
+                    if matches!(
+                        e.code,
+                        corral_api::Code::FailedPrecondition | corral_api::Code::NotFound
+                    ) => {}
+                Err(e) => return Err(CsiError::api("cannot list backup volumes", e)),
+            }
+            for source in sources {
+                all.extend(self.snapshot_entries(&source).await?);
             }
         }
         if !req.source_volume_id.is_empty() {

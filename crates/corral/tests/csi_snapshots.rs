@@ -169,15 +169,29 @@ fn snap_and_bak_snapshots_and_clones_become_volumes_with_the_same_files() {
     });
     assert_code(csi.call(c.create_volume(missing)), tonic::Code::NotFound, "restore from a missing snapshot");
 
-    // The backup outlives its volume; the snap goes with it.
-    for s in [&snap, &bak] {
-        csi.call(c.delete_snapshot(proto::DeleteSnapshotRequest {
-            snapshot_id: s.snapshot_id.clone(),
-            ..Default::default()
-        }))
-        .unwrap();
-    }
+    // The snap goes with its volume; the backup outlives it and still restores.
+    let del = |id: &str| proto::DeleteSnapshotRequest { snapshot_id: id.into(), ..Default::default() };
+    csi.call(c.delete_snapshot(del(&snap.snapshot_id))).unwrap();
     delete_volume(&csi, &src);
+    let listed = csi.call(c.list_snapshots(proto::ListSnapshotsRequest::default())).unwrap().into_inner();
+    let ids: Vec<&str> =
+        listed.entries.iter().map(|e| e.snapshot.as_ref().unwrap().snapshot_id.as_str()).collect();
+    assert!(ids.contains(&bak.snapshot_id.as_str()) && !ids.contains(&snap.snapshot_id.as_str()), "{ids:?}");
+    let by_id = proto::ListSnapshotsRequest { snapshot_id: bak.snapshot_id.clone(), ..Default::default() };
+    let found = csi.call(c.list_snapshots(by_id)).unwrap().into_inner().entries;
+    assert_eq!(found.len(), 1);
+    assert_eq!(found[0].snapshot.as_ref().unwrap().size_bytes, 64 * MIB);
+    let bak_source = SourceType::Snapshot(SnapshotSource { snapshot_id: bak.snapshot_id.clone() });
+    let orphan = create_from(&csi, "pvc-source-gone", bak_source, &cap, None);
+    controller_publish(&csi, &orphan, &cap);
+    let (staging, target) = mount(&csi, &orphan, &cap);
+    assert_eq!(std::fs::read_to_string(format!("{target}/before.txt")).unwrap(), "before the snapshots");
+    unmount(&csi, &orphan, &staging, &target);
+    controller_unpublish(&csi, &orphan);
+    delete_volume(&csi, &orphan);
+    csi.call(c.delete_snapshot(del(&bak.snapshot_id))).unwrap();
+    let left = csi.call(c.list_snapshots(proto::ListSnapshotsRequest::default())).unwrap().into_inner();
+    assert!(left.entries.iter().all(|e| e.snapshot.as_ref().unwrap().snapshot_id != bak.snapshot_id));
 }
 
 #[test]
