@@ -325,11 +325,41 @@ impl Driver {
                 })
                 .await
             }
-            SnapshotId::Bak { volume, backup } => match self.api.backup_delete(&volume, &backup).await {
-                Ok(()) => Ok(()),
-                Err(e) if e.code == corral_api::Code::NotFound => Ok(()),
-                Err(e) => Err(CsiError::api(format!("cannot delete backup {backup} of {volume}"), e)),
-            },
+            SnapshotId::Bak { volume, backup } => {
+                let view = match self.api.backup(&volume, &backup).await {
+                    Ok(b) => b,
+                    Err(e) if e.code == corral_api::Code::NotFound => return Ok(()),
+                    Err(e) => {
+                        return Err(CsiError::api(format!("cannot read backup {backup} of {volume}"), e))
+                    }
+                };
+                match self.api.backup_delete(&volume, &backup).await {
+                    Ok(()) => {}
+                    Err(e) if e.code == corral_api::Code::NotFound => {}
+                    Err(e) => {
+                        return Err(CsiError::api(format!("cannot delete backup {backup} of {volume}"), e))
+                    }
+                }
+                // The snapshot this driver took to back up goes with the backup.
+                let ours = view.labels.contains_key(CSI_NAME_LABEL);
+                if ours
+                    && self.find_volume(&volume).await?.is_some()
+                    && self.has_snapshot(&volume, &view.snapshot).await?
+                {
+                    self.with_engine(&volume, async || {
+                        match self.api.snapshot_delete(&volume, &view.snapshot).await {
+                            Ok(()) => Ok(()),
+                            Err(e) if e.code == corral_api::Code::NotFound => Ok(()),
+                            Err(e) => Err(CsiError::api(
+                                format!("cannot delete snapshot {} of {volume}", view.snapshot),
+                                e,
+                            )),
+                        }
+                    })
+                    .await?;
+                }
+                Ok(())
+            }
         }
     }
 

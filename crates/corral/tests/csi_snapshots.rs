@@ -105,11 +105,20 @@ fn snap_and_bak_snapshots_and_clones_become_volumes_with_the_same_files() {
     let bak = snapshot(&csi, &src, "snapshot-bak", "bak");
     assert!(bak.snapshot_id.starts_with("bak/"), "{bak:?}");
     assert_eq!(bak.size_bytes, 64 * MIB);
+    // Deleting a `bak` deletes the backup and the snapshot taken for it.
+    let bak2 = snapshot(&csi, &src, "snapshot-bak-2", "bak");
+    let mut c = csi.controller.clone();
+    let del = proto::DeleteSnapshotRequest { snapshot_id: bak2.snapshot_id.clone(), ..Default::default() };
+    csi.call(c.delete_snapshot(del)).unwrap();
+    let (_, snaps) = cluster.get(&format!("/v1/volumes/{src}/snapshots"));
+    let names: Vec<&str> = snaps.as_array().unwrap().iter().filter_map(|s| s["name"].as_str()).collect();
+    assert!(!names.contains(&"snapshot-bak-2"), "{snaps}");
+    let bak_name = bak2.snapshot_id.rsplit('/').next().unwrap().to_string();
+    assert_eq!(cluster.get(&format!("/v1/backupvolumes/{src}/backups/{bak_name}")).0, 404);
     write_file(&format!("{target}/after.txt"), "after the snapshots");
     unmount(&csi, &src, &staging, &target);
     controller_unpublish(&csi, &src);
 
-    let mut c = csi.controller.clone();
     let listed = csi
         .call(c.list_snapshots(proto::ListSnapshotsRequest {
             source_volume_id: src.clone(),
