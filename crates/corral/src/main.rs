@@ -24,6 +24,8 @@ enum Command {
     Engine(cmd::engine::EngineArgs),
     /// Create, list, inspect, restore, verify and delete backups.
     Backup(cmd::backup::BackupArgs),
+    /// The CSI driver: Identity, Controller and Node on one unix socket.
+    Csi(cmd::csi::CsiArgs),
     /// The control plane: manager, instance manager, quickstart, and the API client commands.
     #[command(flatten)]
     Control(cmd::control::ControlCommand),
@@ -42,6 +44,7 @@ fn main() -> std::process::ExitCode {
         Command::Replica(args) => cmd::replica::run(args),
         Command::Engine(args) => cmd::engine::run(args),
         Command::Backup(args) => cmd::backup::run(args),
+        Command::Csi(args) => cmd::csi::run(args),
         Command::Control(command) => cmd::control::run(command),
     };
     match result {
