@@ -30,7 +30,7 @@ fn state_name(s: BackupState) -> &'static str {
     }
 }
 
-fn view_of_record(b: &Backup) -> BackupView {
+pub(super) fn view_of_record(b: &Backup) -> BackupView {
     BackupView {
         name: b.metadata.name.clone(),
         volume: b.spec.volume.clone(),

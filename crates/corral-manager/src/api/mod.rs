@@ -21,6 +21,7 @@ mod metrics;
 mod misc;
 mod nodes;
 mod volumes;
+mod watch;
 
 /// What handlers share.
 #[derive(Clone)]
@@ -135,6 +136,7 @@ fn routes() -> Routes {
         .add(&["get"], "/v1/settings", get(misc::settings_list))
         .add(&["get", "put"], "/v1/settings/{name}", get(misc::setting_get).put(misc::setting_set))
         .add(&["get"], "/v1/events", get(misc::events))
+        .add(&["get"], "/v1/watch", get(watch::watch))
         .add(&["get", "put"], "/v1/backuptarget", get(misc::backup_target_get).put(misc::backup_target_set))
         .add(&["get", "post"], "/v1/recurringjobs", get(misc::jobs_list).post(misc::job_create))
         .add(&["get", "delete"], "/v1/recurringjobs/{name}", get(misc::job_get).delete(misc::job_delete))
@@ -185,6 +187,7 @@ pub fn registered_routes() -> Vec<(String, String)> {
         misc::setting_get,
         misc::setting_set,
         misc::events,
+        watch::watch,
         misc::backup_target_get,
         misc::backup_target_set,
         backups::create,
@@ -203,7 +206,9 @@ pub fn registered_routes() -> Vec<(String, String)> {
         crate::error::ErrorBody,
         crate::error::Code,
         crate::events::Event,
-        crate::events::EventType
+        crate::events::EventType,
+        corral_api::WatchMessage,
+        corral_api::WatchKind
     ))
 )]
 struct ApiDoc;
