@@ -27,6 +27,12 @@ function startLiveStream(page) {
     });
   };
   open();
+  // A page kept for the back button must not hold its stream: the browser allows few connections
+  // per server, and kept pages' streams would starve the next page's API calls.
+  window.addEventListener('pagehide', () => stream.close());
+  window.addEventListener('pageshow', (event) => {
+    if (event.persisted) open();
+  });
 }
 
 document.addEventListener('DOMContentLoaded', () => {

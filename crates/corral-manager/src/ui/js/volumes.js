@@ -6,6 +6,8 @@ function volumeLink(name) {
 }
 
 function healthyReplicas(v) {
+  // A detached volume's replicas have no mode: those that did not fail count.
+  if (v.state === 'detached') return v.replicas.filter((r) => !r.failedAt).length;
   return v.replicas.filter((r) => r.mode === 'RW').length;
 }
 
