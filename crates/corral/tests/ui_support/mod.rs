@@ -13,7 +13,7 @@ use corral_testkit::process::Process;
 use serde_json::{json, Value};
 
 /// The W3C WebDriver key of an element reference.
-const ELEMENT_KEY: &str = "element-6066-11e4-a52f-4a52f4a52f4a";
+const ELEMENT_KEY: &str = "element-6066-11e4-a52e-4f735466cecf";
 
 /// Start a one-node quickstart (two replicas may share its node).
 pub fn start_cluster() -> TestCluster {

@@ -2,6 +2,15 @@
 // tree, its backups, recurring jobs and events).
 'use strict';
 
+// The mode a replica is shown in: the engine's (RW, WO, ERR), and ERR also for a replica that
+// failed and is not back in the engine yet (its process died: the engine dropped it, so the engine
+// reports no mode, but it is a failed replica until rebuilt).
+function replicaMode(r) {
+  if (r.mode === 'RW' || r.mode === 'WO') return r.mode;
+  if (r.mode === 'ERR' || r.failedAt || r.state === 'error') return 'ERR';
+  return r.mode;
+}
+
 Corral.pages.volume = {
   name: null,
   volume: null,
@@ -38,11 +47,12 @@ Corral.pages.volume = {
     }
     $('#volume-actions').replaceChildren(...actions);
     const rows = v.replicas.map((r) => {
+      const mode = replicaMode(r);
       const progress = r.rebuildProgress;
-      const rebuilding = r.mode === 'WO' || (progress !== null && progress !== undefined && progress < 100);
-      return el('tr', { dataset: { name: r.name, mode: r.mode || '' } },
+      const rebuilding = mode === 'WO';
+      return el('tr', { dataset: { name: r.name, mode: mode || '' } },
         el('td', {}, r.name), el('td', {}, r.node), el('td', {}, r.disk),
-        el('td', { class: 'mode' }, r.mode ? badge(r.mode, 'mode-' + r.mode) : '—'),
+        el('td', { class: 'mode' }, mode ? badge(mode, 'mode-' + mode) : '—'),
         el('td', {}, r.state || '—'),
         el('td', { class: 'rebuild' }, rebuilding
           ? [el('progress', { max: 100, value: progress || 0, 'aria-label': 'rebuild progress of ' + r.name }), ' ', (progress || 0) + '%']
