@@ -7,6 +7,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 mod ui_support;
 
+use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use corral_testkit::cluster::processes_mentioning;
@@ -69,7 +70,7 @@ fn a_volume_lives_its_whole_life_in_the_browser_without_a_reload() {
 
     // Create in the form: appears, becomes healthy.
     b.type_into("#create-volume input[name='name']", "web1");
-    b.type_into("#create-volume input[name='size']", "512Mi");
+    b.type_into("#create-volume input[name='size']", "1Gi");
     b.type_into("#create-volume input[name='replicas']", "2");
     b.click("#create-volume button[type='submit']");
     b.wait_js("web1 healthy", LIVE, &format!(
@@ -140,7 +141,7 @@ fn a_volume_lives_its_whole_life_in_the_browser_without_a_reload() {
 
     // Data to rebuild, so the rebuild lasts long enough to be watched.
     let endpoint = cluster.volume("web1")["endpoint"].as_str().unwrap().to_string();
-    corral_testkit::nbd::qemu_io(&endpoint, &["write -P 0x5a 0 384M"]);
+    corral_testkit::nbd::qemu_io(&endpoint, &["write -P 0x5a 0 768M"]);
 
     // SIGKILL a replica process while the volume's page is open; record every state the page shows.
     open_page(&b, &cluster, "/volumes/web1");
@@ -192,6 +193,8 @@ fn a_volume_lives_its_whole_life_in_the_browser_without_a_reload() {
     );
     assert!(!progress.is_empty(), "the rebuild showed no progress bar: {seen:?}");
     assert!(progress.windows(2).all(|w| w[0] <= w[1]), "rebuild progress went backwards: {progress:?}");
+    let distinct: BTreeSet<i64> = progress.iter().copied().collect();
+    assert!(distinct.len() >= 2, "the rebuild's progress did not rise in the page: {progress:?}");
     b.screenshot(&dir.join("rebuilt.png"));
     assert_not_reloaded(&b, "the replica's failure and rebuild");
 }

@@ -242,11 +242,18 @@ Corral.pages.recurringjobs = {
         retain: parseInt(d.get('retain'), 10) || 0, concurrency: parseInt(d.get('concurrency'), 10) || 0,
         volumes: splitList(d.get('volumes')), groups: splitList(d.get('groups')), labels: {},
       };
-      // The API has no update of a job: an edit replaces it (after the new one was checked by
-      // the API's own validation on a scratch name would need a second job; replace directly).
+      // The API has no update of a job: an edit replaces it, and puts the old one back if the
+      // API refuses the new one (the refusal is shown; the job is not lost).
+      const old = this.jobs.get(job.name);
       const done = await act('job', async () => {
-        if (this.jobs.has(job.name)) await api('DELETE', '/v1/recurringjobs/' + encodeURIComponent(job.name));
-        return api('POST', '/v1/recurringjobs', job);
+        if (!old) return api('POST', '/v1/recurringjobs', job);
+        await api('DELETE', '/v1/recurringjobs/' + encodeURIComponent(job.name));
+        try {
+          return await api('POST', '/v1/recurringjobs', job);
+        } catch (e) {
+          await api('POST', '/v1/recurringjobs', { ...old, lastRun: undefined });
+          throw e;
+        }
       });
       if (done) event.target.reset();
     });
