@@ -227,7 +227,49 @@ struct ApiDoc;
 pub fn openapi() -> utoipa::openapi::OpenApi {
     let mut doc = ApiDoc::openapi();
     document_common_errors(&mut doc);
+    add_request_examples(&mut doc);
     doc
+}
+
+/// A working request body for the operations that create things, so readers (and a fuzzer's
+/// example phase) see one the API accepts; bodies that may be left out are marked so.
+fn add_request_examples(doc: &mut utoipa::openapi::OpenApi) {
+    let examples = [
+        ("/v1/volumes", serde_json::json!({"name": "vol1", "size": 16 << 20, "numberOfReplicas": 1})),
+        (
+            "/v1/recurringjobs",
+            serde_json::json!({"name": "hourly", "task": "snapshot", "cron": "0 * * * *", "retain": 3, "concurrency": 1, "volumes": ["vol1"]}),
+        ),
+    ];
+    // Bodies read with `OptionalJson`: an empty body means the defaults.
+    let optional = [
+        "/v1/volumes/{name}/attach",
+        "/v1/volumes/{name}/detach",
+        "/v1/volumes/{name}/snapshots",
+        "/v1/volumes/{name}/backups",
+    ];
+    for path in optional {
+        let body = doc
+            .paths
+            .paths
+            .get_mut(path)
+            .and_then(|item| item.post.as_mut())
+            .and_then(|op| op.request_body.as_mut());
+        if let Some(body) = body {
+            body.required = Some(utoipa::openapi::Required::False);
+        }
+    }
+    for (path, example) in examples {
+        let body = doc
+            .paths
+            .paths
+            .get_mut(path)
+            .and_then(|item| item.post.as_mut())
+            .and_then(|op| op.request_body.as_mut());
+        if let Some(content) = body.and_then(|b| b.content.get_mut("application/json")) {
+            content.example = Some(example);
+        }
+    }
 }
 
 /// Answers any `/v1/` operation may give, documented on each one that does not say them already:
