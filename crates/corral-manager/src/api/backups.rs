@@ -135,6 +135,10 @@ pub async fn create(
     if v.metadata.deletion_requested.is_some() {
         return Err(ManagerError::precondition(format!("volume {name:?} is being deleted")));
     }
+    if v.status.state == VolumeState::Attached && v.spec.node_id.is_none() {
+        // Its engine is being stopped: neither it nor the replicas' files can be trusted now.
+        return Err(ManagerError::precondition(format!("volume {name:?} is detaching; back it up after")));
+    }
     let attached = v.status.state == VolumeState::Attached;
     let engine = v.status.engine_control_url.as_deref().filter(|_| attached).map(EngineClient::new);
     let snapshot = match (&req.snapshot, &engine) {

@@ -299,8 +299,11 @@ pub async fn maintenance(
 /// The engine of an attached volume.
 async fn engine_of(st: &AppState, name: &str, action: &str) -> Result<(Volume, EngineClient)> {
     let v = volumes::load(&st.ds, name).await?;
+    // A detach (or delete) asked for stops the engine before the status says so: refuse at once
+    // rather than reach for an engine that is going away.
+    let staying = v.spec.node_id.is_some() && v.metadata.deletion_requested.is_none();
     match (&v.status.engine_control_url, v.status.state) {
-        (Some(url), VolumeState::Attached) => {
+        (Some(url), VolumeState::Attached) if staying => {
             let c = EngineClient::new(url);
             Ok((v, c))
         }
