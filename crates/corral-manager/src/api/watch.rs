@@ -34,7 +34,8 @@ pub async fn watch(
 ) -> Result<Sse<impl Stream<Item = std::result::Result<SseEvent, Infallible>>>> {
     // Subscribe before answering: a client that lists after `ready` misses no change.
     let changes = st.ds.watch_raw(None).await?;
-    let conn = Connection { st, changes, sent: HashMap::new(), queue: VecDeque::new(), ready_sent: false };
+    let conn =
+        Connection { st, changes, sent: SentViews::default(), queue: VecDeque::new(), ready_sent: false };
     let stream = futures::stream::unfold(conn, |mut conn| async move {
         let event = conn.next_event().await?;
         Some((Ok(event), conn))
@@ -45,8 +46,7 @@ pub async fn watch(
 struct Connection {
     st: AppState,
     changes: WatchStream,
-    /// What this connection last sent per object: its view without `resourceVersion`.
-    sent: HashMap<(WatchKind, String), serde_json::Value>,
+    sent: SentViews,
     queue: VecDeque<WatchMessage>,
     ready_sent: bool,
 }
@@ -78,7 +78,7 @@ impl Connection {
             match messages(&self.st, &change).await {
                 Ok(msgs) => {
                     for m in msgs {
-                        if self.is_news(&m) {
+                        if self.sent.is_news(&m) {
                             self.queue.push_back(m);
                         }
                     }
@@ -87,7 +87,13 @@ impl Connection {
             }
         }
     }
+}
 
+/// What one connection last sent per object: its view without `resourceVersion`.
+#[derive(Default)]
+struct SentViews(HashMap<(WatchKind, String), serde_json::Value>);
+
+impl SentViews {
     /// Remember `m` and tell whether the client has not seen it yet.
     fn is_news(&mut self, m: &WatchMessage) -> bool {
         if m.kind == WatchKind::Event {
@@ -96,17 +102,17 @@ impl Connection {
         let key = (m.kind, m.name.clone());
         if m.deleted {
             // Always sent: the client may know the object from its list, not from this stream.
-            self.sent.remove(&key);
+            self.0.remove(&key);
             return true;
         }
         let mut seen = m.object.clone().unwrap_or(serde_json::Value::Null);
         if let Some(obj) = seen.as_object_mut() {
             obj.remove("resourceVersion");
         }
-        if self.sent.get(&key) == Some(&seen) {
+        if self.0.get(&key) == Some(&seen) {
             return false;
         }
-        self.sent.insert(key, seen);
+        self.0.insert(key, seen);
         true
     }
 }
@@ -201,4 +207,34 @@ async fn messages(st: &AppState, change: &WatchEvent) -> Result<Vec<WatchMessage
         Kind::Event | Kind::Engine => Vec::new(),
     };
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn volume(name: &str, object: serde_json::Value) -> WatchMessage {
+        message(WatchKind::Volume, name, Some(object))
+    }
+
+    #[test]
+    fn only_views_that_changed_are_sent() {
+        let mut sent = SentViews::default();
+        assert!(sent.is_news(&volume("v", json!({"state": "attached", "resourceVersion": "1"}))));
+        // A rewrite that changed nothing the client sees: not sent.
+        assert!(!sent.is_news(&volume("v", json!({"state": "attached", "resourceVersion": "2"}))));
+        assert!(sent.is_news(&volume("w", json!({"state": "attached", "resourceVersion": "3"}))));
+        assert!(sent.is_news(&volume("v", json!({"state": "detached", "resourceVersion": "4"}))));
+        // The same name of another kind is another object.
+        assert!(sent.is_news(&message(WatchKind::Node, "v", Some(json!({"state": "detached"})))));
+        // Deletions are always sent, and an object created again afresh is news again.
+        assert!(sent.is_news(&message(WatchKind::Volume, "v", None)));
+        assert!(sent.is_news(&message(WatchKind::Volume, "v", None)));
+        assert!(sent.is_news(&volume("v", json!({"state": "detached", "resourceVersion": "5"}))));
+        // Events are each new.
+        let event = message(WatchKind::Event, "0001", Some(json!({"reason": "Attached"})));
+        assert!(sent.is_news(&event) && sent.is_news(&event));
+    }
 }
