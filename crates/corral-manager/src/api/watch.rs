@@ -3,7 +3,8 @@
 //! One store watch per connection; each store change becomes the API view of what it changed (a
 //! replica's change is its volume's and its node's), and a view is sent only when it differs from
 //! the one this connection sent last for that object, ignoring `resourceVersion` — so a reconciler
-//! rewriting an unchanged status sends nothing, and 200 idle volumes cost only keep-alives. The
+//! rewriting an unchanged status sends nothing, and 200 idle volumes cost only keep-alives (a
+//! disk's free space counts in whole percent, so other programs' writes do not resend its node). The
 //! message format and the `ready` handshake are described in [`corral_api::watch`]. When the store
 //! can no longer promise every change (its watch ends), the stream ends and the client reconnects
 //! and lists again.
@@ -34,13 +35,29 @@ pub async fn watch(
 ) -> Result<Sse<impl Stream<Item = std::result::Result<SseEvent, Infallible>>>> {
     // Subscribe before answering: a client that lists after `ready` misses no change.
     let changes = st.ds.watch_raw(None).await?;
-    let conn =
-        Connection { st, changes, sent: SentViews::default(), queue: VecDeque::new(), ready_sent: false };
+    let sent = seed(&st).await?;
+    let conn = Connection { st, changes, sent, queue: VecDeque::new(), ready_sent: false };
     let stream = futures::stream::unfold(conn, |mut conn| async move {
         let event = conn.next_event().await?;
         Some((Ok(event), conn))
     });
     Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(KEEP_ALIVE_SECS))))
+}
+
+/// The views of volumes and nodes as they are now, which the client lists after `ready`: a later
+/// rewrite that changes none of them is then not sent even once.
+async fn seed(st: &AppState) -> Result<SentViews> {
+    let volumes: Vec<Volume> = st.ds.list().await?;
+    let nodes: Vec<Node> = st.ds.list().await?;
+    let replicas: Vec<Replica> = st.ds.list().await?;
+    let mut sent = SentViews::default();
+    for v in &volumes {
+        sent.is_news(&message(WatchKind::Volume, v.name(), json(&volumes::view(v, &replicas))));
+    }
+    for n in &nodes {
+        sent.is_news(&message(WatchKind::Node, n.name(), json(&nodes::view(n, &replicas))));
+    }
+    Ok(sent)
 }
 
 struct Connection {
@@ -109,11 +126,27 @@ impl SentViews {
         if let Some(obj) = seen.as_object_mut() {
             obj.remove("resourceVersion");
         }
+        if m.kind == WatchKind::Node {
+            coarse_free_space(&mut seen);
+        }
         if self.0.get(&key) == Some(&seen) {
             return false;
         }
         self.0.insert(key, seen);
         true
+    }
+}
+
+/// A disk's free space compared in whole percent of its size: it moves with every write anyone
+/// makes to the filesystem, and resending the node (with every replica it holds) for each such
+/// wobble would make an idle cluster's stream anything but idle.
+fn coarse_free_space(node: &mut serde_json::Value) {
+    let Some(disks) = node.get_mut("disks").and_then(|d| d.as_array_mut()) else { return };
+    for disk in disks {
+        let max = disk.get("storageMaximum").and_then(|v| v.as_u64()).unwrap_or(0);
+        let Some(free) = disk.get("storageAvailable").and_then(|v| v.as_u64()) else { continue };
+        let percent = if max == 0 { 0 } else { u128::from(free) * 100 / u128::from(max) };
+        disk["storageAvailable"] = serde_json::Value::from(percent as u64);
     }
 }
 
@@ -233,6 +266,17 @@ mod tests {
         assert!(sent.is_news(&message(WatchKind::Volume, "v", None)));
         assert!(sent.is_news(&message(WatchKind::Volume, "v", None)));
         assert!(sent.is_news(&volume("v", json!({"state": "detached", "resourceVersion": "5"}))));
+        // A node whose disks' free space wobbled within a percent: not sent; by a percent: sent.
+        let node = |free: u64| {
+            message(
+                WatchKind::Node,
+                "n",
+                Some(json!({"disks": [{"storageMaximum": 1000u64 << 20, "storageAvailable": free << 20}]})),
+            )
+        };
+        assert!(sent.is_news(&node(500)));
+        assert!(!sent.is_news(&node(505)));
+        assert!(sent.is_news(&node(490)));
         // Events are each new.
         let event = message(WatchKind::Event, "0001", Some(json!({"reason": "Attached"})));
         assert!(sent.is_news(&event) && sent.is_news(&event));
