@@ -8,6 +8,7 @@
 //! - The engine's control API ([`engine`]): its types and its one client, [`EngineClient`], used by
 //!   the manager and by `corral engine <command>`; the engine's server speaks the same types.
 //! - The name rule of volumes, snapshots and backups ([`names`]).
+//! - The live change stream's messages ([`watch`]).
 //!
 //! The crate is light on purpose (serde, utoipa, reqwest; no server framework, no runtime of its
 //! own): the clients are async and run on the caller's tokio runtime.
@@ -29,6 +30,7 @@ pub mod names;
 pub mod nodes;
 pub mod settings;
 pub mod volumes;
+pub mod watch;
 
 pub use backups::{is_backup_finished, BackupView, BackupVolumeView, CreateBackup};
 pub use client::ApiClient;
@@ -42,3 +44,4 @@ pub use volumes::{
     DetachVolume, ExpandVolume, MaintenanceVolume, ReplicaMode, ReplicaView, Robustness, SnapshotCreated,
     VolumeState, VolumeView,
 };
+pub use watch::{WatchKind, WatchMessage, KEEP_ALIVE_SECS};

@@ -208,7 +208,8 @@ pub struct DetachVolume {
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ExpandVolume {
-    /// New size in bytes: larger than the current one, a multiple of 2 MiB.
+    /// New size in bytes: larger than the current one, a multiple of 2 MiB, at most 1 PiB.
+    #[schema(minimum = 2097152_f64, maximum = 1125899906842624_f64, multiple_of = 2097152_f64)]
     pub size: u64,
     #[serde(default)]
     pub resource_version: Option<String>,

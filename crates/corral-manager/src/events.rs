@@ -57,7 +57,8 @@ impl Event {
         }
     }
 
-    fn from_spec(s: &EventSpec) -> Event {
+    /// The event a stored record holds.
+    pub(crate) fn from_spec(s: &EventSpec) -> Event {
         Event {
             time: s.time.clone(),
             kind: if s.kind == "warning" { EventType::Warning } else { EventType::Normal },

@@ -6,7 +6,8 @@
 //! (gRPC, `corral-im`) and the engines' control APIs toward that state: replicas placed by the
 //! [`model::scheduler`] and served by `corral replica serve`, an engine (`corral engine serve`) on the
 //! attach node exposing the volume over NBD, failed replicas restarted and rebuilt or replaced.
-//! Prometheus metrics are served at `/metrics` ([`api`]), events are kept in the store (the newest
+//! The web UI ([`ui`]) is served at `/`, its live updates from `/v1/watch`. Prometheus metrics are
+//! served at `/metrics` ([`api`]), events are kept in the store (the newest
 //! 1000, [`events`]) and snapshots are mirrored into it ([`ops::snapshots`]).
 //!
 //! # Layout
@@ -40,6 +41,7 @@ pub mod events;
 pub mod model;
 pub mod ops;
 pub mod reconcile;
+pub mod ui;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -147,9 +149,11 @@ impl Manager {
             api::AppState { ds: ds.clone(), events: events.clone(), node: config.node.clone(), wake, stats };
         let mut api_stop = stop_rx.clone();
         let api = tokio::spawn(async move {
-            let serve = axum::serve(listener, api::router(state)).with_graceful_shutdown(async move {
-                let _ = api_stop.wait_for(|s| *s).await;
-            });
+            let serve = axum::serve(listener, api::router(state).merge(ui::router())).with_graceful_shutdown(
+                async move {
+                    let _ = api_stop.wait_for(|s| *s).await;
+                },
+            );
             if let Err(e) = serve.await {
                 tracing::error!(error = %e, "API server failed");
             }

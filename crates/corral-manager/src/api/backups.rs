@@ -30,7 +30,7 @@ fn state_name(s: BackupState) -> &'static str {
     }
 }
 
-fn view_of_record(b: &Backup) -> BackupView {
+pub(super) fn view_of_record(b: &Backup) -> BackupView {
     BackupView {
         name: b.metadata.name.clone(),
         volume: b.spec.volume.clone(),
@@ -134,6 +134,10 @@ pub async fn create(
     let v: Volume = st.ds.try_get(&name).await?.ok_or_else(|| ManagerError::not_found("volume", &name))?;
     if v.metadata.deletion_requested.is_some() {
         return Err(ManagerError::precondition(format!("volume {name:?} is being deleted")));
+    }
+    if v.status.state == VolumeState::Attached && v.spec.node_id.is_none() {
+        // Its engine is being stopped: neither it nor the replicas' files can be trusted now.
+        return Err(ManagerError::precondition(format!("volume {name:?} is detaching; back it up after")));
     }
     let attached = v.status.state == VolumeState::Attached;
     let engine = v.status.engine_control_url.as_deref().filter(|_| attached).map(EngineClient::new);

@@ -33,7 +33,7 @@ pub async fn healthz(State(st): State<AppState>) -> Result<Json<Health>> {
 #[allow(dead_code)]
 pub async fn openapi_doc() {}
 
-async fn setting_view(st: &AppState, name: &str) -> Result<SettingView> {
+pub(super) async fn setting_view(st: &AppState, name: &str) -> Result<SettingView> {
     let def = settings::definition(name)?;
     let stored: Option<Setting> = st.ds.try_get(name).await?;
     Ok(SettingView {
@@ -118,10 +118,14 @@ pub async fn events(
 #[utoipa::path(get, path = "/v1/backuptarget", tag = "backups", responses((status = 200, body = BackupTargetView)))]
 pub async fn backup_target_get(State(st): State<AppState>) -> Result<Json<BackupTargetView>> {
     let t: Option<BackupTarget> = st.ds.try_get(TARGET).await?;
-    Ok(Json(t.map_or(
+    Ok(Json(target_view(t)))
+}
+
+pub(super) fn target_view(t: Option<BackupTarget>) -> BackupTargetView {
+    t.map_or(
         BackupTargetView { url: String::new(), available: false, message: "no backup target set".into() },
         |t| BackupTargetView { url: t.spec.url, available: t.status.available, message: t.status.message },
-    )))
+    )
 }
 
 #[utoipa::path(put, path = "/v1/backuptarget", tag = "backups", request_body = SetBackupTarget,
@@ -156,7 +160,7 @@ pub async fn backup_target_set(
     backup_target_get(State(st)).await
 }
 
-fn job_view(j: &RecurringJob) -> RecurringJobView {
+pub(super) fn job_view(j: &RecurringJob) -> RecurringJobView {
     RecurringJobView {
         name: j.metadata.name.clone(),
         task: match j.spec.task {

@@ -21,6 +21,7 @@ mod metrics;
 mod misc;
 mod nodes;
 mod volumes;
+mod watch;
 
 /// What handlers share.
 #[derive(Clone)]
@@ -43,8 +44,8 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
     type Rejection = ManagerError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self> {
-        match axum::Json::<T>::from_request(req, state).await {
-            Ok(axum::Json(v)) => Ok(ApiJson(v)),
+        match axum::Json::<serde_json::Value>::from_request(req, state).await {
+            Ok(axum::Json(v)) => from_object(v).map(ApiJson),
             Err(JsonRejection::JsonDataError(e)) => {
                 Err(ManagerError::invalid(format!("invalid request body: {}", e.body_text())))
             }
@@ -66,10 +67,20 @@ impl<S: Send + Sync, T: DeserializeOwned + Default> FromRequest<S> for OptionalJ
         if bytes.iter().all(u8::is_ascii_whitespace) {
             return Ok(OptionalJson(T::default()));
         }
-        serde_json::from_slice(&bytes)
-            .map(OptionalJson)
-            .map_err(|e| ManagerError::invalid(format!("invalid request body: {e}")))
+        let value: serde_json::Value = serde_json::from_slice(&bytes)
+            .map_err(|e| ManagerError::invalid(format!("invalid request body: {e}")))?;
+        from_object(value).map(OptionalJson)
     }
+}
+
+/// Every request body of this API is a JSON object. Checked before decoding because serde also
+/// decodes a struct from an array of its fields in order (`[null, null]` would pass as a body of
+/// two optional fields).
+fn from_object<T: DeserializeOwned>(value: serde_json::Value) -> Result<T> {
+    if !value.is_object() {
+        return Err(ManagerError::invalid("invalid request body: expected a JSON object"));
+    }
+    serde_json::from_value(value).map_err(|e| ManagerError::invalid(format!("invalid request body: {e}")))
 }
 
 /// A router that remembers the (method, path) of every route it serves.
@@ -135,6 +146,7 @@ fn routes() -> Routes {
         .add(&["get"], "/v1/settings", get(misc::settings_list))
         .add(&["get", "put"], "/v1/settings/{name}", get(misc::setting_get).put(misc::setting_set))
         .add(&["get"], "/v1/events", get(misc::events))
+        .add(&["get"], "/v1/watch", get(watch::watch))
         .add(&["get", "put"], "/v1/backuptarget", get(misc::backup_target_get).put(misc::backup_target_set))
         .add(&["get", "post"], "/v1/recurringjobs", get(misc::jobs_list).post(misc::job_create))
         .add(&["get", "delete"], "/v1/recurringjobs/{name}", get(misc::job_get).delete(misc::job_delete))
@@ -185,6 +197,7 @@ pub fn registered_routes() -> Vec<(String, String)> {
         misc::setting_get,
         misc::setting_set,
         misc::events,
+        watch::watch,
         misc::backup_target_get,
         misc::backup_target_set,
         backups::create,
@@ -203,12 +216,96 @@ pub fn registered_routes() -> Vec<(String, String)> {
         crate::error::ErrorBody,
         crate::error::Code,
         crate::events::Event,
-        crate::events::EventType
+        crate::events::EventType,
+        corral_api::WatchMessage,
+        corral_api::WatchKind
     ))
 )]
 struct ApiDoc;
 
 /// The OpenAPI document of this API.
 pub fn openapi() -> utoipa::openapi::OpenApi {
-    ApiDoc::openapi()
+    let mut doc = ApiDoc::openapi();
+    document_common_errors(&mut doc);
+    add_request_examples(&mut doc);
+    doc
+}
+
+/// A working request body for the operations that create things, so readers (and a fuzzer's
+/// example phase) see one the API accepts; bodies that may be left out are marked so.
+fn add_request_examples(doc: &mut utoipa::openapi::OpenApi) {
+    let examples = [
+        ("/v1/volumes", serde_json::json!({"name": "vol1", "size": 16 << 20, "numberOfReplicas": 1})),
+        (
+            "/v1/recurringjobs",
+            serde_json::json!({"name": "hourly", "task": "snapshot", "cron": "0 * * * *", "retain": 3, "concurrency": 1, "volumes": ["vol1"]}),
+        ),
+    ];
+    // Bodies read with `OptionalJson`: an empty body means the defaults.
+    let optional = [
+        "/v1/volumes/{name}/attach",
+        "/v1/volumes/{name}/detach",
+        "/v1/volumes/{name}/snapshots",
+        "/v1/volumes/{name}/backups",
+    ];
+    for path in optional {
+        let body = doc
+            .paths
+            .paths
+            .get_mut(path)
+            .and_then(|item| item.post.as_mut())
+            .and_then(|op| op.request_body.as_mut());
+        if let Some(body) = body {
+            body.required = Some(utoipa::openapi::Required::False);
+        }
+    }
+    for (path, example) in examples {
+        let body = doc
+            .paths
+            .paths
+            .get_mut(path)
+            .and_then(|item| item.post.as_mut())
+            .and_then(|op| op.request_body.as_mut());
+        if let Some(content) = body.and_then(|b| b.content.get_mut("application/json")) {
+            content.example = Some(example);
+        }
+    }
+}
+
+/// Answers any `/v1/` operation may give, documented on each one that does not say them already:
+/// 400 (a body, query or path value the API refuses, names included), 404 (an operation on a
+/// named object that does not exist), 500 and 503 (the datastore failed or is unreachable).
+fn document_common_errors(doc: &mut utoipa::openapi::OpenApi) {
+    use utoipa::openapi::{ContentBuilder, RefOr, ResponseBuilder};
+    let error = |description: &str| {
+        ResponseBuilder::new()
+            .description(description)
+            .content(
+                "application/json",
+                ContentBuilder::new()
+                    .schema(Some(utoipa::openapi::Ref::from_schema_name("ErrorBody")))
+                    .build(),
+            )
+            .build()
+    };
+    for (path, item) in doc.paths.paths.iter_mut() {
+        if !path.starts_with("/v1/") || path == "/v1/openapi.json" || path == "/v1/watch" {
+            continue;
+        }
+        let named = path.contains('{');
+        let ops = [&mut item.get, &mut item.put, &mut item.post, &mut item.delete, &mut item.patch];
+        for op in ops.into_iter().flatten() {
+            let mut add =
+                vec![("400", "Invalid argument"), ("500", "Internal error"), ("503", "Unavailable")];
+            if named {
+                add.push(("404", "Not found"));
+            }
+            for (status, description) in add {
+                op.responses
+                    .responses
+                    .entry(status.to_string())
+                    .or_insert_with(|| RefOr::T(error(description)));
+            }
+        }
+    }
 }

@@ -15,7 +15,9 @@ use corral_api::{
 use super::{convert, ApiJson, AppState, OptionalJson};
 use crate::clients::engine::{EngineClient, EngineSnapshot};
 use crate::error::{ErrorBody, ManagerError, Result};
-use crate::model::scheduler::{placed_replicas, schedule_replicas, SchedulerSettings, VolumeRequest};
+use crate::model::scheduler::{
+    check_expand, placed_replicas, schedule_replicas, SchedulerSettings, VolumeRequest,
+};
 use crate::model::settings::{self, Settings};
 use crate::model::validation::{check_backup_url, check_labels, check_name, check_size, MAX_REPLICAS};
 use crate::ops::backups::{backup_in_progress, size_from_backup};
@@ -256,6 +258,12 @@ pub async fn expand(
     ApiJson(req): ApiJson<ExpandVolume>,
 ) -> Result<Json<VolumeView>> {
     check_size(req.size)?;
+    // Refused before anything changes when the replicas' disks cannot hold the new size.
+    let settings = Settings::load(&st.ds).await?;
+    let nodes: Vec<Node> = st.ds.list().await?;
+    let replicas: Vec<Replica> = st.ds.list().await?;
+    check_expand(&name, req.size, &nodes, &placed_replicas(&replicas), SchedulerSettings::from(&settings))
+        .map_err(|e| ManagerError::invalid(e.to_string()))?;
     let v = mutate(&st, &name, req.resource_version.as_deref(), |v| {
         not_deleting(v)?;
         if req.size < v.spec.size {
@@ -291,8 +299,11 @@ pub async fn maintenance(
 /// The engine of an attached volume.
 async fn engine_of(st: &AppState, name: &str, action: &str) -> Result<(Volume, EngineClient)> {
     let v = volumes::load(&st.ds, name).await?;
+    // A detach (or delete) asked for stops the engine before the status says so: refuse at once
+    // rather than reach for an engine that is going away.
+    let staying = v.spec.node_id.is_some() && v.metadata.deletion_requested.is_none();
     match (&v.status.engine_control_url, v.status.state) {
-        (Some(url), VolumeState::Attached) => {
+        (Some(url), VolumeState::Attached) if staying => {
             let c = EngineClient::new(url);
             Ok((v, c))
         }

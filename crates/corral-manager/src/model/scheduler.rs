@@ -283,6 +283,51 @@ pub fn schedule_replacement(
     schedule_replica(req, nodes, &without_failed, s)
 }
 
+/// Whether the disks of `volume`'s replicas can hold it at `new_size`: each disk's scheduled
+/// bytes, with this replica counted at the new size, must stay within the disk's over-provisioning
+/// limit — the limit a new replica is placed under (an expand the disks cannot hold fails the
+/// replicas instead).
+pub fn check_expand(
+    volume: &str,
+    new_size: u64,
+    nodes: &[Node],
+    existing: &[PlacedReplica],
+    s: SchedulerSettings,
+) -> Result<(), SchedulingFailure> {
+    for r in existing.iter().filter(|r| r.volume == volume) {
+        let node = nodes.iter().find(|n| n.metadata.name == r.node);
+        let (Some(disk), Some(status)) =
+            (node.and_then(|n| n.spec.disks.get(&r.disk)), node.and_then(|n| n.status.disks.get(&r.disk)))
+        else {
+            continue; // a replica on a disk that is gone is replaced, not grown
+        };
+        let usable = status.storage_maximum.saturating_sub(disk.storage_reserved);
+        let limit = u64::try_from(u128::from(usable) * u128::from(s.over_provisioning_percentage) / 100)
+            .unwrap_or(u64::MAX);
+        let others: u64 = existing
+            .iter()
+            .filter(|o| o.node == r.node && o.disk == r.disk && o.volume != volume)
+            .map(|o| o.size)
+            .sum();
+        if others.saturating_add(new_size) > limit {
+            return Err(SchedulingFailure {
+                reason: format!(
+                    "disk {}/{} cannot hold {volume} at {}: {} of other replicas + {} exceeds {} ({}% of {} usable)",
+                    r.node,
+                    r.disk,
+                    mib(new_size),
+                    mib(others),
+                    mib(new_size),
+                    mib(limit),
+                    s.over_provisioning_percentage,
+                    mib(usable)
+                ),
+            });
+        }
+    }
+    Ok(())
+}
+
 /// Where the stored replicas are, as the scheduler counts them.
 pub fn placed_replicas(replicas: &[Replica]) -> Vec<PlacedReplica> {
     replicas

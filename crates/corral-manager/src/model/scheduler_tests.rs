@@ -301,3 +301,20 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn an_expand_must_fit_the_disks_of_the_volumes_replicas() {
+    let nodes = [node("a", &[("d", 10 * GIB, 10 * GIB)]), node("b", &[("e", 100 * GIB, 100 * GIB)])];
+    let existing = [
+        PlacedReplica { volume: "v".into(), node: "a".into(), disk: "d".into(), size: GIB },
+        PlacedReplica { volume: "v".into(), node: "b".into(), disk: "e".into(), size: GIB },
+        PlacedReplica { volume: "other".into(), node: "a".into(), disk: "d".into(), size: 4 * GIB },
+    ];
+    assert!(check_expand("v", 6 * GIB, &nodes, &existing, settings(false)).is_ok(), "exactly full is fine");
+    let err = check_expand("v", 6 * GIB + 2 * MIB, &nodes, &existing, settings(false)).unwrap_err();
+    assert!(err.reason.contains("disk a/d cannot hold v"), "{err}");
+    let mut s = settings(false);
+    s.over_provisioning_percentage = 200;
+    assert!(check_expand("v", 16 * GIB, &nodes, &existing, s).is_ok());
+    assert!(check_expand("v", 1 << 50, &nodes, &existing, s).is_err(), "1 PiB fits no disk here");
+}

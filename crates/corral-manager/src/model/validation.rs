@@ -3,6 +3,9 @@ use crate::error::{ManagerError, Result};
 
 /// Volumes are sized in whole 2 MiB blocks (the backup block size; Longhorn rounds the same way).
 pub const SIZE_ALIGNMENT: u64 = 2 << 20;
+/// Largest volume size: 1 PiB. Far beyond any disk Corral places replicas on, and it keeps every
+/// offset inside a volume well within the signed 64-bit range engines, replicas and NBD use.
+pub const MAX_SIZE: u64 = 1 << 50;
 /// Most replicas a volume may ask for.
 pub const MAX_REPLICAS: u32 = 20;
 
@@ -16,6 +19,11 @@ pub fn check_name(what: &str, name: &str) -> Result<()> {
 pub fn check_size(size: u64) -> Result<()> {
     if size == 0 {
         return Err(ManagerError::invalid("size must be greater than 0"));
+    }
+    if size > MAX_SIZE {
+        return Err(ManagerError::invalid(format!(
+            "size {size} is larger than the largest volume, 1 PiB ({MAX_SIZE} bytes)"
+        )));
     }
     if size % SIZE_ALIGNMENT != 0 {
         return Err(ManagerError::invalid(format!(
