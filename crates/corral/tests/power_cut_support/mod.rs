@@ -59,18 +59,17 @@ impl CorralVm {
         }
     }
 
-    /// Starts `count` replicas of `size` in the guest (`/mnt/rI` on port 9501+I); returns their host
-    /// addresses (`tcp://127.0.0.1:PORT`).
-    pub fn start_replicas(&mut self, count: usize, size: &str) -> Vec<String> {
+    /// Starts `count` replicas in the guest (`/mnt/rI` on port 9501+I; `size` to create them, or to check
+    /// theirs); returns their host addresses (`tcp://127.0.0.1:PORT`).
+    pub fn start_replicas(&mut self, count: usize, size: Option<&str>) -> Vec<String> {
+        let size = size.map(|s| format!(" --size {s}")).unwrap_or_default();
         self.replicas = self.replicas.max(count);
         (0..count)
             .map(|i| {
                 let port = REPLICA_PORTS[i];
                 let line = self.vm.spawn(
                     &format!("replica{i}"),
-                    &format!(
-                        "exec corral replica serve --dir /mnt/r{i} --size {size} --listen 0.0.0.0:{port}"
-                    ),
+                    &format!("exec corral replica serve --dir /mnt/r{i}{size} --listen 0.0.0.0:{port}"),
                     GUEST_START,
                 );
                 assert!(

@@ -62,7 +62,7 @@ pub fn run(
     for round in 0..=rounds {
         let started = Instant::now();
         vm.boot_and_check(&context(round));
-        let replicas = vm.start_replicas(3, SIZE);
+        let replicas = vm.start_replicas(3, Some(SIZE));
         let mut host_engine = None;
         let uri = match engine {
             EnginePlace::Vm => vm.start_engine("vol-power", SIZE, 3),
