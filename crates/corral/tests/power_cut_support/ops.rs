@@ -9,7 +9,7 @@
 //!   snapshot whose creation or mark-removed was cut off may or may not be there / be marked;
 //! - a cut-off revert left either the old volume or the snapshot's content; a cut-off expand either size.
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::path::Path;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
@@ -32,6 +32,10 @@ pub struct Summary {
     pub cuts: usize,
     /// Acknowledged writes, flushes and snapshot operations (create, remove + purge, revert, expand).
     pub acked: [u64; 3],
+    /// Acknowledged snapshot operations by kind.
+    pub by_kind: BTreeMap<&'static str, u64>,
+    /// What was in flight at each cut ("writes" when no snapshot operation was).
+    pub cut_during: Vec<&'static str>,
 }
 
 /// What the test knows about the replica.
@@ -139,11 +143,13 @@ pub fn run(corral: &Path, dir: &Path, filesystem: Filesystem, rounds: usize, see
         drop(client);
         summary.cuts += 1;
         eprintln!(
-            "{context}: cut {delay:?} after arming; acknowledged so far: {} writes, {} flushes, {} snapshot \
-             operations; {} unsettled blocks; round took {:?}",
+            "{context}: cut during {} ({delay:?} after arming); acknowledged so far: {} writes, {} flushes, {} \
+             snapshot operations {:?}; {} unsettled blocks; round took {:?}",
+            summary.cut_during.last().copied().unwrap_or("?"),
             summary.acked[0],
             summary.acked[1],
             summary.acked[2],
+            summary.by_kind,
             model.unsettled.len(),
             started.elapsed()
         );
@@ -227,7 +233,7 @@ async fn workload(
     let mut arm_after = rng.random_range(0..5u32);
     loop {
         if !write_batch(client, model, rng, summary).await {
-            return;
+            return summary.cut_during.push("writes");
         }
         if rng.random_bool(0.4) {
             match client.flush().await {
@@ -235,7 +241,7 @@ async fn workload(
                     model.settle_all();
                     summary.acked[1] += 1;
                 }
-                Err(err) if is_connection_loss(&err) => return,
+                Err(err) if is_connection_loss(&err) => return summary.cut_during.push("flush"),
                 Err(err) => panic!("flush failed: {err}"),
             }
         }
@@ -244,10 +250,15 @@ async fn workload(
                 let _ = arm.send(Duration::from_micros(rng.random_range(0..60_000)));
             }
             arm_after = arm_after.wrapping_sub(1);
-            match operation(client, model, rng).await {
-                Ok(()) => summary.acked[2] += 1,
-                Err(err) if is_connection_loss(&err) => return,
-                Err(err) => panic!("snapshot operation failed: {err}"),
+            let (kind, result) = operation(client, model, rng).await;
+            match result {
+                Ok(()) if kind == "nothing" => {}
+                Ok(()) => {
+                    summary.acked[2] += 1;
+                    *summary.by_kind.entry(kind).or_default() += 1;
+                }
+                Err(err) if is_connection_loss(&err) => return summary.cut_during.push(kind),
+                Err(err) => panic!("{kind} failed: {err}"),
             }
         }
     }
@@ -313,7 +324,11 @@ async fn write_batch(
 }
 
 /// One snapshot operation, with the model updated for its acknowledgement or its cut-off.
-async fn operation(client: &ReplicaClient, model: &mut Model, rng: &mut StdRng) -> Result<(), WireError> {
+async fn operation(
+    client: &ReplicaClient,
+    model: &mut Model,
+    rng: &mut StdRng,
+) -> (&'static str, Result<(), WireError>) {
     match rng.random_range(0..6) {
         0..=2 => {
             model.next_snapshot += 1;
@@ -331,10 +346,10 @@ async fn operation(client: &ReplicaClient, model: &mut Model, rng: &mut StdRng) 
                 Err(_) => {}
             }
             model.contents.insert(name, model.current.clone());
-            result
+            ("snapshot", result)
         }
         3 => {
-            let Some(name) = model.live.iter().next().cloned() else { return Ok(()) };
+            let Some(name) = model.live.iter().next().cloned() else { return ("nothing", Ok(())) };
             let result = client.mark_removed(&name).await;
             match &result {
                 Ok(()) => {
@@ -353,14 +368,16 @@ async fn operation(client: &ReplicaClient, model: &mut Model, rng: &mut StdRng) 
                 }
                 Err(_) => {}
             }
-            result?;
-            client.purge().await
+            if result.is_err() {
+                return ("mark-removed", result);
+            }
+            ("purge", client.purge().await)
         }
         4 => {
-            let Some(name) = model.newest.clone() else { return Ok(()) };
+            let Some(name) = model.newest.clone() else { return ("nothing", Ok(())) };
             let Some(content) = model.contents.get(&name).filter(|c| c.len() as u64 == model.size).cloned()
             else {
-                return Ok(());
+                return ("nothing", Ok(()));
             };
             let result = client.revert(&name).await;
             match &result {
@@ -371,11 +388,11 @@ async fn operation(client: &ReplicaClient, model: &mut Model, rng: &mut StdRng) 
                 Err(err) if is_connection_loss(err) => model.maybe_reverted = Some(content),
                 Err(_) => {}
             }
-            result
+            ("revert", result)
         }
         _ => {
             if model.size + 4 * MIB > MAX_SIZE {
-                return Ok(());
+                return ("nothing", Ok(()));
             }
             let size = model.size + 4 * MIB;
             let result = client.expand(size).await;
@@ -392,7 +409,7 @@ async fn operation(client: &ReplicaClient, model: &mut Model, rng: &mut StdRng) 
                 }
                 Err(_) => {}
             }
-            result
+            ("expand", result)
         }
     }
 }
