@@ -3,7 +3,8 @@
 //! scenarios of the `power_cut*` tests, whose code it shares (`crates/corral/tests/power_cut_support`):
 //! NBD workloads with flushes and FUA writes through an engine on the host (ext4 disk) or in the VM (xfs
 //! disk), and writes plus snapshot create / mark-removed + purge / revert / expand over the replica wire
-//! protocol (ext4 or xfs). Each scenario runs up to three cuts on a fresh disk image, with a reboot and
+//! protocol (ext4 or xfs), and rebuilds of a stale replica into the VM (xfs). Each scenario runs up to
+//! three cuts on a fresh disk image, with a reboot and
 //! full check after each. Needs what the tests need: qemu-system-x86, linux-image-amd64, busybox-static,
 //! cpio, e2fsprogs, xfsprogs, python3-libnbd. A failure panics with the seed; success prints
 //! `N power cuts (seed S): …`.
@@ -48,14 +49,14 @@ pub fn run(o: &PowerCutOptions) -> Result<(), std::io::Error> {
     eprintln!("power-cut campaign: {} rounds, seed {seed}", o.rounds);
     std::fs::create_dir_all(&o.dir)?;
     let started = Instant::now();
-    let (mut nbd_cuts, mut durable_checked, mut ops_cuts) = (0, 0, 0);
+    let (mut nbd_cuts, mut durable_checked, mut ops_cuts, mut rebuild_cuts) = (0, 0, 0, 0);
     let mut cut_during: Vec<&'static str> = Vec::new();
     let mut done = 0;
     while done < o.rounds {
         let cuts = (o.rounds - done).min(3);
         let scenario_seed: u64 = rng.random();
         let dir = tempfile::tempdir_in(&o.dir)?;
-        match rng.random_range(0..4) {
+        match rng.random_range(0..5) {
             0 => {
                 let s = power_cut_support::nbd::run(
                     &o.corral,
@@ -80,6 +81,16 @@ pub fn run(o: &PowerCutOptions) -> Result<(), std::io::Error> {
                 nbd_cuts += s.cuts;
                 durable_checked += s.durable_checked;
             }
+            4 => {
+                let s = power_cut_support::rebuild::run(
+                    &o.corral,
+                    dir.path(),
+                    Filesystem::Xfs,
+                    cuts,
+                    Some(scenario_seed),
+                );
+                rebuild_cuts += s.cuts;
+            }
             k => {
                 let filesystem = if k == 2 { Filesystem::Ext4 } else { Filesystem::Xfs };
                 let s =
@@ -97,8 +108,8 @@ pub fn run(o: &PowerCutOptions) -> Result<(), std::io::Error> {
     let during: Vec<String> = during.iter().map(|(kind, n)| format!("{kind} {n}")).collect();
     println!(
         "{done} power cuts (seed {seed}): {nbd_cuts} during NBD workloads ({durable_checked} writes acknowledged \
-         as durable, all read back), {ops_cuts} during replica operations (cut during: {}); every replica \
-         directory passed `corral replica check` after every cut; {:.0?}",
+         as durable, all read back), {ops_cuts} during replica operations (cut during: {}), {rebuild_cuts} during \
+         rebuilds (no stale target served); every replica directory passed `corral replica check` after every cut; {:.0?}",
         during.join(", "),
         started.elapsed()
     );

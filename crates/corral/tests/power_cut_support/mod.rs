@@ -15,10 +15,12 @@
 
 pub mod nbd;
 pub mod ops;
+pub mod rebuild;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use corral_testkit::process::Process;
 use corral_testkit::vm::{Filesystem, Vm};
 
 /// Guest ports of the three replicas.
@@ -100,6 +102,76 @@ impl CorralVm {
             self.vm.log("engine")
         );
         format!("nbd://{}", self.vm.host_address(ENGINE_NBD_PORT))
+    }
+}
+
+/// `corral engine serve` on the host, over replicas in the VM.
+pub struct HostEngine {
+    pub process: Process,
+    /// `nbd://127.0.0.1:PORT`.
+    pub nbd: String,
+    /// Control API `127.0.0.1:PORT`.
+    pub control: String,
+    corral: PathBuf,
+}
+
+impl HostEngine {
+    /// Starts an engine for `volume` of `size` over `replicas`, with `extra` arguments. The replica
+    /// timeout is long: replicas under TCG on a loaded machine are slow, and a cut is what should fail them.
+    pub fn start(corral: &Path, volume: &str, size: &str, replicas: &[String], extra: &[&str]) -> HostEngine {
+        let mut command = std::process::Command::new(corral);
+        command.args(["engine", "serve", "--volume", volume, "--size", size]);
+        command.args(["--nbd", "127.0.0.1:0", "--listen", "127.0.0.1:0", "--replica-timeout", "60s"]);
+        for r in replicas {
+            command.args(["--replica", r]);
+        }
+        command.args(extra);
+        let (process, line) = Process::start("engine", &mut command);
+        let word = |key: &str| {
+            line.split_whitespace()
+                .find_map(|w| w.strip_prefix(key))
+                .unwrap_or_else(|| panic!("unexpected engine ready line {line:?}"))
+                .to_string()
+        };
+        HostEngine { nbd: word("nbd="), control: word("control="), process, corral: corral.to_path_buf() }
+    }
+
+    /// Runs `corral engine ARGS --url CONTROL` and requires success; returns stdout.
+    pub fn cli_ok(&self, args: &[&str]) -> String {
+        let out = std::process::Command::new(&self.corral)
+            .arg("engine")
+            .args(args)
+            .args(["--url", &self.control])
+            .output()
+            .unwrap_or_else(|err| panic!("cannot run corral engine {args:?}: {err}"));
+        assert!(
+            out.status.success(),
+            "corral engine {args:?} failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Each replica's address and mode.
+    pub fn modes(&self) -> Vec<(String, String)> {
+        let text = self.cli_ok(&["replica", "ls", "--json"]);
+        let value: serde_json::Value =
+            serde_json::from_str(&text).unwrap_or_else(|err| panic!("bad replica ls output {text:?}: {err}"));
+        value
+            .as_array()
+            .map(|replicas| {
+                replicas
+                    .iter()
+                    .map(|r| {
+                        (
+                            r["address"].as_str().unwrap_or("").to_string(),
+                            r["mode"].as_str().unwrap_or("").to_string(),
+                        )
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
     }
 }
 

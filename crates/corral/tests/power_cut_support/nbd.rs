@@ -5,16 +5,14 @@
 
 use std::collections::HashSet;
 use std::path::Path;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use corral_testkit::data::{block_data, sha256};
 use corral_testkit::nbd::{Op, Report, Workload};
-use corral_testkit::process::Process;
 use corral_testkit::vm::Filesystem;
 use rand::Rng;
 
-use super::{seeded, CorralVm};
+use super::{seeded, CorralVm, HostEngine};
 
 const SIZE: &str = "16MiB";
 /// Blocks the workload writes (4 MiB).
@@ -67,8 +65,9 @@ pub fn run(
         let uri = match engine {
             EnginePlace::Vm => vm.start_engine("vol-power", SIZE, 3),
             EnginePlace::Host => {
-                let (process, uri) = start_host_engine(corral, &replicas);
-                host_engine = Some(process);
+                let engine = HostEngine::start(corral, "vol-power", SIZE, &replicas, &[]);
+                let uri = engine.nbd.clone();
+                host_engine = Some(engine);
                 uri
             }
         };
@@ -87,8 +86,8 @@ pub fn run(
         let progress = rng.random_range(100..1500);
         running.wait_progress(progress, Duration::from_secs(300));
         vm.vm.cut_power();
-        if let Some(mut process) = host_engine.take() {
-            process.kill9();
+        if let Some(mut engine) = host_engine.take() {
+            engine.process.kill9();
         }
         let report = running.finish();
         summary.cuts += 1;
@@ -119,22 +118,6 @@ fn plan(round: u64) -> Workload {
     }
     plan.pass_shift = 4096 * 3 + 512;
     plan
-}
-
-fn start_host_engine(corral: &Path, replicas: &[String]) -> (Process, String) {
-    let mut command = Command::new(corral);
-    command.args(["engine", "serve", "--volume", "vol-power", "--size", SIZE]);
-    command.args(["--nbd", "127.0.0.1:0", "--listen", "127.0.0.1:0", "--replica-timeout", "60s"]);
-    for r in replicas {
-        command.args(["--replica", r]);
-    }
-    let (process, line) = Process::start("engine", &mut command);
-    let uri = line
-        .split_whitespace()
-        .find_map(|w| w.strip_prefix("nbd="))
-        .unwrap_or_else(|| panic!("unexpected engine ready line {line:?}"))
-        .to_string();
-    (process, uri)
 }
 
 /// Reads every block of the region; returns their SHA-256s and the read report.

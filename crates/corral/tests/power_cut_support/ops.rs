@@ -231,6 +231,7 @@ async fn workload(
     summary: &mut Summary,
 ) {
     let mut arm_after = rng.random_range(0..5u32);
+    let mut op_time = Duration::ZERO;
     loop {
         if !write_batch(client, model, rng, summary).await {
             return summary.cut_during.push("writes");
@@ -247,10 +248,15 @@ async fn workload(
         }
         if rng.random_bool(0.7) {
             if arm_after == 0 {
-                let _ = arm.send(Duration::from_micros(rng.random_range(0..60_000)));
+                // Aim inside the operation: operations under TCG take from milliseconds to a second, so
+                // the delay is drawn from the longest one seen so far.
+                let longest = op_time.as_micros().max(1000) as u64;
+                let _ = arm.send(Duration::from_micros(rng.random_range(0..longest)));
             }
             arm_after = arm_after.wrapping_sub(1);
+            let op_started = Instant::now();
             let (kind, result) = operation(client, model, rng).await;
+            op_time = op_time.max(op_started.elapsed());
             match result {
                 Ok(()) if kind == "nothing" => {}
                 Ok(()) => {
