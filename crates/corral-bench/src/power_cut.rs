@@ -1,5 +1,6 @@
-//! `corral-bench power-cut --rounds N [--seed S] [--dir DIR] [--corral PATH]`: a randomized campaign of
-//! power cuts (SIGKILL of a qemu VM holding the replicas; the guest's page cache is lost). It mixes the
+//! `corral-bench power-cut --rounds N [--seed S] [--dir DIR] [--corral PATH] [--only SCENARIO]`: a
+//! randomized campaign of power cuts (SIGKILL of a qemu VM holding the replicas; the guest's page cache
+//! is lost). It mixes the
 //! scenarios of the `power_cut*` tests, whose code it shares (`crates/corral/tests/power_cut_support`):
 //! NBD workloads with flushes and FUA writes through an engine on the host (ext4 disk) or in the VM (xfs
 //! disk), and writes plus snapshot create / mark-removed + purge / revert / expand over the replica wire
@@ -25,11 +26,14 @@ pub struct PowerCutOptions {
     pub seed: Option<u64>,
     pub dir: PathBuf,
     pub corral: PathBuf,
+    /// Runs only this scenario (0 NBD with the engine on the host, 1 NBD with the engine in the VM,
+    /// 2 and 3 replica operations on ext4 and xfs, 4 rebuild), to chase one failure.
+    pub only: Option<u32>,
 }
 
 /// Parses the arguments after `power-cut`.
 pub fn parse(args: &[String], corral: PathBuf) -> Option<PowerCutOptions> {
-    let mut o = PowerCutOptions { rounds: 10, seed: None, dir: std::env::temp_dir(), corral };
+    let mut o = PowerCutOptions { rounds: 10, seed: None, dir: std::env::temp_dir(), corral, only: None };
     let mut it = args.iter();
     while let Some(a) = it.next() {
         match a.as_str() {
@@ -37,6 +41,16 @@ pub fn parse(args: &[String], corral: PathBuf) -> Option<PowerCutOptions> {
             "--seed" => o.seed = Some(it.next()?.parse().ok()?),
             "--dir" => o.dir = PathBuf::from(it.next()?),
             "--corral" => o.corral = PathBuf::from(it.next()?),
+            "--only" => {
+                o.only = Some(match it.next()?.as_str() {
+                    "nbd-host" => 0,
+                    "nbd-vm" => 1,
+                    "ops-ext4" => 2,
+                    "ops-xfs" => 3,
+                    "rebuild" => 4,
+                    _ => return None,
+                })
+            }
             _ => return None,
         }
     }
@@ -56,7 +70,8 @@ pub fn run(o: &PowerCutOptions) -> Result<(), std::io::Error> {
         let cuts = (o.rounds - done).min(3);
         let scenario_seed: u64 = rng.random();
         let dir = tempfile::tempdir_in(&o.dir)?;
-        match rng.random_range(0..5) {
+        let scenario = rng.random_range(0..5);
+        match o.only.unwrap_or(scenario) {
             0 => {
                 let s = power_cut_support::nbd::run(
                     &o.corral,

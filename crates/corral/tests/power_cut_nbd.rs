@@ -12,19 +12,21 @@ use corral_testkit::vm::Filesystem;
 use power_cut_support::nbd::{run, EnginePlace};
 
 const CORRAL: &str = env!("CARGO_BIN_EXE_corral");
+/// Power cuts per test: each costs a VM boot (about 5 s under TCG) and a workload.
+const CUTS: usize = 2;
 
 #[test]
 fn power_cuts_with_the_engine_on_the_host_never_lose_flushed_or_fua_writes() {
     let dir = tempfile::tempdir().unwrap();
-    let summary = run(Path::new(CORRAL), dir.path(), Filesystem::Ext4, EnginePlace::Host, 2, None);
-    assert_eq!(summary.cuts, 2);
+    let summary = run(Path::new(CORRAL), dir.path(), Filesystem::Ext4, EnginePlace::Host, CUTS, None);
+    assert_eq!(summary.cuts, CUTS);
     assert!(summary.durable_checked > 0, "no durable write was checked: {summary:?}");
 }
 
 #[test]
 fn power_cuts_with_the_engine_in_the_vm_never_lose_flushed_or_fua_writes() {
     let dir = tempfile::tempdir().unwrap();
-    let summary = run(Path::new(CORRAL), dir.path(), Filesystem::Xfs, EnginePlace::Vm, 2, None);
-    assert_eq!(summary.cuts, 2);
+    let summary = run(Path::new(CORRAL), dir.path(), Filesystem::Xfs, EnginePlace::Vm, CUTS, None);
+    assert_eq!(summary.cuts, CUTS);
     assert!(summary.durable_checked > 0, "no durable write was checked: {summary:?}");
 }

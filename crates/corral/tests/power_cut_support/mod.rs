@@ -125,7 +125,7 @@ impl HostEngine {
         for r in replicas {
             command.args(["--replica", r]);
         }
-        command.args(extra);
+        command.args(extra).env("CORRAL_LOG", "info");
         let (process, line) = Process::start("engine", &mut command);
         let word = |key: &str| {
             line.split_whitespace()
@@ -138,41 +138,51 @@ impl HostEngine {
 
     /// Runs `corral engine ARGS --url CONTROL` and requires success; returns stdout.
     pub fn cli_ok(&self, args: &[&str]) -> String {
-        let out = std::process::Command::new(&self.corral)
-            .arg("engine")
-            .args(args)
-            .args(["--url", &self.control])
-            .output()
-            .unwrap_or_else(|err| panic!("cannot run corral engine {args:?}: {err}"));
-        assert!(
-            out.status.success(),
-            "corral engine {args:?} failed: {}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
+        engine_cli(&self.corral, &self.control, args)
     }
 
     /// Each replica's address and mode.
     pub fn modes(&self) -> Vec<(String, String)> {
-        let text = self.cli_ok(&["replica", "ls", "--json"]);
-        let value: serde_json::Value =
-            serde_json::from_str(&text).unwrap_or_else(|err| panic!("bad replica ls output {text:?}: {err}"));
-        value
-            .as_array()
-            .map(|replicas| {
-                replicas
-                    .iter()
-                    .map(|r| {
-                        (
-                            r["address"].as_str().unwrap_or("").to_string(),
-                            r["mode"].as_str().unwrap_or("").to_string(),
-                        )
-                    })
-                    .collect()
-            })
-            .unwrap_or_default()
+        replica_modes(&self.corral, &self.control)
     }
+}
+
+/// Runs `corral engine ARGS --url CONTROL` and requires success; returns stdout.
+pub fn engine_cli(corral: &Path, control: &str, args: &[&str]) -> String {
+    let out = std::process::Command::new(corral)
+        .arg("engine")
+        .args(args)
+        .args(["--url", control])
+        .output()
+        .unwrap_or_else(|err| panic!("cannot run corral engine {args:?}: {err}"));
+    assert!(
+        out.status.success(),
+        "corral engine {args:?} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Each replica's address and mode, as the engine at `control` lists them.
+pub fn replica_modes(corral: &Path, control: &str) -> Vec<(String, String)> {
+    let text = engine_cli(corral, control, &["replica", "ls", "--json"]);
+    let value: serde_json::Value =
+        serde_json::from_str(&text).unwrap_or_else(|err| panic!("bad replica ls output {text:?}: {err}"));
+    value
+        .as_array()
+        .map(|replicas| {
+            replicas
+                .iter()
+                .map(|r| {
+                    (
+                        r["address"].as_str().unwrap_or("").to_string(),
+                        r["mode"].as_str().unwrap_or("").to_string(),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 /// A seeded random source, with the seed for messages.

@@ -73,7 +73,13 @@ pub fn run(
         };
         let base = match pending.take() {
             Some(p) => {
-                summary.durable_checked += verify(&uri, &p, &context(round));
+                let control = match &host_engine {
+                    Some(engine) => engine.control.clone(),
+                    None => vm.vm.host_address(super::ENGINE_CONTROL_PORT),
+                };
+                let modes = super::replica_modes(corral, &control);
+                summary.durable_checked +=
+                    verify(&uri, &p, &format!("{} (replicas {modes:?})", context(round)));
                 read_blocks(&uri).0
             }
             None => vec![sha256(&[0u8; 4096]); REGION as usize],
@@ -157,6 +163,9 @@ fn verify(uri: &str, pending: &Pending, context: &str) -> usize {
         if floor.is_none() {
             allowed.insert(base[b as usize].clone());
         }
+        if !allowed.contains(&got[b as usize]) {
+            eprintln!("{context}: block {b} holds {}", identify(plan, &got[b as usize], b, base));
+        }
         assert!(
             allowed.contains(&got[b as usize]),
             "{context}: block {b} lost a write acknowledged as durable: it holds none of the {} writes at or \
@@ -165,4 +174,26 @@ fn verify(uri: &str, pending: &Pending, context: &str) -> usize {
         );
     }
     durable.len()
+}
+
+/// Names what a block holds, for a failure message: the write of which round and stream position.
+fn identify(plan: &Workload, sha: &str, block: u64, base: &[String]) -> String {
+    if sha == base[block as usize] {
+        return "what it held before the round".to_string();
+    }
+    if sha == sha256(&[0u8; 4096]) {
+        return "zeroes".to_string();
+    }
+    let ops = plan.ops.len() as u64;
+    for round in 0..16u64 {
+        let old = self::plan(round);
+        for seq in 0..ops * 8 {
+            if matches!(*old.op_at(seq), Op::Write { offset, .. } if offset / 4096 == block)
+                && sha256(old.payload(seq)) == sha
+            {
+                return format!("the write at stream position {seq} of round {round}");
+            }
+        }
+    }
+    "nothing any round wrote".to_string()
 }
