@@ -37,8 +37,36 @@ use sha2::{Digest, Sha256};
 use crate::nbd::{require_tool_hint, run_ok};
 use crate::ports::free_port;
 
-/// The kernel the VM boots and whose modules the initramfs carries.
-pub const KERNEL_RELEASE: &str = "6.1.0-57-amd64";
+/// The kernel the VM boots (and whose modules the initramfs carries): `CORRAL_VM_KERNEL` (a release such
+/// as `6.1.0-57-amd64`), else the newest `/boot/vmlinuz-RELEASE` that has `/lib/modules/RELEASE`.
+pub fn kernel_release() -> String {
+    static FOUND: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    FOUND
+        .get_or_init(|| {
+            if let Ok(release) = std::env::var("CORRAL_VM_KERNEL") {
+                return release;
+            }
+            let mut releases: Vec<String> = std::fs::read_dir("/boot")
+                .map(|dir| {
+                    dir.filter_map(|entry| entry.ok())
+                        .filter_map(|entry| {
+                            entry.file_name().to_str()?.strip_prefix("vmlinuz-").map(str::to_string)
+                        })
+                        .filter(|release| Path::new(&format!("/lib/modules/{release}/modules.dep")).is_file())
+                        .collect()
+                })
+                .unwrap_or_default();
+            // Version order, not text order: 6.1.0-57 after 6.1.0-9.
+            releases.sort_by_key(|release| {
+                release
+                    .split(|c: char| !c.is_ascii_digit())
+                    .map(|n| n.parse::<u64>().unwrap_or(0))
+                    .collect::<Vec<_>>()
+            });
+            releases.pop().unwrap_or_else(|| panic!("no kernel in /boot with its modules ({VM_HINT})"))
+        })
+        .clone()
+}
 /// The guest's agent port (forwarded to a free host port).
 const AGENT_PORT: u16 = 7000;
 /// How long a boot may take on a loaded two-core machine before the test fails.
@@ -159,7 +187,7 @@ impl Vm {
     pub fn boot(&mut self) {
         assert!(self.qemu.is_none(), "the VM is already running");
         self.boots += 1;
-        let kernel = format!("/boot/vmlinuz-{KERNEL_RELEASE}");
+        let kernel = format!("/boot/vmlinuz-{}", kernel_release());
         assert!(Path::new(&kernel).is_file(), "no kernel {kernel} ({VM_HINT})");
         let hostfwd: String =
             self.forwards.iter().map(|(g, h)| format!(",hostfwd=tcp:127.0.0.1:{h}-:{g}")).collect();
@@ -271,8 +299,9 @@ impl Vm {
         Ok(ShellOutput { code, output: output.to_string() })
     }
 
-    /// Starts `command` detached in the guest (its output in `/var/log/NAME.log`) and returns its first
-    /// output line once there is one; panics with the log if none comes within `limit`.
+    /// Starts `command` (a shell command without single quotes) detached in the guest, its output in
+    /// `/var/log/NAME.log`, and returns its first output line once there is one; panics if none comes
+    /// within `limit`.
     pub fn spawn(&self, name: &str, command: &str, limit: Duration) -> String {
         let log = format!("/var/log/{name}.log");
         self.sh_ok(&format!("rm -f {log}; setsid sh -c '{command}' </dev/null >{log} 2>&1 &"));
@@ -332,7 +361,7 @@ fn initramfs(corral: &Path) -> PathBuf {
     let corral =
         corral.canonicalize().unwrap_or_else(|err| panic!("no corral binary at {}: {err}", corral.display()));
     let busybox = Path::new("/bin/busybox");
-    let kernel = PathBuf::from(format!("/boot/vmlinuz-{KERNEL_RELEASE}"));
+    let kernel = PathBuf::from(format!("/boot/vmlinuz-{}", kernel_release()));
     let mut key = Sha256::new();
     for path in [corral.as_path(), busybox, kernel.as_path()] {
         key.update(identity(path).as_bytes());
@@ -390,7 +419,7 @@ fn stage_root(root: &Path, corral: &Path, busybox: &Path) {
         }
         copy(&library, &inside);
     }
-    let modules_dir = PathBuf::from(format!("/lib/modules/{KERNEL_RELEASE}"));
+    let modules_dir = PathBuf::from(format!("/lib/modules/{}", kernel_release()));
     let order = module_load_order(&modules_dir);
     for module in &order {
         let name = module.rsplit('/').next().unwrap_or(module);
