@@ -120,7 +120,10 @@ pub fn run(o: &PowerCutOptions) -> Result<(), std::io::Error> {
     for kind in cut_during {
         *during.entry(kind).or_default() += 1;
     }
-    let during: Vec<String> = during.iter().map(|(kind, n)| format!("{kind} {n}")).collect();
+    let mut during: Vec<String> = during.iter().map(|(kind, n)| format!("{kind} {n}")).collect();
+    if during.is_empty() {
+        during.push("none".to_string());
+    }
     println!(
         "{done} power cuts (seed {seed}): {nbd_cuts} during NBD workloads ({durable_checked} writes acknowledged \
          as durable, all read back), {ops_cuts} during replica operations (cut during: {}), {rebuild_cuts} during \
