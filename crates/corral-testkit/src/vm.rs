@@ -184,9 +184,48 @@ impl Vm {
     }
 
     /// Starts qemu on the disk image and waits until the guest's agent answers (the disk is then mounted).
+    /// The host ports may change at a boot (see the comment inside): ask [`Vm::host_address`] after it.
     pub fn boot(&mut self) {
         assert!(self.qemu.is_none(), "the VM is already running");
         self.boots += 1;
+        let deadline = Instant::now() + BOOT_TIMEOUT;
+        let mut attempts = 0;
+        self.start_qemu();
+        loop {
+            if let Some(status) = self.qemu.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+                self.qemu = None;
+                let console = self.console_text();
+                // The host ports were free when picked, but between boots another test's VM may have
+                // taken one (qemu then cannot set up the forward): pick new ones and start again.
+                attempts += 1;
+                if attempts < 4 && (console.contains("host forwarding") || console.trim().is_empty()) {
+                    eprintln!("qemu exited with {status} at start ({}); new host ports", console.trim());
+                    for (_, host) in self.forwards.iter_mut() {
+                        *host = free_port();
+                    }
+                    self.start_qemu();
+                    continue;
+                }
+                panic!("qemu exited with {status} while booting; console:\n{console}");
+            }
+            // slirp accepts a forwarded connection before the guest listens; only an answer counts.
+            if let Ok(out) = self.try_sh("echo agent-$((40+2))", Duration::from_secs(5)) {
+                if out.output.contains("agent-42") {
+                    break;
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the VM did not boot within {BOOT_TIMEOUT:?}; console:\n{}",
+                self.console_text()
+            );
+            std::thread::sleep(Duration::from_millis(300));
+        }
+        let console = self.console_text();
+        assert!(!console.contains("MOUNT FAILED"), "the guest could not mount its disk; console:\n{console}");
+    }
+
+    fn start_qemu(&mut self) {
         let kernel = format!("/boot/vmlinuz-{}", kernel_release());
         assert!(Path::new(&kernel).is_file(), "no kernel {kernel} ({VM_HINT})");
         let hostfwd: String =
@@ -215,26 +254,6 @@ impl Vm {
             .stderr(console_err);
         let child = command.spawn().unwrap_or_else(|err| panic!("cannot start qemu: {err} ({VM_HINT})"));
         self.qemu = Some(child);
-        let deadline = Instant::now() + BOOT_TIMEOUT;
-        loop {
-            if let Some(status) = self.qemu.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
-                panic!("qemu exited with {status} while booting; console:\n{}", self.console_text());
-            }
-            // slirp accepts a forwarded connection before the guest listens; only an answer counts.
-            if let Ok(out) = self.try_sh("echo agent-$((40+2))", Duration::from_secs(5)) {
-                if out.output.contains("agent-42") {
-                    break;
-                }
-            }
-            assert!(
-                Instant::now() < deadline,
-                "the VM did not boot within {BOOT_TIMEOUT:?}; console:\n{}",
-                self.console_text()
-            );
-            std::thread::sleep(Duration::from_millis(300));
-        }
-        let console = self.console_text();
-        assert!(!console.contains("MOUNT FAILED"), "the guest could not mount its disk; console:\n{console}");
     }
 
     /// Whether qemu runs.
