@@ -21,6 +21,9 @@
 //! it. `writethrough` and `directsync` would keep as much but hide the write cache from the guest (no
 //! FLUSH ever goes down, a path real disks take); `writeback` and `unsafe` leave completed writes in the
 //! host's page cache, which would also survive qemu's death but would not survive a real host crash.
+//! What this does not model: a disk that loses writes it completed but was never asked to flush. The
+//! guest's kernel always sends that FLUSH on `fsync`, so corral's own syncs (the thing under test) are
+//! covered; a bug below the guest's filesystem would not be.
 //!
 //! The initramfs is cached under the cargo target directory (`corral-vm/`), keyed by the identity (path,
 //! size, modification time) of the corral binary, the kernel and busybox and by the init script's text, so
@@ -409,7 +412,27 @@ fn initramfs(corral: &Path) -> PathBuf {
     )));
     std::fs::rename(&partial, &cached)
         .unwrap_or_else(|err| panic!("cannot move the initramfs to {}: {err}", cached.display()));
+    prune_old_images(parent, &cached);
     cached
+}
+
+/// Deletes initramfs images of earlier builds (40 MB each) untouched for six hours: every rebuild of
+/// corral makes a new one. Younger ones may still be in use by a test or campaign running now.
+fn prune_old_images(dir: &Path, keep: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        let old = entry
+            .metadata()
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.elapsed().ok())
+            .is_some_and(|age| age > Duration::from_secs(6 * 3600));
+        let image = path.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("initramfs-"));
+        if old && image && path != keep {
+            let _ = std::fs::remove_file(&path);
+        }
+    }
 }
 
 /// Path, size and modification time: enough to notice a rebuilt binary or an upgraded kernel.
