@@ -69,13 +69,16 @@ pub fn run(o: &PowerCutOptions) -> Result<(), std::io::Error> {
     while done < o.rounds {
         let cuts = (o.rounds - done).min(3);
         let scenario_seed: u64 = rng.random();
-        let dir = tempfile::tempdir_in(&o.dir)?;
+        // Kept if the scenario panics, so that the failing disk image can be inspected (the message
+        // names the directory); removed once it passed.
+        let dir = tempfile::tempdir_in(&o.dir)?.keep();
+        eprintln!("scenario directory {}", dir.display());
         let scenario = rng.random_range(0..5);
         match o.only.unwrap_or(scenario) {
             0 => {
                 let s = power_cut_support::nbd::run(
                     &o.corral,
-                    dir.path(),
+                    &dir,
                     Filesystem::Ext4,
                     EnginePlace::Host,
                     cuts,
@@ -87,7 +90,7 @@ pub fn run(o: &PowerCutOptions) -> Result<(), std::io::Error> {
             1 => {
                 let s = power_cut_support::nbd::run(
                     &o.corral,
-                    dir.path(),
+                    &dir,
                     Filesystem::Xfs,
                     EnginePlace::Vm,
                     cuts,
@@ -99,7 +102,7 @@ pub fn run(o: &PowerCutOptions) -> Result<(), std::io::Error> {
             4 => {
                 let s = power_cut_support::rebuild::run(
                     &o.corral,
-                    dir.path(),
+                    &dir,
                     Filesystem::Xfs,
                     cuts,
                     Some(scenario_seed),
@@ -108,12 +111,12 @@ pub fn run(o: &PowerCutOptions) -> Result<(), std::io::Error> {
             }
             k => {
                 let filesystem = if k == 2 { Filesystem::Ext4 } else { Filesystem::Xfs };
-                let s =
-                    power_cut_support::ops::run(&o.corral, dir.path(), filesystem, cuts, Some(scenario_seed));
+                let s = power_cut_support::ops::run(&o.corral, &dir, filesystem, cuts, Some(scenario_seed));
                 ops_cuts += s.cuts;
                 cut_during.extend(s.cut_during);
             }
         }
+        std::fs::remove_dir_all(&dir)?;
         done += cuts;
     }
     let mut during: std::collections::BTreeMap<&str, usize> = std::collections::BTreeMap::new();
