@@ -6,6 +6,8 @@
 //! ```
 //! (`cargo run --release -p corral-bench -- engine` works too once `corral` is built in release.)
 //!
+//! `corral-bench power-cut --rounds N [--seed S]` is a randomized power-cut campaign (see power_cut.rs).
+//!
 //! `engine` runs fio (`--ioengine=nbd`, Debian's fio) against: Corral with 1 replica, Corral with 3
 //! replicas, and `qemu-nbd` serving a raw file; and fio on a plain file with `direct=1` (io_uring) as
 //! the disk's limit. Jobs: 1 MiB sequential write (QD8, also fills the target), 4 KiB random write QD1
@@ -23,6 +25,7 @@
 //! uses O_DIRECT. Benchmarks are never timed tests; nothing here asserts a speed.
 
 mod fio;
+mod power_cut;
 mod scale;
 mod targets;
 
@@ -84,6 +87,23 @@ fn main() -> ExitCode {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("corral-bench scale: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+    if args.first().map(String::as_str) == Some("power-cut") {
+        // `corral-bench power-cut --rounds N [--seed S]`: see power_cut.rs.
+        let corral = std::env::var_os("CORRAL_BIN").map(PathBuf::from).unwrap_or_else(|| {
+            std::env::current_exe().ok().and_then(|e| Some(e.parent()?.join("corral"))).unwrap_or_default()
+        });
+        let Some(o) = power_cut::parse(&args[1..], corral) else {
+            eprintln!("usage: corral-bench power-cut [--rounds N] [--seed S] [--dir DIR] [--corral PATH] [--only nbd-host|nbd-vm|ops-ext4|ops-xfs|rebuild]");
+            return ExitCode::from(2);
+        };
+        return match power_cut::run(&o) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("corral-bench power-cut: {e}");
                 ExitCode::FAILURE
             }
         };

@@ -5,7 +5,8 @@
 //! # Design
 //! - **Layers.** The head is the only file normal writes go to; snapshots are read-only sparse files.
 //!   A 4 KiB block belongs to the newest layer of the live chain (head → parent → … → root) whose file
-//!   has it allocated (FIEMAP; unwritten extents count). The head only ever holds whole 4 KiB blocks:
+//!   has it allocated with data (FIEMAP; unwritten extents, which a power cut can leave, do not count;
+//!   see `fsutil::fiemap`). The head only ever holds whole 4 KiB blocks:
 //!   sub-4 KiB writes read-modify-write the whole block.
 //! - **Read index** ([`range_map::RangeMap`]): an interval map block-range → layer for the live chain,
 //!   plus one extent set per layer. Memory is proportional to extents; no layer-count cap; removing a

@@ -44,7 +44,7 @@ impl Replica {
     }
 
     /// Allocated byte ranges of snapshot `snapshot`'s file (4 KiB granular; from FIEMAP at open and
-    /// kept up to date; unwritten extents count as data).
+    /// kept up to date; unwritten extents left by a power cut count as holes, see `fsutil::fiemap`).
     pub fn layer_extents(&self, snapshot: &str) -> Result<Vec<Extent>> {
         let chain = self.chain.read();
         let id = chain.snapshot_id(snapshot)?;

@@ -16,6 +16,7 @@
 //!   the tests check in Rust.
 //! - [`fixtures`]: the Longhorn-written fixtures under `tests/fixtures/longhorn` of the repository.
 //! - [`data`]: SHA-256 helpers and deterministic block contents.
+//! - [`vm`]: a qemu VM (TCG) with corral inside and a disk image, whose power a test cuts (SIGKILL of qemu).
 //!
 //! Threading model: everything is blocking and meant for `#[test]` functions; helpers that watch a child
 //! (its stderr, its stdout after the ready line) run on their own threads. Failures panic with what went
@@ -37,3 +38,4 @@ pub mod nbd;
 pub mod ports;
 pub mod process;
 pub mod s3;
+pub mod vm;
