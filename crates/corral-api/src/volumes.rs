@@ -113,6 +113,9 @@ pub struct ReplicaView {
     pub state: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub failed_at: Option<String>,
+    /// Bytes the replica's files hold on disk (its snapshots and head), measured by its node.
+    #[serde(default)]
+    pub actual_size: u64,
 }
 
 /// A volume as the API shows it.
@@ -122,6 +125,10 @@ pub struct VolumeView {
     pub name: String,
     /// Bytes.
     pub size: u64,
+    /// Bytes on disk held by the volume's largest replica (snapshots included), as Longhorn counts
+    /// a volume's actual size.
+    #[serde(default)]
+    pub actual_size: u64,
     pub number_of_replicas: u32,
     /// creating, detached, attaching, attached, detaching, deleting, error.
     #[schema(value_type = String)]

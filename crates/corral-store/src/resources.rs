@@ -219,6 +219,9 @@ pub struct ReplicaStatus {
     /// without it (new, or still rebuilding) never seeds an engine while one with it exists.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub healthy_at: Option<String>,
+    /// Bytes the replica's files hold on disk, measured by the replica's node.
+    #[serde(default)]
+    pub actual_size: u64,
 }
 
 /// Desired state of a volume's engine on its attach node.

@@ -165,6 +165,15 @@ async fn volume_lifecycle_and_refused_actions() {
     assert!(v["replicas"].as_array().unwrap().iter().all(|r| r["mode"] == "RW"), "{v:#}");
     // A real engine over three real replicas: what is written reads back.
     qemu_io(&endpoint, &["write -P 0xa1 0 1M", "read -P 0xa1 0 1M"]).await;
+    // Each replica's node measures the space its files hold: the volume's actual size follows the write.
+    let v = c
+        .wait_volume("data", "holding the 1 MiB written in every replica", |v| {
+            let at_least = |x: &Value| x.as_u64().unwrap_or(0) >= 1 << 20;
+            at_least(&v["actualSize"])
+                && v["replicas"].as_array().unwrap().iter().all(|r| at_least(&r["actualSize"]))
+        })
+        .await;
+    assert!(v["actualSize"].as_u64().unwrap() < 2 * (1 << 20) + (1 << 20), "{v:#}");
 
     // A second node exists; attaching there while attached here is refused, nothing changes.
     {

@@ -146,6 +146,12 @@ fn a_volume_lives_its_whole_life_in_the_browser_without_a_reload() {
     // SIGKILL a replica process while the volume's page is open; record every state the page shows.
     open_page(&b, &cluster, "/volumes/web1");
     mark_document(&b);
+    // The replicas' nodes measure the 768 MiB written: the page shows the actual size.
+    b.wait_js(
+        "web1's actual size shown in MiB",
+        LIVE,
+        "const d = document.querySelector(\"dd[data-field='Actual size']\"); return d && / MiB$/.test(d.textContent) && Number(d.textContent.split(' ')[0]) >= 768",
+    );
     b.js(
         "window.__seen = []; const t = document.querySelector('#replicas-table tbody'); \
          const note = () => { for (const r of t.rows) { const p = r.querySelector('progress'); \

@@ -22,6 +22,7 @@ use corral_store::resources::{Node, Replica, Volume, VolumeState};
 use corral_store::Resource as _;
 
 use super::AppState;
+use crate::clients::disks::allocated_bytes;
 use crate::clients::engine::{EngineClient, EngineIo};
 
 /// One metric family being written.
@@ -74,18 +75,6 @@ impl Family<'_> {
 
 fn lower<T: serde::Serialize>(v: &T) -> String {
     serde_json::to_value(v).ok().and_then(|s| s.as_str().map(str::to_string)).unwrap_or_default()
-}
-
-/// Bytes allocated on disk by the files of a replica directory.
-fn allocated_bytes(dir: &str) -> u64 {
-    use std::os::unix::fs::MetadataExt;
-    let Ok(entries) = std::fs::read_dir(dir) else { return 0 };
-    entries
-        .flatten()
-        .filter_map(|e| e.metadata().ok())
-        .filter(|m| m.is_file())
-        .map(|m| m.blocks().saturating_mul(512))
-        .sum()
 }
 
 /// Resident memory (bytes) and CPU time (seconds) of this process, from /proc.

@@ -38,6 +38,7 @@ pub(crate) fn view(v: &Volume, replicas: &[Replica]) -> VolumeView {
                 .and_then(|s| s.as_str().map(String::from))
                 .unwrap_or_default(),
             failed_at: r.spec.failed_at.clone(),
+            actual_size: r.status.actual_size,
         })
         .collect();
     rs.sort_by(|a, b| a.name.cmp(&b.name));
@@ -45,6 +46,7 @@ pub(crate) fn view(v: &Volume, replicas: &[Replica]) -> VolumeView {
     VolumeView {
         name: v.metadata.name.clone(),
         size: v.spec.size,
+        actual_size: rs.iter().map(|r| r.actual_size).max().unwrap_or(0),
         number_of_replicas: v.spec.number_of_replicas,
         state: convert::volume_state(state),
         robustness: convert::robustness(v.status.robustness),

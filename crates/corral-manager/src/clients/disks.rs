@@ -1,4 +1,5 @@
-//! This node's disks: capacity and free space of the filesystem holding a disk's directory.
+//! This node's disks: capacity and free space of the filesystem holding a disk's directory, and the
+//! space a replica directory's files hold.
 use corral_store::resources::DiskStatus;
 
 /// Capacity and free space of the filesystem holding `path`. `statvfs` blocks (a hung NFS mount
@@ -20,4 +21,17 @@ fn disk_status_blocking(path: &str) -> DiskStatus {
         },
         Err(e) => DiskStatus { message: format!("cannot read {path}: {e}"), ..DiskStatus::default() },
     }
+}
+
+/// Bytes allocated on disk by the files of a replica directory (0 if it cannot be read). Blocking: a
+/// directory walk; call it on the blocking pool.
+pub fn allocated_bytes(dir: &str) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(entries) = std::fs::read_dir(dir) else { return 0 };
+    entries
+        .flatten()
+        .filter_map(|e| e.metadata().ok())
+        .filter(|m| m.is_file())
+        .map(|m| m.blocks().saturating_mul(512))
+        .sum()
 }

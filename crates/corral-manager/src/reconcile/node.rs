@@ -1,9 +1,10 @@
 //! The node reconciler: registers this node (with its default disk on first registration) and
-//! keeps its disks' capacity and its readiness (the instance manager answers) up to date.
-use corral_store::resources::{ConditionType, DiskSpec, Node, NodeSpec};
+//! keeps its disks' capacity, its readiness (the instance manager answers) and the space its
+//! replicas hold on disk up to date.
+use corral_store::resources::{ConditionType, DiskSpec, Node, NodeSpec, Replica};
 
 use super::Reconciler;
-use crate::clients::disks::disk_status;
+use crate::clients::disks::{allocated_bytes, disk_status};
 use crate::error::{Code, ManagerError, Result};
 
 impl Reconciler {
@@ -88,6 +89,32 @@ impl Reconciler {
             match self.ds.update(&next).await {
                 Ok(_) => {}
                 Err(e) if e.is_conflict() => self.wake.notify_one(),
+                Err(e) => return Err(e.into()),
+            }
+        }
+        self.measure_local_replicas().await
+    }
+
+    /// Records how much space each replica on this node holds on disk (`status.actual_size`). Only
+    /// a change of a MiB or more (or to or from empty) is written, so idle replicas cause no writes.
+    async fn measure_local_replicas(&self) -> Result<()> {
+        let replicas: Vec<Replica> = self.ds.list().await?;
+        let local: Vec<Replica> = replicas.into_iter().filter(|r| r.spec.node == self.node).collect();
+        let dirs: Vec<String> = local.iter().map(|r| r.spec.data_dir.clone()).collect();
+        let sizes = tokio::task::spawn_blocking(move || dirs.iter().map(|d| allocated_bytes(d)).collect())
+            .await
+            .unwrap_or_else(|_| Vec::new());
+        for (replica, size) in local.into_iter().zip(sizes) {
+            let old = replica.status.actual_size;
+            if old.abs_diff(size) < 1 << 20 && (old == 0) == (size == 0) {
+                continue;
+            }
+            let mut next = replica;
+            next.status.actual_size = size;
+            match self.ds.update(&next).await {
+                Ok(_) => {}
+                // Someone else changed the replica meanwhile: the next pass measures it again.
+                Err(e) if e.is_conflict() || e.kind() == corral_store::ErrorKind::NotFound => {}
                 Err(e) => return Err(e.into()),
             }
         }

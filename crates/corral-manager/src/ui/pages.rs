@@ -119,7 +119,7 @@ pub fn volumes() -> Markup {
             }))
             (section("Volumes", "list", html! {
                 p #filter-note hidden {}
-                (table("volumes-table", &["Name", "State", "Robustness", "Size", "Replicas", "Node", "Endpoint", "Last backup", "Actions"]))
+                (table("volumes-table", &["Name", "State", "Robustness", "Size", "Actual size", "Replicas", "Node", "Endpoint", "Last backup", "Actions"]))
             }))
         },
     )
@@ -136,7 +136,7 @@ pub fn volume(name: &str) -> Markup {
                 div.actions #volume-actions {}
                 dl #volume-fields {}
             }))
-            (section("Replicas", "replicas", table("replicas-table", &["Name", "Node", "Disk", "Mode", "State", "Rebuild", "Failed at"])))
+            (section("Replicas", "replicas", table("replicas-table", &["Name", "Node", "Disk", "Mode", "State", "Actual size", "Rebuild", "Failed at"])))
             (section("Snapshots", "snapshots", html! {
                 form #take-snapshot.inline {
                     label { "Name (optional)" input name="name" autocomplete="off"; }

@@ -26,11 +26,11 @@ Corral.pages.volume = {
     if (!v) {
       fields.replaceChildren(el('p', { class: 'empty' }, 'This volume does not exist (any more).'));
       $('#volume-actions').replaceChildren();
-      fillTable($('#replicas-table'), [], 'No replicas.', 7);
+      fillTable($('#replicas-table'), [], 'No replicas.', 8);
       return;
     }
     const items = [
-      ['State', badge(v.state)], ['Robustness', badge(v.robustness)], ['Size', fmtBytes(v.size)],
+      ['State', badge(v.state)], ['Robustness', badge(v.robustness)], ['Size', fmtBytes(v.size)], ['Actual size', fmtBytes(v.actualSize || 0)],
       ['Replicas (healthy/desired)', healthyReplicas(v) + '/' + v.numberOfReplicas],
       ['Attached to', v.nodeId || '—'], ['Endpoint', v.endpoint || '—'],
       ['Maintenance', v.maintenance ? 'yes' : 'no'], ['Data locality', v.dataLocality],
@@ -54,12 +54,13 @@ Corral.pages.volume = {
         el('td', {}, r.name), el('td', {}, r.node), el('td', {}, r.disk),
         el('td', { class: 'mode' }, mode ? badge(mode, 'mode-' + mode) : '—'),
         el('td', {}, r.state || '—'),
+        el('td', { class: 'actual-size' }, fmtBytes(r.actualSize || 0)),
         el('td', { class: 'rebuild' }, rebuilding
           ? [el('progress', { max: 100, value: progress || 0, 'aria-label': 'rebuild progress of ' + r.name }), ' ', (progress || 0) + '%']
           : '—'),
         el('td', {}, r.failedAt ? fmtTime(r.failedAt) : '—'));
     });
-    fillTable($('#replicas-table'), rows, 'No replicas.', 7);
+    fillTable($('#replicas-table'), rows, 'No replicas.', 8);
   },
 
   snapshotNode(s, children) {

@@ -73,6 +73,7 @@ Corral.pages.volumes = {
       el('td', { class: 'state' }, badge(v.state)),
       el('td', { class: 'robustness' }, badge(v.robustness)),
       el('td', {}, fmtBytes(v.size)),
+      el('td', { class: 'actual-size' }, fmtBytes(v.actualSize || 0)),
       el('td', {}, healthyReplicas(v) + '/' + v.numberOfReplicas),
       el('td', {}, v.nodeId || '—'),
       el('td', { class: 'endpoint' }, v.endpoint || '—'),
@@ -83,7 +84,7 @@ Corral.pages.volumes = {
   render() {
     const rows = [...this.volumes.values()].filter((v) => this.shown(v))
       .sort((a, b) => a.name.localeCompare(b.name)).map((v) => this.row(v));
-    fillTable($('#volumes-table'), rows, 'No volumes.', 9);
+    fillTable($('#volumes-table'), rows, 'No volumes.', 10);
   },
 
   // Replace one row in place (keeps the others, and where the keyboard is, untouched).
