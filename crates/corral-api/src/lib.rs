@@ -42,6 +42,6 @@ pub use settings::{BackupTargetView, Health, RecurringJobView, SetBackupTarget, 
 pub use volumes::{
     is_settled, AttachVolume, Condition, ConditionType, CreateSnapshot, CreateVolume, DataLocality,
     DetachVolume, ExpandVolume, MaintenanceVolume, ReplicaMode, ReplicaView, Robustness, SnapshotCreated,
-    VolumeState, VolumeView,
+    VolumeState, VolumeView, MAX_VOLUME_SIZE,
 };
 pub use watch::{WatchKind, WatchMessage, KEEP_ALIVE_SECS};

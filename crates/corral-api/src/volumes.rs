@@ -5,6 +5,10 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
+/// Largest volume size: 1 PiB. Far beyond any disk Corral places replicas on, and it keeps every
+/// offset inside a volume well within the signed 64-bit range engines, replicas and NBD use.
+pub const MAX_VOLUME_SIZE: u64 = 1 << 50;
+
 /// Lifecycle state of a volume.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]

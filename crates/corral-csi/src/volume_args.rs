@@ -83,6 +83,13 @@ pub fn size_of(range: Option<&CapacityRange>, default: u64) -> Result<u64> {
             "Corral volume sizes are multiples of {SIZE_GRANULARITY} bytes: none lies in {required}..={limit} bytes"
         )));
     }
+    // A capacity the plugin cannot serve is OUT_OF_RANGE for CSI (the manager calls it invalid).
+    if size > corral_api::MAX_VOLUME_SIZE {
+        return Err(CsiError::out_of_range(format!(
+            "{size} bytes is larger than the largest Corral volume, {} bytes (1 PiB)",
+            corral_api::MAX_VOLUME_SIZE
+        )));
+    }
     Ok(size)
 }
 

@@ -58,9 +58,12 @@ fn identity_capabilities_and_bad_input_answer_with_the_codes_the_spec_names() {
     let mut unknown = create_request("pvc-param", 16 * MIB, cap.clone());
     unknown.parameters.insert("replicaCount".into(), "3".into());
     assert_code(csi.call(c.create_volume(unknown)), Code::InvalidArgument, "unknown parameter");
-    let huge = create_request("pvc-huge", 1 << 60, cap.clone());
+    let huge = create_request("pvc-huge", 1 << 48, cap.clone());
     assert_code(csi.call(c.create_volume(huge)), Code::OutOfRange, "a size no disk can hold");
     assert_eq!(cluster.get("/v1/volumes/pvc-huge").0, 404, "a refused volume leaves nothing behind");
+    let beyond = create_request("pvc-beyond", 1 << 60, cap.clone());
+    assert_code(csi.call(c.create_volume(beyond)), Code::OutOfRange, "a size beyond the largest volume");
+    assert_eq!(cluster.get("/v1/volumes/pvc-beyond").0, 404, "a refused volume leaves nothing behind");
 
     // Idempotent create: a 128-character name, the same request twice, then a conflicting size.
     let long_name = "L".repeat(128);

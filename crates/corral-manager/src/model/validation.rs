@@ -3,9 +3,8 @@ use crate::error::{ManagerError, Result};
 
 /// Volumes are sized in whole 2 MiB blocks (the backup block size; Longhorn rounds the same way).
 pub const SIZE_ALIGNMENT: u64 = 2 << 20;
-/// Largest volume size: 1 PiB. Far beyond any disk Corral places replicas on, and it keeps every
-/// offset inside a volume well within the signed 64-bit range engines, replicas and NBD use.
-pub const MAX_SIZE: u64 = 1 << 50;
+/// Largest volume size (1 PiB), the API's rule.
+pub const MAX_SIZE: u64 = corral_api::MAX_VOLUME_SIZE;
 /// Most replicas a volume may ask for.
 pub const MAX_REPLICAS: u32 = 20;
 
