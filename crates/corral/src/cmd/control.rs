@@ -132,7 +132,7 @@ pub fn run(command: ControlCommand) -> anyhow::Result<ExitCode> {
 
 /// Installs SIGINT/SIGTERM handlers now (before the ready message is printed, so an early signal
 /// is not lost to the default action) and returns a future that resolves on the first of them.
-fn stop_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
+pub(crate) fn stop_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
     use tokio::signal::unix::{signal, SignalKind};
     let mut int = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
     let mut term = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;

@@ -50,23 +50,9 @@ pub fn run(a: CsiArgs) -> anyhow::Result<ExitCode> {
             manager_url: a.manager,
             state_dir: a.state_dir,
         };
-        let stopped = stop_signal()?;
+        let stopped = super::control::stop_signal()?;
         println!("corral csi of node {} serving unix://{}", a.node_id, path.display());
         corral_csi::serve(listener, config, stopped).await.context("the CSI driver failed")?;
         Ok(ExitCode::SUCCESS)
-    })
-}
-
-/// SIGINT/SIGTERM handlers installed now (before the ready line, so an early signal is not lost),
-/// as a future that resolves on the first of them.
-fn stop_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut int = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
-    let mut term = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
-    Ok(async move {
-        tokio::select! {
-            _ = int.recv() => {}
-            _ = term.recv() => {}
-        }
     })
 }
