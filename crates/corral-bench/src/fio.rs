@@ -32,16 +32,43 @@ pub struct Job {
     pub qd: u32,
     /// Time-based (false: one pass over the size, used to fill).
     pub timed: bool,
+    /// fio `fsync=`: a flush after every this many writes (0: never). On an NBD target fio sends
+    /// NBD_CMD_FLUSH; on the plain file it calls fsync(2) on a buffered file.
+    pub fsync: u32,
 }
 
 /// The jobs, in run order: the first fills the target so reads hit data.
 pub const JOBS: [Job; 6] = [
-    Job { name: "1M seq write QD8", rw: "write", bs: 1 << 20, qd: 8, timed: false },
-    Job { name: "4K rand write QD1", rw: "randwrite", bs: 4096, qd: 1, timed: true },
-    Job { name: "4K rand write QD32", rw: "randwrite", bs: 4096, qd: 32, timed: true },
-    Job { name: "4K rand read QD1", rw: "randread", bs: 4096, qd: 1, timed: true },
-    Job { name: "4K rand read QD32", rw: "randread", bs: 4096, qd: 32, timed: true },
-    Job { name: "1M seq read QD8", rw: "read", bs: 1 << 20, qd: 8, timed: true },
+    Job { name: "1M seq write QD8", rw: "write", bs: 1 << 20, qd: 8, timed: false, fsync: 0 },
+    Job { name: "4K rand write QD1", rw: "randwrite", bs: 4096, qd: 1, timed: true, fsync: 0 },
+    Job { name: "4K rand write QD32", rw: "randwrite", bs: 4096, qd: 32, timed: true, fsync: 0 },
+    Job { name: "4K rand read QD1", rw: "randread", bs: 4096, qd: 1, timed: true, fsync: 0 },
+    Job { name: "4K rand read QD32", rw: "randread", bs: 4096, qd: 32, timed: true, fsync: 0 },
+    Job { name: "1M seq read QD8", rw: "read", bs: 1 << 20, qd: 8, timed: true, fsync: 0 },
+];
+
+/// Index of the 4 KiB random read QD1 job in [`JOBS`] (its latency is reported with the durable jobs).
+pub const READ_QD1: usize = 3;
+
+/// The durable jobs, run after [`JOBS`] (so the target is filled): a flush after every write at QD1, and
+/// after every 32 writes at QD32.
+pub const DURABLE_JOBS: [Job; 2] = [
+    Job {
+        name: "4K rand write QD1, fsync every write",
+        rw: "randwrite",
+        bs: 4096,
+        qd: 1,
+        timed: true,
+        fsync: 1,
+    },
+    Job {
+        name: "4K rand write QD32, fsync every 32 writes",
+        rw: "randwrite",
+        bs: 4096,
+        qd: 32,
+        timed: true,
+        fsync: 32,
+    },
 ];
 
 /// What a job measured.
@@ -51,28 +78,54 @@ pub struct Measured {
     pub mib_s: f64,
     /// Mean completion latency in µs.
     pub lat_us: f64,
+    /// 99th percentile completion latency in µs.
+    pub lat_p99_us: f64,
+    /// Mean latency of the flushes (fsync / NBD_CMD_FLUSH, or the FUA write itself) in µs; 0 without.
+    pub sync_us: f64,
+    /// 99th percentile of the same in µs.
+    pub sync_p99_us: f64,
 }
 
 /// Where fio sends I/O.
 pub enum Target<'a> {
     /// `--ioengine=nbd --uri=…`.
     Nbd(&'a str),
-    /// A plain file with `direct=1`, io_uring.
+    /// A plain file: `direct=1` with io_uring for the buffered jobs; for a job with `fsync`, a buffered
+    /// file (psync at QD1, io_uring above) whose fsync(2) is the flush, as a database on a file has it.
     File(&'a std::path::Path),
 }
 
-/// Runs `job` against `target` (`size` bytes, `runtime` seconds for timed jobs).
-pub fn run(job: &Job, target: &Target<'_>, size: u64, runtime: u64) -> Result<Measured, BenchError> {
+/// How long fio runs a timed job.
+#[derive(Debug, Clone, Copy)]
+pub struct Timing {
+    /// Measured time of a timed job, in milliseconds.
+    pub runtime_ms: u64,
+    /// Warm-up before measuring, in milliseconds (0: none).
+    pub ramp_ms: u64,
+}
+
+/// Runs `job` against `target` (`size` bytes, `timing` for timed jobs).
+pub fn run(job: &Job, target: &Target<'_>, size: u64, timing: Timing) -> Result<Measured, BenchError> {
     let mut cmd = Command::new("fio");
     cmd.arg("--name=bench").arg(format!("--rw={}", job.rw)).arg(format!("--bs={}", job.bs));
     cmd.arg(format!("--iodepth={}", job.qd)).arg(format!("--size={size}"));
     cmd.args(["--output-format=json", "--group_reporting", "--numjobs=1", "--randrepeat=0", "--norandommap"]);
     if job.timed {
-        cmd.args(["--time_based", &format!("--runtime={runtime}"), "--ramp_time=1"]);
+        cmd.args(["--time_based", &format!("--runtime={}ms", timing.runtime_ms)]);
+        if timing.ramp_ms > 0 {
+            cmd.arg(format!("--ramp_time={}ms", timing.ramp_ms));
+        }
+    }
+    if job.fsync > 0 {
+        cmd.arg(format!("--fsync={}", job.fsync));
     }
     match target {
         Target::Nbd(uri) => {
             cmd.args(["--ioengine=nbd", &format!("--uri={uri}")]);
+        }
+        Target::File(path) if job.fsync > 0 => {
+            let engine = if job.qd == 1 { "--ioengine=psync" } else { "--ioengine=io_uring" };
+            cmd.args([engine, "--direct=0"]).arg(format!("--filename={}", path.display()));
         }
         Target::File(path) => {
             cmd.args(["--ioengine=io_uring", "--direct=1"]).arg(format!("--filename={}", path.display()));
@@ -93,10 +146,14 @@ pub fn run(job: &Job, target: &Target<'_>, size: u64, runtime: u64) -> Result<Me
         serde_json::from_str(&text[start..]).map_err(|e| tool_error("fio", format!("bad JSON: {e}")))?;
     let j = &v["jobs"][0];
     let side = if job.rw.contains("write") { &j["write"] } else { &j["read"] };
+    let us = |v: &serde_json::Value| v.as_f64().unwrap_or(0.0) / 1000.0;
     Ok(Measured {
         iops: side["iops"].as_f64().unwrap_or(0.0),
         mib_s: side["bw"].as_f64().unwrap_or(0.0) / 1024.0,
-        lat_us: side["clat_ns"]["mean"].as_f64().unwrap_or(0.0) / 1000.0,
+        lat_us: us(&side["clat_ns"]["mean"]),
+        lat_p99_us: us(&side["clat_ns"]["percentile"]["99.000000"]),
+        sync_us: us(&j["sync"]["lat_ns"]["mean"]),
+        sync_p99_us: us(&j["sync"]["lat_ns"]["percentile"]["99.000000"]),
     })
 }
 
@@ -123,7 +180,14 @@ pub fn median_per_job(runs: &[Vec<Measured>]) -> Vec<Measured> {
                 let mut values: Vec<f64> = column.iter().map(|m| f(m)).collect();
                 median(&mut values)
             };
-            Measured { iops: field(|m| m.iops), mib_s: field(|m| m.mib_s), lat_us: field(|m| m.lat_us) }
+            Measured {
+                iops: field(|m| m.iops),
+                mib_s: field(|m| m.mib_s),
+                lat_us: field(|m| m.lat_us),
+                lat_p99_us: field(|m| m.lat_p99_us),
+                sync_us: field(|m| m.sync_us),
+                sync_p99_us: field(|m| m.sync_p99_us),
+            }
         })
         .collect()
 }
@@ -155,7 +219,7 @@ mod tests {
     }
 
     fn m(iops: f64, mib_s: f64, lat_us: f64) -> Measured {
-        Measured { iops, mib_s, lat_us }
+        Measured { iops, mib_s, lat_us, ..Measured::default() }
     }
 
     #[test]

@@ -2,15 +2,17 @@
 
 use std::io::{BufRead, BufReader};
 use std::net::TcpListener;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::fio::{self, tool_error, BenchError, Measured, Target, JOBS};
+use crate::fio::{self, tool_error, BenchError, Measured, Target, DURABLE_JOBS, JOBS};
+use crate::fua::{self, FuaTarget};
 use crate::Options;
 
 /// A child process killed on drop.
-struct Proc(Child);
+pub(crate) struct Proc(pub(crate) Child);
 
 impl Drop for Proc {
     fn drop(&mut self) {
@@ -21,9 +23,12 @@ impl Drop for Proc {
 
 /// Starts `cmd` and returns it with its first stdout line.
 fn start_with_line(mut cmd: Command, what: &str) -> Result<(Proc, String), BenchError> {
+    // Its own process group: a terminal's Ctrl-C reaches only corral-bench, which then cleans up
+    // (see interrupt.rs) while the servers still serve.
     let mut child = cmd
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
+        .process_group(0)
         .spawn()
         .map_err(|e| tool_error(what, format!("cannot start: {e}")))?;
     let stdout = child.stdout.take().ok_or_else(|| tool_error(what, "no stdout"))?;
@@ -44,10 +49,13 @@ fn start_with_line(mut cmd: Command, what: &str) -> Result<(Proc, String), Bench
     Ok((proc, line.trim_end().to_string()))
 }
 
-struct Corral {
+/// A Corral volume served the way a node serves it: `corral replica serve` processes and one
+/// `corral engine serve` over them; all killed on drop.
+pub(crate) struct Corral {
     _replicas: Vec<Proc>,
     _engine: Proc,
-    nbd: String,
+    /// The engine's NBD address, `nbd://HOST:PORT`.
+    pub(crate) nbd: String,
     control: String,
 }
 
@@ -66,15 +74,21 @@ fn start_replica(corral: &Path, dir: &Path, size: u64) -> Result<(Proc, String),
     Ok((p, address.to_string()))
 }
 
-fn start_corral(o: &Options, dir: &Path, replicas: usize, size: u64) -> Result<Corral, BenchError> {
+/// Starts `replicas` replicas under `dir` and an engine over them, with the `corral` binary `corral`.
+pub(crate) fn start_corral(
+    corral: &Path,
+    dir: &Path,
+    replicas: usize,
+    size: u64,
+) -> Result<Corral, BenchError> {
     let mut procs = Vec::new();
     let mut addresses = Vec::new();
     for i in 0..replicas {
-        let (p, a) = start_replica(&o.corral, &dir.join(format!("r{i}")), size)?;
+        let (p, a) = start_replica(corral, &dir.join(format!("r{i}")), size)?;
         procs.push(p);
         addresses.push(a);
     }
-    let mut cmd = Command::new(&o.corral);
+    let mut cmd = Command::new(corral);
     cmd.args([
         "engine",
         "serve",
@@ -98,12 +112,13 @@ fn start_corral(o: &Options, dir: &Path, replicas: usize, size: u64) -> Result<C
     Ok(Corral { _replicas: procs, _engine: engine, nbd, control })
 }
 
-fn free_port() -> Result<u16, BenchError> {
+pub(crate) fn free_port() -> Result<u16, BenchError> {
     let l = TcpListener::bind("127.0.0.1:0").map_err(|e| tool_error("bind", e.to_string()))?;
     l.local_addr().map(|a| a.port()).map_err(|e| tool_error("bind", e.to_string()))
 }
 
-fn start_qemu_nbd(file: &Path) -> Result<(Proc, String), BenchError> {
+/// `qemu-nbd --cache=writeback` serving the raw `file` on a free loopback port, and its `nbd://` URI.
+pub(crate) fn start_qemu_nbd(file: &Path) -> Result<(Proc, String), BenchError> {
     let port = free_port()?;
     let child = Command::new("qemu-nbd")
         .args([
@@ -119,6 +134,7 @@ fn start_qemu_nbd(file: &Path) -> Result<(Proc, String), BenchError> {
         ])
         .arg(file)
         .stdout(Stdio::null())
+        .process_group(0)
         .spawn()
         .map_err(|e| tool_error("qemu-nbd", format!("cannot start (Debian package qemu-utils): {e}")))?;
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -131,33 +147,43 @@ fn start_qemu_nbd(file: &Path) -> Result<(Proc, String), BenchError> {
     Ok((Proc(child), format!("nbd://127.0.0.1:{port}")))
 }
 
-fn make_file(path: &Path, size: u64) -> Result<(), BenchError> {
+pub(crate) fn make_file(path: &Path, size: u64) -> Result<(), BenchError> {
     let f =
         std::fs::File::create(path).map_err(|e| tool_error("create", format!("{}: {e}", path.display())))?;
     f.set_len(size).map_err(|e| tool_error("truncate", e.to_string()))
 }
 
-/// Runs the whole job list `o.repeat` times against one started target: `runs[run][job]`. Every round
+/// Runs the whole job list `o.repeat` times against one started target: `runs[run][job]`, with the
+/// jobs of [`JOBS`], then of [`DURABLE_JOBS`], then the FUA writes ([`crate::durable::FUA`]). Every round
 /// begins with the 1 MiB sequential write, which (re)fills the target.
 fn run_jobs(label: &str, target: Target<'_>, o: &Options) -> Result<Vec<Vec<Measured>>, BenchError> {
-    let size = o.size_gib << 30;
     let mut runs = Vec::with_capacity(o.repeat);
-    for round in 1..=o.repeat {
-        let mut out = Vec::with_capacity(JOBS.len());
-        for job in &JOBS {
-            if o.repeat > 1 {
-                eprintln!("  {label} (run {round}/{}): {}", o.repeat, job.name);
-            } else {
-                eprintln!("  {label}: {}", job.name);
-            }
-            out.push(fio::run(job, &target, size, o.runtime)?);
+    let progress = |round: usize, name: &str| {
+        if o.repeat > 1 {
+            eprintln!("  {label} (run {round}/{}): {name}", o.repeat);
+        } else {
+            eprintln!("  {label}: {name}");
         }
+    };
+    for round in 1..=o.repeat {
+        let mut out = Vec::with_capacity(JOBS.len() + DURABLE_JOBS.len() + 1);
+        for job in JOBS.iter().chain(&DURABLE_JOBS) {
+            crate::interrupt::interrupted()?;
+            progress(round, job.name);
+            out.push(fio::run(job, &target, o.size, o.timing())?);
+        }
+        progress(round, crate::durable::FUA);
+        let fua_target = match target {
+            Target::Nbd(uri) => FuaTarget::Nbd(uri),
+            Target::File(path) => FuaTarget::File(path),
+        };
+        out.push(fua::run(&fua_target, o.size, o.timing())?);
         runs.push(out);
     }
     Ok(runs)
 }
 
-fn fresh_dir(path: &Path) -> Result<PathBuf, BenchError> {
+pub(crate) fn fresh_dir(path: &Path) -> Result<PathBuf, BenchError> {
     let _ = std::fs::remove_dir_all(path);
     std::fs::create_dir_all(path).map_err(|e| tool_error("mkdir", format!("{}: {e}", path.display())))?;
     Ok(path.to_path_buf())
@@ -209,12 +235,13 @@ pub fn run_engine_bench(o: &Options) -> Result<(), BenchError> {
             ),
         ));
     }
-    let size = o.size_gib << 30;
+    let size = o.size;
     let root = fresh_dir(&o.dir)?;
     eprintln!(
-        "fio jobs: {}s each (+1s ramp), volume/file size {} GiB, data under {}",
-        o.runtime,
-        o.size_gib,
+        "fio jobs: {} ms each (+{} ms ramp), volume/file size {} MiB, data under {}",
+        o.runtime_ms,
+        o.ramp_ms,
+        o.size >> 20,
         root.display()
     );
 
@@ -235,7 +262,7 @@ pub fn run_engine_bench(o: &Options) -> Result<(), BenchError> {
     let mut corral_runs = Vec::new();
     for replicas in [1usize, 3] {
         let dir = fresh_dir(&root.join(format!("corral{replicas}")))?;
-        let c = start_corral(o, &dir, replicas, size)?;
+        let c = start_corral(&o.corral, &dir, replicas, size)?;
         corral_runs.push(run_jobs(&format!("corral {replicas} replica(s)"), Target::Nbd(&c.nbd), o)?);
         drop(c);
         let _ = std::fs::remove_dir_all(&dir);
@@ -253,8 +280,9 @@ pub fn run_engine_bench(o: &Options) -> Result<(), BenchError> {
         String::new()
     };
     println!(
-        "Engine benchmark: fio {}s per job, {} GiB, same disk; no job flushes (no fsync=){medians}.",
-        o.runtime, o.size_gib
+        "Engine benchmark: fio {} ms per job, {} MiB, same disk; buffered jobs: no job flushes (no fsync=){medians}.",
+        o.runtime_ms,
+        o.size >> 20
     );
     println!("file: fio io_uring direct=1 on a plain file (the disk's limit). qemu-nbd: raw file, --cache=writeback, fio nbd engine.");
     println!("corral: replicas on the same disk (buffered writes, flush = fdatasync on every replica), fio nbd engine.");
@@ -302,6 +330,8 @@ pub fn run_engine_bench(o: &Options) -> Result<(), BenchError> {
         corral[0][qd1].lat_us - qemu[qd1].lat_us
     );
 
+    crate::durable::print_table(&plain, &qemu, &corral);
+
     if o.rebuild_gib > 0 {
         rebuild_bench(o, &root)?;
     }
@@ -313,7 +343,7 @@ pub fn run_engine_bench(o: &Options) -> Result<(), BenchError> {
 fn rebuild_bench(o: &Options, root: &Path) -> Result<(), BenchError> {
     let size = o.rebuild_gib << 30;
     let dir = fresh_dir(&root.join("rebuild"))?;
-    let c = start_corral(o, &dir, 1, size)?;
+    let c = start_corral(&o.corral, &dir, 1, size)?;
     eprintln!("  rebuild: writing alternating 4 KiB blocks over {} GiB", o.rebuild_gib);
     let fill = Command::new("fio")
         .args([
