@@ -4,11 +4,14 @@
 
 use crate::fio::{Measured, DURABLE_JOBS, JOBS, READ_QD1};
 
-/// The name of the FUA row (its loop is in `fua.rs`).
+/// The name of the batch row (its loop is in sync_loop.rs).
+pub const BATCH32: &str = "4K rand write QD32, fsync every 32 writes";
+/// The name of the FUA row (its loop is in sync_loop.rs).
 pub const FUA: &str = "4K rand write QD1, FUA every write";
 
-/// Index of the FUA result in a target's results (after [`JOBS`] and [`DURABLE_JOBS`]).
-const FUA_INDEX: usize = JOBS.len() + DURABLE_JOBS.len();
+/// Index of the batch result in a target's results (after [`JOBS`] and [`DURABLE_JOBS`]), then FUA's.
+const BATCH32_INDEX: usize = JOBS.len() + DURABLE_JOBS.len();
+const FUA_INDEX: usize = BATCH32_INDEX + 1;
 
 /// What kind of target a column is, for the sync-mode text.
 #[derive(Clone, Copy, PartialEq)]
@@ -39,13 +42,15 @@ fn rows() -> [Row; 4] {
             },
         },
         Row {
-            name: DURABLE_JOBS[1].name,
-            index: JOBS.len() + 1,
+            name: BATCH32,
+            index: BATCH32_INDEX,
             is_read: false,
             sync: |k| match k {
-                Kind::File => "fsync(2) after every 32 writes (buffered file, io_uring)",
-                Kind::Qemu => "NBD flush after every 32 writes (fio nbd); --cache=writeback",
-                Kind::Corral => "NBD flush after every 32 writes (fio nbd); fdatasync on every replica",
+                Kind::File => "32 buffered pwrites, then fsync(2) (python loop)",
+                Kind::Qemu => "32 writes in flight, then NBD flush (libnbd python loop); --cache=writeback",
+                Kind::Corral => {
+                    "32 writes in flight, then NBD flush (libnbd python loop); fdatasync on every replica"
+                }
             },
         },
         Row {

@@ -17,8 +17,9 @@
 //! count, sync mode and `direct=1` next to each figure, and the ratios against qemu-nbd.
 //!
 //! Then the durable workloads (durable.rs): 4 KiB random write with a flush after every write at QD1
-//! and after every 32 writes at QD32 (fio `fsync=`; an NBD flush, fsync(2) on the plain file, which is
-//! buffered for these), and FUA writes at QD1 (libnbd's Python binding sets the FUA bit; see fua.rs),
+//! (fio `fsync=1`: an NBD flush, fsync(2) on the plain file, which is buffered for these), batches of 32
+//! writes in flight followed by a flush, and FUA writes at QD1 (libnbd's Python binding sends these two
+//! and sets the FUA bit; see sync_loop.rs),
 //! each with IOPS, mean and p99 sync latency, in a second table beside the 4 KiB random read QD1 latency.
 //!
 //! `app` (app.rs) runs PostgreSQL's pgbench on ext4 on a loop device over nbdfuse on Corral (1 and 3
@@ -39,10 +40,10 @@ mod app;
 mod app_stack;
 mod durable;
 mod fio;
-mod fua;
 mod interrupt;
 mod power_cut;
 mod scale;
+mod sync_loop;
 mod targets;
 
 use std::path::PathBuf;

@@ -8,7 +8,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::fio::{self, tool_error, BenchError, Measured, Target, DURABLE_JOBS, JOBS};
-use crate::fua::{self, FuaTarget};
+use crate::sync_loop::{self, LoopTarget, SyncLoop};
 use crate::Options;
 
 /// A child process killed on drop.
@@ -154,7 +154,7 @@ pub(crate) fn make_file(path: &Path, size: u64) -> Result<(), BenchError> {
 }
 
 /// Runs the whole job list `o.repeat` times against one started target: `runs[run][job]`, with the
-/// jobs of [`JOBS`], then of [`DURABLE_JOBS`], then the FUA writes ([`crate::durable::FUA`]). Every round
+/// jobs of [`JOBS`], then of [`DURABLE_JOBS`], then the 32-write batches and the FUA writes (sync_loop.rs). Every round
 /// begins with the 1 MiB sequential write, which (re)fills the target.
 fn run_jobs(label: &str, target: Target<'_>, o: &Options) -> Result<Vec<Vec<Measured>>, BenchError> {
     let mut runs = Vec::with_capacity(o.repeat);
@@ -166,18 +166,23 @@ fn run_jobs(label: &str, target: Target<'_>, o: &Options) -> Result<Vec<Vec<Meas
         }
     };
     for round in 1..=o.repeat {
-        let mut out = Vec::with_capacity(JOBS.len() + DURABLE_JOBS.len() + 1);
+        let mut out = Vec::with_capacity(JOBS.len() + DURABLE_JOBS.len() + 2);
         for job in JOBS.iter().chain(&DURABLE_JOBS) {
             crate::interrupt::interrupted()?;
             progress(round, job.name);
             out.push(fio::run(job, &target, o.size, o.timing())?);
         }
-        progress(round, crate::durable::FUA);
-        let fua_target = match target {
-            Target::Nbd(uri) => FuaTarget::Nbd(uri),
-            Target::File(path) => FuaTarget::File(path),
+        let loop_target = match target {
+            Target::Nbd(uri) => LoopTarget::Nbd(uri),
+            Target::File(path) => LoopTarget::File(path),
         };
-        out.push(fua::run(&fua_target, o.size, o.timing())?);
+        for (workload, name) in
+            [(SyncLoop::Batch32, crate::durable::BATCH32), (SyncLoop::Fua, crate::durable::FUA)]
+        {
+            crate::interrupt::interrupted()?;
+            progress(round, name);
+            out.push(sync_loop::run(workload, &loop_target, o.size, o.timing())?);
+        }
         runs.push(out);
     }
     Ok(runs)
