@@ -152,7 +152,7 @@ pub fn run(o: &AppOptions) -> Result<(), BenchError> {
         o.size >> 20,
         root.display()
     );
-    let result = run_in(o, &root);
+    let result = crate::app_stack::check_postgres_can_reach(&root).and_then(|()| run_in(o, &root));
     let _ = std::fs::remove_dir_all(&root);
     result
 }

@@ -78,6 +78,22 @@ fn as_postgres(program: &str) -> Command {
     cmd
 }
 
+/// Fails clearly when [`PG_USER`] cannot reach `dir` (a parent such as a 0700 temporary directory), which
+/// initdb would otherwise report as a puzzling permission error deep into the setup.
+pub fn check_postgres_can_reach(dir: &Path) -> Result<(), BenchError> {
+    let mut cmd = as_postgres("test");
+    cmd.arg("-x").arg(dir);
+    run_to_end(&mut cmd, "runuser").map(drop).map_err(|_| {
+        tool_error(
+            "postgresql",
+            format!(
+                "user {PG_USER} cannot reach {}: put --dir under directories others may enter",
+                dir.display()
+            ),
+        )
+    })
+}
+
 /// The directory holding PostgreSQL's programs (Debian keeps `initdb` and `pg_ctl` off PATH).
 fn pg_bin() -> Result<PathBuf, BenchError> {
     let mut versions: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")

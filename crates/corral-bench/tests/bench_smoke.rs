@@ -119,9 +119,17 @@ fn assert_app_rows(stdout: &str) {
     }
 }
 
+/// A temporary directory PostgreSQL's user may enter (tempdir makes it 0700).
+fn open_tempdir() -> tempfile::TempDir {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    dir
+}
+
 #[test]
 fn app_quick_runs_pgbench_on_every_stack_and_cleans_up() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = open_tempdir();
     let work = dir.path().join("app");
     let out = bench(&["app", "--quick"], &work).output().unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -136,7 +144,7 @@ fn app_quick_runs_pgbench_on_every_stack_and_cleans_up() {
 
 #[test]
 fn app_stopped_by_sigterm_while_building_cleans_up() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = open_tempdir();
     let work = dir.path().join("app");
     let mut child =
         bench(&["app", "--quick"], &work).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
