@@ -19,8 +19,8 @@
 //! Then the durable workloads (durable.rs): 4 KiB random write with a flush after every write at QD1
 //! (fio `fsync=1`: an NBD flush, fsync(2) on the plain file, which is buffered for these), batches of 32
 //! writes in flight followed by a flush, and FUA writes at QD1 (libnbd's Python binding sends these two
-//! and sets the FUA bit; see sync_loop.rs),
-//! each with IOPS, mean and p99 sync latency, in a second table beside the 4 KiB random read QD1 latency.
+//! and sets the FUA bit; see sync_loop.rs), each with IOPS, mean and p99 sync latency, in a second table
+//! beside the 4 KiB random read QD1 latency, one row per workload and target.
 //!
 //! `app` (app.rs) runs PostgreSQL's pgbench on ext4 on a loop device over nbdfuse on Corral (1 and 3
 //! replicas) and qemu-nbd, and on a loop device over a plain file.
@@ -32,9 +32,11 @@
 //! (mean of the two middle runs for even N), with the per-run min–max range of the QD32 ratios against
 //! qemu-nbd under the table. The rebuild is measured once; `--rebuild-gib 0` skips it.
 //!
-//! Sync mode: none of the fio jobs flushes (no `fsync=`), for every target alike. Corral's replicas and
-//! qemu-nbd (`--cache=writeback`, its default) write through the page cache; the plain-file baseline
-//! uses O_DIRECT. Benchmarks are never timed tests; nothing here asserts a speed.
+//! Sync mode: none of the buffered table's jobs flushes (no `fsync=`), for every target alike; the
+//! durable table names its sync on every row. Corral's replicas and qemu-nbd (`--cache=writeback`, its
+//! default) write through the page cache; the plain-file baseline uses O_DIRECT for the buffered table
+//! and a buffered file with fsync(2) / O_DSYNC for the durable one. Benchmarks are never timed tests;
+//! nothing here asserts a speed.
 
 mod app;
 mod app_stack;
