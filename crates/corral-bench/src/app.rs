@@ -185,7 +185,7 @@ fn print_table(o: &AppOptions, benches: &[Bench]) {
         "pgbench (TPC-B-like) on ext4 on a loop device; NBD targets through nbdfuse: scale {}, {} clients, {} s a round, {} interleaved round(s), {} MiB devices, same disk.",
         o.scale, o.clients, o.duration_s, o.rounds, o.size >> 20
     );
-    println!("TPS and mean latency are medians over the rounds; ratios are to qemu-nbd's medians; the ranges are per round.");
+    println!("TPS and mean latency are medians over the rounds; ratios are to qemu-nbd's medians; the per-round columns list each round in run order.");
     println!();
     println!("| target | replicas | sync mode | TPS | TPS per round | mean latency | TPS / qemu-nbd | per-round TPS / qemu-nbd | latency / qemu-nbd |");
     println!("|---|---|---|---|---|---|---|---|---|");

@@ -287,10 +287,32 @@ impl Drop for Stack {
         }
         if let Some(device) = self.loop_device.take() {
             quiet(Command::new("losetup").args(["-d", &device]));
+            // The kernel detaches a loop device asynchronously: until it has let go of its backing file,
+            // the nbdfuse mount holding that file is busy and will not unmount.
+            let backing = format!("/sys/block/{}/loop/backing_file", device.trim_start_matches("/dev/"));
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while Path::new(&backing).exists() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(50));
+            }
         }
         if let Some(mount) = self.fuse_mount.take() {
             // Unmounting ends nbdfuse; the Proc's drop then reaps it (or kills it if it hangs on).
-            quiet(Command::new("fusermount3").arg("-u").arg(&mount));
+            let unmounted = (0..40).any(|_| {
+                let ok = Command::new("fusermount3")
+                    .arg("-u")
+                    .arg(&mount)
+                    .stderr(Stdio::null())
+                    .status()
+                    .is_ok_and(|s| s.success());
+                if !ok {
+                    std::thread::sleep(Duration::from_millis(250));
+                }
+                ok
+            });
+            if !unmounted {
+                eprintln!("corral-bench app: {} is busy; detaching it lazily", mount.display());
+                quiet(Command::new("fusermount3").arg("-u").arg("-z").arg(&mount));
+            }
             if let Some(Proc(child)) = self.nbdfuse.as_mut() {
                 let deadline = Instant::now() + Duration::from_secs(5);
                 while Instant::now() < deadline && matches!(child.try_wait(), Ok(None)) {
