@@ -17,6 +17,16 @@
 //!
 //! The record is written after the data is durable; an incremental restore first marks itself pending
 //! in the record, so a crash anywhere leaves a record that tells the next run which blocks to rewrite.
+//!
+//! **Unfinished restores never serve.** Before the first restored byte reaches a replica directory its
+//! `Rebuilding` flag is set durably (`volume.meta`, written with fsync + rename + directory fsync), and it
+//! is cleared only after the restored snapshot is synced and older snapshots are purged, just before the
+//! replica is closed. That is Longhorn's flag for "incomplete copy": an engine never starts such a replica
+//! as RW (it is "an interrupted rebuild target"), so after a crash or power cut in the middle of an
+//! incremental restore (the directory then holds a mix of two backups) the directory still opens and
+//! checks clean but cannot serve a torn volume; `corral replica info` shows `rebuilding: true` and the
+//! record's `pending`, and running the same restore again finishes it. A full restore builds in
+//! `<dir>.corral-restore-tmp` and renames it into place only once complete, so `<dir>` is absent until then.
 
 use std::collections::BTreeMap;
 use std::os::unix::fs::FileExt;
@@ -415,8 +425,10 @@ async fn prepare_destination(
                         std::fs::remove_dir_all(&tmp)
                             .map_err(|e| BackupError::io("remove leftover", &tmp, e))?;
                     }
-                    Replica::create(&tmp, ReplicaCreateOptions { size })
-                        .map_err(|e| BackupError::replica("create", &tmp, e))
+                    let replica = Replica::create(&tmp, ReplicaCreateOptions { size })
+                        .map_err(|e| BackupError::replica("create", &tmp, e))?;
+                    mark_unfinished(&replica, &tmp)?;
+                    Ok(replica)
                 })
                 .await?
             };
@@ -452,6 +464,7 @@ async fn prepare_destination(
                     }
                     old.save(&record_path)?;
                     let replica = Replica::open(&dir).map_err(|e| BackupError::replica("open", &dir, e))?;
+                    mark_unfinished(&replica, &dir)?;
                     if replica.size() < size {
                         replica.expand(size).map_err(|e| BackupError::replica("expand", &dir, e))?;
                     }
@@ -606,9 +619,22 @@ fn snapshot_and_close(replica: Arc<Replica>, dir: &Path, record: &RestoreRecord)
             .purge(&cancel, &|_, _| {})
             .map_err(|e| BackupError::replica("purge older restore", dir, e))?;
     }
+    // Everything restored is synced (the snapshot synced the head; purge syncs what it moves): only now
+    // may the directory serve again.
+    replica
+        .set_rebuilding(false)
+        .map_err(|e| BackupError::replica("clear the unfinished-restore mark (Rebuilding) of", dir, e))?;
     let replica = Arc::try_unwrap(replica)
         .map_err(|_| BackupError::Worker("restored replica is still in use by a worker".to_string()))?;
     replica.close().map_err(|e| BackupError::replica("close", dir, e))
+}
+
+/// Marks a replica directory as holding an unfinished restore (its `Rebuilding` flag, durably) before any
+/// restored byte is written: until [`snapshot_and_close`] clears it, no engine serves the directory.
+fn mark_unfinished(replica: &Replica, dir: &Path) -> Result<()> {
+    replica
+        .set_rebuilding(true)
+        .map_err(|e| BackupError::replica("mark the restore unfinished (Rebuilding) in", dir, e))
 }
 
 /// What [`apply`] needs to know about the backup being restored.
