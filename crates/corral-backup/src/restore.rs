@@ -20,8 +20,8 @@
 //!
 //! **Unfinished restores never serve.** Before the first restored byte reaches a replica directory its
 //! `Rebuilding` flag is set durably (`volume.meta`, written with fsync + rename + directory fsync), and it
-//! is cleared only after the restored snapshot is synced and older snapshots are purged, just before the
-//! replica is closed. That is Longhorn's flag for "incomplete copy": an engine never starts such a replica
+//! is cleared only once the restored snapshot is synced (before older snapshots are purged, which does
+//! not change what the volume reads). That is Longhorn's flag for "incomplete copy": an engine never starts such a replica
 //! as RW (it is "an interrupted rebuild target"), so after a crash or power cut in the middle of an
 //! incremental restore (the directory then holds a mix of two backups) the directory still opens and
 //! checks clean but cannot serve a torn volume; `corral replica info` shows `rebuilding: true` and the
@@ -601,6 +601,12 @@ fn snapshot_and_close(replica: Arc<Replica>, dir: &Path, record: &RestoreRecord)
     replica
         .snapshot(&record.snapshot, SnapshotOptions { user_created: true, labels, created: None })
         .map_err(|e| BackupError::replica("snapshot restored data", dir, e))?;
+    // Everything restored is synced (a snapshot syncs the head first): only now may the directory serve.
+    // Before the purge, which refuses to run on a replica marked rebuilding; a purge cut off by a crash
+    // leaves the volume's content as it is (the replica's purge is crash-safe).
+    replica
+        .set_rebuilding(false)
+        .map_err(|e| BackupError::replica("clear the unfinished-restore mark (Rebuilding) of", dir, e))?;
     let older: Vec<String> = replica
         .snapshots()
         .map_err(|e| BackupError::replica("list snapshots", dir, e))?
@@ -619,11 +625,6 @@ fn snapshot_and_close(replica: Arc<Replica>, dir: &Path, record: &RestoreRecord)
             .purge(&cancel, &|_, _| {})
             .map_err(|e| BackupError::replica("purge older restore", dir, e))?;
     }
-    // Everything restored is synced (the snapshot synced the head; purge syncs what it moves): only now
-    // may the directory serve again.
-    replica
-        .set_rebuilding(false)
-        .map_err(|e| BackupError::replica("clear the unfinished-restore mark (Rebuilding) of", dir, e))?;
     let replica = Arc::try_unwrap(replica)
         .map_err(|_| BackupError::Worker("restored replica is still in use by a worker".to_string()))?;
     replica.close().map_err(|e| BackupError::replica("close", dir, e))

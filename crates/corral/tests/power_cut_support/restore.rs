@@ -203,6 +203,7 @@ fn make_backups(vm: &mut CorralVm, context: &str) {
         }
     });
     vm.vm.sh_ok("pid=$(cat /tmp/source.pid); kill $pid; while kill -0 $pid 2>/dev/null; do sleep 0.1; done");
+    vm.vm.sh_ok("mkdir -p /mnt/backups");
     for (snapshot, backup) in ["s0", "s1"].into_iter().zip(BACKUPS) {
         vm.vm.sh_ok(&format!(
             "{BACKUP_CLI} create --replica-dir /mnt/r0 --snapshot {snapshot} --target {TARGET} \
