@@ -99,7 +99,7 @@ pub fn run(corral: &Path, dir: &Path, filesystem: Filesystem, rounds: usize, see
         } else {
             (rng.random_range(0..2), format!("/mnt/full{round}"))
         };
-        let after_ack = rng.random_bool(0.3);
+        let after_ack = rng.random_bool(0.5);
         // Most cuts land inside the restore; the rest just after its acknowledgement.
         let delay = if after_ack {
             Duration::from_millis(rng.random_range(0..300))
