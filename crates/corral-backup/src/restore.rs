@@ -17,6 +17,16 @@
 //!
 //! The record is written after the data is durable; an incremental restore first marks itself pending
 //! in the record, so a crash anywhere leaves a record that tells the next run which blocks to rewrite.
+//!
+//! **Unfinished restores never serve.** Before the first restored byte reaches a replica directory its
+//! `Rebuilding` flag is set durably (`volume.meta`, written with fsync + rename + directory fsync), and it
+//! is cleared only once the restored snapshot is synced (before older snapshots are purged, which does
+//! not change what the volume reads). That is Longhorn's flag for "incomplete copy": an engine never starts such a replica
+//! as RW (it is "an interrupted rebuild target"), so after a crash or power cut in the middle of an
+//! incremental restore (the directory then holds a mix of two backups) the directory still opens and
+//! checks clean but cannot serve a torn volume; `corral replica info` shows `rebuilding: true` and the
+//! record's `pending`, and running the same restore again finishes it. A full restore builds in
+//! `<dir>.corral-restore-tmp` and renames it into place only once complete, so `<dir>` is absent until then.
 
 use std::collections::BTreeMap;
 use std::os::unix::fs::FileExt;
@@ -415,8 +425,10 @@ async fn prepare_destination(
                         std::fs::remove_dir_all(&tmp)
                             .map_err(|e| BackupError::io("remove leftover", &tmp, e))?;
                     }
-                    Replica::create(&tmp, ReplicaCreateOptions { size })
-                        .map_err(|e| BackupError::replica("create", &tmp, e))
+                    let replica = Replica::create(&tmp, ReplicaCreateOptions { size })
+                        .map_err(|e| BackupError::replica("create", &tmp, e))?;
+                    mark_unfinished(&replica, &tmp)?;
+                    Ok(replica)
                 })
                 .await?
             };
@@ -452,6 +464,7 @@ async fn prepare_destination(
                     }
                     old.save(&record_path)?;
                     let replica = Replica::open(&dir).map_err(|e| BackupError::replica("open", &dir, e))?;
+                    mark_unfinished(&replica, &dir)?;
                     if replica.size() < size {
                         replica.expand(size).map_err(|e| BackupError::replica("expand", &dir, e))?;
                     }
@@ -588,6 +601,12 @@ fn snapshot_and_close(replica: Arc<Replica>, dir: &Path, record: &RestoreRecord)
     replica
         .snapshot(&record.snapshot, SnapshotOptions { user_created: true, labels, created: None })
         .map_err(|e| BackupError::replica("snapshot restored data", dir, e))?;
+    // Everything restored is synced (a snapshot syncs the head first): only now may the directory serve.
+    // Before the purge, which refuses to run on a replica marked rebuilding; a purge cut off by a crash
+    // leaves the volume's content as it is (the replica's purge is crash-safe).
+    replica
+        .set_rebuilding(false)
+        .map_err(|e| BackupError::replica("clear the unfinished-restore mark (Rebuilding) of", dir, e))?;
     let older: Vec<String> = replica
         .snapshots()
         .map_err(|e| BackupError::replica("list snapshots", dir, e))?
@@ -609,6 +628,14 @@ fn snapshot_and_close(replica: Arc<Replica>, dir: &Path, record: &RestoreRecord)
     let replica = Arc::try_unwrap(replica)
         .map_err(|_| BackupError::Worker("restored replica is still in use by a worker".to_string()))?;
     replica.close().map_err(|e| BackupError::replica("close", dir, e))
+}
+
+/// Marks a replica directory as holding an unfinished restore (its `Rebuilding` flag, durably) before any
+/// restored byte is written: until [`snapshot_and_close`] clears it, no engine serves the directory.
+fn mark_unfinished(replica: &Replica, dir: &Path) -> Result<()> {
+    replica
+        .set_rebuilding(true)
+        .map_err(|e| BackupError::replica("mark the restore unfinished (Rebuilding) in", dir, e))
 }
 
 /// What [`apply`] needs to know about the backup being restored.

@@ -344,3 +344,35 @@ async fn dr_restore_refuses_a_replica_written_after_the_restore() {
     assert_eq!(err.kind(), ErrorKind::InvalidArgument, "{err}");
     assert!(err.to_string().contains("head holds writes"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn interrupted_restore_into_a_replica_dir_stays_marked_unfinished_until_run_again() {
+    let store = tempfile::tempdir().unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let target = dir_target(store.path());
+    let replica = fixture_replica(work.path());
+    backup(&target, &replica, "snap2", "b1").await;
+    common::scenario::write_and_snapshot_snap3(&replica);
+    let snap3 = read_volume(&replica, Some("snap3"));
+    backup(&target, &replica, "snap3", "b2").await;
+    let dr = work.path().join("dr");
+    let dest = || RestoreDestination::ReplicaDir(dr.clone());
+    let rebuilding = || corral_replica::Replica::open_read_only(&dr).unwrap().recovery_facts().rebuilding;
+    corral_backup::restore_backup(&target, "vol1", "b1", dest(), restore_opts(), &NoProgress).await.unwrap();
+    assert!(!rebuilding(), "a finished restore is not marked unfinished");
+    // b2's block at 50 MiB is damaged: the incremental restore stops part-way, the head a mix of b1 and b2.
+    let victim = corral_backup::block::checksum(&snap3[(50 << 20)..(52 << 20)]);
+    let path = files_with_suffix(store.path(), &format!("{victim}.blk")).pop().unwrap();
+    let good = std::fs::read(&path).unwrap();
+    std::fs::write(&path, b"garbage").unwrap();
+    let err = corral_backup::restore_backup(&target, "vol1", "b2", dest(), restore_opts(), &NoProgress)
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains(&victim), "{err}");
+    // Marked so that no engine starts it as an up-to-date replica (Longhorn's Rebuilding flag).
+    assert!(rebuilding(), "an interrupted restore must leave its replica directory marked unfinished");
+    std::fs::write(&path, good).unwrap();
+    corral_backup::restore_backup(&target, "vol1", "b2", dest(), restore_opts(), &NoProgress).await.unwrap();
+    assert!(!rebuilding(), "the restore run again finished it");
+    assert_eq!(read_volume(&dr, None), snap3);
+}

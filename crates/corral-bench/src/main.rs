@@ -134,7 +134,7 @@ fn main() -> ExitCode {
             std::env::current_exe().ok().and_then(|e| Some(e.parent()?.join("corral"))).unwrap_or_default()
         });
         let Some(o) = power_cut::parse(&args[1..], corral) else {
-            eprintln!("usage: corral-bench power-cut [--rounds N] [--seed S] [--dir DIR] [--corral PATH] [--only nbd-host|nbd-vm|ops-ext4|ops-xfs|rebuild]");
+            eprintln!("usage: corral-bench power-cut [--rounds N] [--seed S] [--dir DIR] [--corral PATH] [--only nbd-host|nbd-vm|ops-ext4|ops-xfs|rebuild|restore]");
             return ExitCode::from(2);
         };
         return match power_cut::run(&o) {

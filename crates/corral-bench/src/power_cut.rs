@@ -2,11 +2,12 @@
 //! randomized campaign of power cuts (SIGKILL of a qemu VM holding the replicas; the guest's page cache
 //! is lost). It mixes the
 //! scenarios of the `power_cut*` tests, whose code it shares (`crates/corral/tests/power_cut_support`):
-//! NBD workloads with flushes and FUA writes through an engine on the host (ext4 disk) or in the VM (xfs
-//! disk), and writes plus snapshot create / mark-removed + purge / revert / expand over the replica wire
-//! protocol (ext4 or xfs), and rebuilds of a stale replica into the VM (xfs). Each scenario runs up to
-//! three cuts on a fresh disk image, with a reboot and
-//! full check after each. Needs what the tests need: qemu-system-x86, linux-image-amd64, busybox-static,
+//! NBD workloads with flushes and FUA writes through an engine on the host or in the VM, writes plus
+//! snapshot create / mark-removed + purge / revert / expand over the replica wire protocol, rebuilds of a
+//! stale replica into the VM, and full and incremental backup restores into a replica directory in the VM
+//! (`--only restore`). The disk's filesystem (ext4 or xfs) is drawn for each scenario except the
+//! replica-operation ones, which name theirs. Each scenario runs up to three cuts on a fresh disk image,
+//! with a reboot and full check after each. Needs what the tests need: qemu-system-x86, linux-image-amd64, busybox-static,
 //! cpio, e2fsprogs, xfsprogs, python3-libnbd. A failure panics with the seed; success prints
 //! `N power cuts (seed S): …`.
 
@@ -27,7 +28,7 @@ pub struct PowerCutOptions {
     pub dir: PathBuf,
     pub corral: PathBuf,
     /// Runs only this scenario (0 NBD with the engine on the host, 1 NBD with the engine in the VM,
-    /// 2 and 3 replica operations on ext4 and xfs, 4 rebuild), to chase one failure.
+    /// 2 and 3 replica operations on ext4 and xfs, 4 rebuild, 5 backup restore), to chase one failure.
     pub only: Option<u32>,
 }
 
@@ -48,6 +49,7 @@ pub fn parse(args: &[String], corral: PathBuf) -> Option<PowerCutOptions> {
                     "ops-ext4" => 2,
                     "ops-xfs" => 3,
                     "rebuild" => 4,
+                    "restore" => 5,
                     _ => return None,
                 })
             }
@@ -64,6 +66,7 @@ pub fn run(o: &PowerCutOptions) -> Result<(), std::io::Error> {
     std::fs::create_dir_all(&o.dir)?;
     let started = Instant::now();
     let (mut nbd_cuts, mut durable_checked, mut ops_cuts, mut rebuild_cuts) = (0, 0, 0, 0);
+    let (mut restore_cuts, mut restores_acknowledged, mut restores_unfinished) = (0, 0, 0);
     let mut cut_during: Vec<&'static str> = Vec::new();
     let mut done = 0;
     while done < o.rounds {
@@ -73,13 +76,17 @@ pub fn run(o: &PowerCutOptions) -> Result<(), std::io::Error> {
         // names the directory); removed once it passed.
         let dir = tempfile::tempdir_in(&o.dir)?.keep();
         eprintln!("scenario directory {}", dir.display());
-        let scenario = rng.random_range(0..5);
+        let scenario = rng.random_range(0..6);
+        // Drawn for every scenario (the replica-operation ones name theirs) so that the sequence of
+        // draws, and with it a seed's campaign, does not depend on the scenario.
+        let filesystem = if rng.random_bool(0.5) { Filesystem::Ext4 } else { Filesystem::Xfs };
+        eprintln!("scenario {} on {filesystem:?}", o.only.unwrap_or(scenario));
         match o.only.unwrap_or(scenario) {
             0 => {
                 let s = power_cut_support::nbd::run(
                     &o.corral,
                     &dir,
-                    Filesystem::Ext4,
+                    filesystem,
                     EnginePlace::Host,
                     cuts,
                     Some(scenario_seed),
@@ -91,7 +98,7 @@ pub fn run(o: &PowerCutOptions) -> Result<(), std::io::Error> {
                 let s = power_cut_support::nbd::run(
                     &o.corral,
                     &dir,
-                    Filesystem::Xfs,
+                    filesystem,
                     EnginePlace::Vm,
                     cuts,
                     Some(scenario_seed),
@@ -100,14 +107,16 @@ pub fn run(o: &PowerCutOptions) -> Result<(), std::io::Error> {
                 durable_checked += s.durable_checked;
             }
             4 => {
-                let s = power_cut_support::rebuild::run(
-                    &o.corral,
-                    &dir,
-                    Filesystem::Xfs,
-                    cuts,
-                    Some(scenario_seed),
-                );
+                let s =
+                    power_cut_support::rebuild::run(&o.corral, &dir, filesystem, cuts, Some(scenario_seed));
                 rebuild_cuts += s.cuts;
+            }
+            5 => {
+                let s =
+                    power_cut_support::restore::run(&o.corral, &dir, filesystem, cuts, Some(scenario_seed));
+                restore_cuts += s.cuts;
+                restores_acknowledged += s.acknowledged;
+                restores_unfinished += s.unfinished_after;
             }
             k => {
                 let filesystem = if k == 2 { Filesystem::Ext4 } else { Filesystem::Xfs };
@@ -130,7 +139,9 @@ pub fn run(o: &PowerCutOptions) -> Result<(), std::io::Error> {
     println!(
         "{done} power cuts (seed {seed}): {nbd_cuts} during NBD workloads ({durable_checked} writes acknowledged \
          as durable, all read back), {ops_cuts} during replica operations (cut during: {}), {rebuild_cuts} during \
-         rebuilds (no stale target served); every replica directory passed `corral replica check` after every cut; {:.0?}",
+         rebuilds (no stale target served), {restore_cuts} during backup restores ({restores_acknowledged} acknowledged \
+         and complete, {restores_unfinished} left marked unfinished and refused by an engine, all finished by a \
+         second run); every replica directory passed `corral replica check` after every cut; {:.0?}",
         during.join(", "),
         started.elapsed()
     );

@@ -8,6 +8,8 @@
 //!   write, reads back.
 //! - [`ops`]: writes, flushes, snapshot create, mark-removed + purge, revert and expand driven over the
 //!   replica wire protocol, with a model of what was acknowledged (the approach of `replica_crash.rs`).
+//! - [`rebuild`]: an engine's rebuild of a stale replica in the VM.
+//! - [`restore`]: `corral backup restore` into a replica directory in the VM, full or incremental.
 //!
 //! After every cut each replica directory must pass `corral replica check` in the guest before it serves.
 //! Every scenario takes a seed and puts it in its panic messages.
@@ -16,6 +18,7 @@
 pub mod nbd;
 pub mod ops;
 pub mod rebuild;
+pub mod restore;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
