@@ -25,7 +25,7 @@
 //! connection notices the close, since it never yields). The claim ends when the holder's last
 //! connection closes.
 //!
-//! Engine epochs (fencing, see [`Hello::epoch`]): the control plane gives every engine start a new,
+//! Engine epochs (fencing, see [`crate::Hello::epoch`]): the control plane gives every engine start a new,
 //! higher epoch. The replica keeps the highest epoch it accepted ([`ReplicaService::engine_epoch`],
 //! made durable by [`ReplicaService::accept_engine_epoch`] *before* the `Hello` is answered, so a
 //! restarted replica still knows it) and:
@@ -40,7 +40,6 @@
 //!   Requests of the old engine already running when the newer `Hello` arrives finish before that
 //!   `Hello` is answered (the take-over drain above).
 
-use std::collections::HashMap;
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -55,9 +54,12 @@ use tokio_util::sync::CancellationToken;
 use crate::address::Listener;
 use crate::error::{ErrorKind, Result, WireError};
 use crate::frame::{response_header, Header, HeaderError, Op, Request, HEADER_LEN};
-use crate::messages::{Extent, Hello, RecoveryFacts, SnapshotInfo, SnapshotRequest};
+use crate::messages::{Extent, RecoveryFacts, SnapshotInfo, SnapshotRequest};
 use crate::outbound::Outbound;
 use crate::worker_pool::{Job, JobQueue, WorkerPool};
+
+mod session;
+use session::{stale_epoch, Claims};
 
 /// What a replica offers over the wire: the verbs of [`crate::ReplicaProtocol`] (plus `Hello`'s facts)
 /// as the blocking calls a storage library makes, which is why this is not the async trait itself (see
@@ -245,19 +247,6 @@ async fn accept(listener: &Listener) -> std::io::Result<Accepted> {
     }
 }
 
-/// Which engine holds the replica, and through which connections.
-#[derive(Default)]
-struct Claims {
-    holder: Option<Holder>,
-}
-
-struct Holder {
-    engine_id: String,
-    session: u64,
-    connections: HashMap<u64, Arc<ConnectionState>>,
-    epoch: u64,
-}
-
 /// Per-connection state shared with the workers.
 pub(crate) struct ConnectionState {
     id: u64,
@@ -279,17 +268,6 @@ pub(crate) struct ConnectionState {
     epoch: AtomicU64,
     /// The replica's current engine epoch (the server's, shared by every connection).
     current_epoch: Arc<AtomicU64>,
-}
-
-/// The refusal of an engine whose epoch is older than the replica's.
-fn stale_epoch(epoch: u64, current: u64) -> WireError {
-    WireError::service(
-        ErrorKind::Busy,
-        format!(
-            "engine epoch {epoch} is older than {current} accepted by this replica: a newer engine took \
-             the volume over"
-        ),
-    )
 }
 
 impl ConnectionState {
@@ -605,93 +583,6 @@ impl<S: ReplicaService> Server<S> {
         }
         self.jobs.push(Job { state: state.clone(), request_id, request });
         Next::Continue
-    }
-
-    /// Checks `hello`'s epoch against the replica's and raises (durably) the replica's to a newer one.
-    /// Returns true when the epoch is newer than any accepted before.
-    async fn check_epoch(&self, hello: &Hello) -> Result<bool> {
-        let _gate = self.epoch_gate.lock().await;
-        let current = self.epoch.load(Ordering::SeqCst);
-        if hello.epoch < current {
-            return Err(stale_epoch(hello.epoch, current));
-        }
-        if hello.epoch == current {
-            return Ok(false);
-        }
-        let service = self.service.clone();
-        let epoch = hello.epoch;
-        tokio::task::spawn_blocking(move || service.accept_engine_epoch(epoch))
-            .await
-            .map_err(|e| WireError::service(ErrorKind::Io, format!("accept engine epoch {epoch}: {e}")))??;
-        // From here on no request of an older session starts (see `ConnectionState::fenced`).
-        self.epoch.store(epoch, Ordering::SeqCst);
-        tracing::info!(engine = %hello.engine_id, epoch, "accepted a newer engine epoch");
-        Ok(true)
-    }
-
-    async fn claim(&self, state: &Arc<ConnectionState>, hello: &Hello) -> Result<()> {
-        let newer_epoch = self.check_epoch(hello).await?;
-        let take_over = hello.take_over || newer_epoch;
-        let same = |holder: &Holder| {
-            holder.engine_id == hello.engine_id
-                && holder.session == hello.session
-                && holder.epoch == hello.epoch
-        };
-        let replaced = {
-            let mut claims = self.claims.lock();
-            let same_session = claims.holder.as_ref().map(same);
-            match same_session {
-                None | Some(true) => Vec::new(),
-                Some(false) if !take_over => {
-                    let holder = claims.holder.as_ref().map(|h| h.engine_id.clone()).unwrap_or_default();
-                    return Err(WireError::service(
-                        ErrorKind::Busy,
-                        format!(
-                            "replica is held by engine {holder:?}; engine {:?} refused (use take-over if that engine is gone)",
-                            hello.engine_id
-                        ),
-                    ));
-                }
-                Some(false) => {
-                    let old = claims.holder.take().map(|h| h.connections).unwrap_or_default();
-                    tracing::warn!("engine {:?} takes the replica over", hello.engine_id);
-                    old.into_values().collect()
-                }
-            }
-        };
-        // Writes of the old holder that are already running must land before the new engine proceeds.
-        for old in &replaced {
-            old.revoke();
-        }
-        let deadline = tokio::time::Instant::now() + self.options.take_over_drain;
-        while replaced.iter().any(|old| !old.idle()) && tokio::time::Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(2)).await;
-        }
-        let current = self.epoch.load(Ordering::SeqCst);
-        if hello.epoch < current {
-            // A newer engine arrived while this one was draining.
-            return Err(stale_epoch(hello.epoch, current));
-        }
-        let mut claims = self.claims.lock();
-        if let Some(holder) = &claims.holder {
-            // Another Hello won the race while this one was draining.
-            if !same(holder) {
-                return Err(WireError::service(
-                    ErrorKind::Busy,
-                    "replica was claimed by another engine meanwhile",
-                ));
-            }
-        }
-        let holder = claims.holder.get_or_insert_with(|| Holder {
-            engine_id: hello.engine_id.clone(),
-            session: hello.session,
-            connections: HashMap::new(),
-            epoch: hello.epoch,
-        });
-        holder.connections.insert(state.id, state.clone());
-        state.epoch.store(hello.epoch, Ordering::Release);
-        state.greeted.store(true, Ordering::Release);
-        Ok(())
     }
 }
 
