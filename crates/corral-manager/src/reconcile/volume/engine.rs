@@ -38,7 +38,9 @@ pub(super) async fn run_engine(
         // Not the volume's current engine (a newer start took the epoch): stopped, never resumed.
         if einst.as_ref().is_some_and(|i| engine_epoch::of_instance(&i.args) != v.status.engine_epoch) {
             rec.im.delete(&einst_name).await?;
-            einst = w.instances.remove(&einst_name).and(None);
+            w.instances.remove(&einst_name);
+            einst = None;
+            rec.events.warning("volume", &name, "StaleEngineStopped", "its engine ran under an older epoch");
         }
         let ready = engine_members(replicas);
         if !active(einst.as_ref()) {
