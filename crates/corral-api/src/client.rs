@@ -109,8 +109,14 @@ impl ApiClient {
 
     /// Attach `name` to `node` (default: the manager's node).
     pub async fn attach(&self, name: &str, node: Option<&str>, maintenance: bool) -> Result<VolumeView> {
-        let body = AttachVolume { node: node.map(str::to_string), maintenance, resource_version: None };
+        let body = AttachVolume { node: node.map(str::to_string), maintenance, ..AttachVolume::default() };
         self.post(&format!("/v1/volumes/{}/attach", name), &body).await
+    }
+
+    /// Attach `name` with every option of the body (e.g. `force`, which moves a volume off an attach
+    /// node that is down and is refused while that node is ready).
+    pub async fn attach_with(&self, name: &str, body: &AttachVolume) -> Result<VolumeView> {
+        self.post(&format!("/v1/volumes/{}/attach", name), body).await
     }
 
     pub async fn detach(&self, name: &str) -> Result<VolumeView> {

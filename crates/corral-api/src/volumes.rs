@@ -203,6 +203,11 @@ pub struct AttachVolume {
     /// Attach in maintenance mode (revert allowed, no client expected).
     #[serde(default)]
     pub maintenance: bool,
+    /// Move the volume to `node` although it is attached elsewhere: allowed only when its attach node
+    /// is down (its `ready` condition false). The engine starts on `node` under a new epoch, which the
+    /// replicas use to refuse the old engine should it still run.
+    #[serde(default)]
+    pub force: bool,
     #[serde(default)]
     pub resource_version: Option<String>,
 }

@@ -26,6 +26,8 @@ pub struct ServeOptions {
     pub listen: String,
     /// Data connections per replica.
     pub connections_per_replica: usize,
+    /// The engine's epoch from the control plane (0: started by hand); sent in every `Hello`.
+    pub epoch: u64,
 }
 
 /// A started engine: its addresses and the engine itself. Serving continues in background tasks.
@@ -83,8 +85,12 @@ pub async fn serve(opts: ServeOptions) -> Result<RunningEngine> {
         }
     };
     let engine_id = format!("engine-{}", opts.config.volume);
-    let connector =
-        ClientConnector::new(engine_id, opts.connections_per_replica, opts.config.replica_timeout);
+    let connector = ClientConnector::with_epoch(
+        engine_id,
+        opts.connections_per_replica,
+        opts.config.replica_timeout,
+        opts.epoch,
+    );
     let engine = Engine::start(opts.config.clone(), connector, &opts.replicas).await?;
     let backend = EngineBackend::new(engine.clone());
     let server = NbdServer::builder(opts.config.volume.clone(), backend)

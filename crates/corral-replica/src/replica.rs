@@ -436,6 +436,34 @@ impl Replica {
         Ok(())
     }
 
+    /// The highest engine epoch this replica accepted (0: none); see [`Replica::accept_engine_epoch`].
+    pub fn engine_epoch(&self) -> u64 {
+        self.state.lock().engine_epoch
+    }
+
+    /// Makes `epoch` the highest engine epoch accepted, durably (`corral-state.json` written and
+    /// fsync'd) before returning. Fencing: the data-protocol server refuses engines with an older epoch
+    /// once this returned, even after a restart. An epoch below the current one is refused (`Busy`).
+    pub fn accept_engine_epoch(&self, epoch: u64) -> Result<()> {
+        self.check_writable("accept engine epoch")?;
+        let mut state = self.state.lock();
+        if epoch < state.engine_epoch {
+            return Err(ReplicaError::new(
+                ErrorKind::Busy,
+                "accept engine epoch",
+                format!("engine epoch {epoch} is older than {} accepted by this replica", state.engine_epoch),
+            )
+            .with_path(&self.dir));
+        }
+        if epoch == state.engine_epoch {
+            return Ok(());
+        }
+        let new = CorralState { engine_epoch: epoch, ..state.clone() };
+        fsutil::atomic_write(&self.dir, corral_state::FILE_NAME, &new.to_bytes(), 0o644)?;
+        *state = new;
+        Ok(())
+    }
+
     /// Sets the revision counter and persists it at once.
     pub fn set_revision(&self, revision: u64) -> Result<()> {
         self.check_writable("set revision")?;

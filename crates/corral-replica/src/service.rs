@@ -149,6 +149,14 @@ impl ReplicaService for ServedReplica {
         self.replica.set_generation(generation).map_err(to_wire_error)
     }
 
+    fn engine_epoch(&self) -> WireResult<u64> {
+        Ok(self.replica.engine_epoch())
+    }
+
+    fn accept_engine_epoch(&self, epoch: u64) -> WireResult<()> {
+        self.replica.accept_engine_epoch(epoch).map_err(to_wire_error)
+    }
+
     fn set_revision(&self, revision: u64) -> WireResult<()> {
         self.replica.set_revision(revision).map_err(to_wire_error)
     }
@@ -238,6 +246,24 @@ mod tests {
         assert!(matches!(err.kind(), WireKind::InvalidArgument | WireKind::NotFound), "{err}");
         let enospc = ReplicaError::io("write", dir.path(), std::io::Error::from_raw_os_error(ENOSPC));
         assert_eq!(to_wire_error(enospc).kind(), WireKind::NoSpace);
+    }
+
+    #[test]
+    fn the_accepted_engine_epoch_is_durable_and_never_goes_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let served =
+            ServedReplica::new(Replica::create(dir.path(), CreateOptions { size: 1 << 20 }).unwrap());
+        assert_eq!(served.engine_epoch().unwrap(), 0);
+        served.accept_engine_epoch(5).unwrap();
+        served.accept_engine_epoch(5).unwrap();
+        let err = served.accept_engine_epoch(4).unwrap_err();
+        assert_eq!(err.kind(), WireKind::Busy, "{err}");
+        assert!(err.wire_message().contains("engine epoch 4 is older than 5"), "{err}");
+        // Durable at once: a replica reopened after a crash (no close) still knows epoch 5.
+        drop(served);
+        let reopened = Replica::open(dir.path()).unwrap();
+        assert_eq!(reopened.engine_epoch(), 5);
+        assert_eq!(reopened.recovery_facts().generation, 0, "the engine epoch is not the generation");
     }
 
     #[test]

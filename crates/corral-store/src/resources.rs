@@ -156,6 +156,10 @@ pub struct VolumeStatus {
     pub engine_control_url: Option<String>,
     #[serde(default)]
     pub restore_done: bool,
+    /// The epoch of the volume's latest engine start: raised (version-checked) before every engine
+    /// process starts and passed to it; replicas refuse engines with an older one (fencing).
+    #[serde(default)]
+    pub engine_epoch: u64,
 }
 
 /// Desired state of a process instance (engine or replica).

@@ -267,7 +267,19 @@ impl ReplicaClient {
     /// Claims the replica for `engine_id` on every connection; returns its recovery facts. Refused with
     /// `Busy` while another engine holds it, unless `take_over` (the holder's connections are closed).
     pub async fn hello(&self, engine_id: &str, take_over: bool) -> Result<RecoveryFacts> {
-        let hello = Hello { engine_id: engine_id.to_string(), session: self.shared.session, take_over };
+        self.hello_at_epoch(engine_id, take_over, 0).await
+    }
+
+    /// [`Self::hello`] for an engine started under `epoch` (see [`Hello::epoch`]): refused with `Busy`
+    /// when the replica has accepted a newer epoch; a newer epoch than the replica's takes it over.
+    pub async fn hello_at_epoch(
+        &self,
+        engine_id: &str,
+        take_over: bool,
+        epoch: u64,
+    ) -> Result<RecoveryFacts> {
+        let hello =
+            Hello { engine_id: engine_id.to_string(), session: self.shared.session, take_over, epoch };
         let mut facts = None;
         for index in 0..self.shared.connections.len() {
             let answer = self.call_on(index, Request::Hello(hello.clone())).await?;

@@ -70,7 +70,7 @@ fn every_request_round_trips() {
         Request::WriteZeroes { offset: 8192, len: 1 << 30, fua: false },
         Request::Flush,
         Request::Ping,
-        Request::Hello(Hello { engine_id: "engine-1".into(), session: 42, take_over: true }),
+        Request::Hello(Hello { engine_id: "engine-1".into(), session: 42, take_over: true, epoch: 3 }),
         Request::Info,
         Request::SetGeneration(u64::MAX),
         Request::SetRevision(17),
@@ -190,9 +190,14 @@ fn arb_request() -> impl Strategy<Value = Request> {
         }),
         Just(Request::Flush),
         Just(Request::Ping),
-        (name, any::<u64>(), any::<bool>()).prop_map(|(engine_id, session, take_over)| Request::Hello(
-            Hello { engine_id, session, take_over }
-        )),
+        (name, any::<u64>(), any::<bool>(), any::<u64>()).prop_map(
+            |(engine_id, session, take_over, epoch)| Request::Hello(Hello {
+                engine_id,
+                session,
+                take_over,
+                epoch
+            })
+        ),
         any::<u64>().prop_map(Request::SetGeneration),
         any::<bool>().prop_map(Request::SetRebuilding),
         (name, any::<bool>(), proptest::option::of("[0-9TZ:-]{1,25}")).prop_map(

@@ -9,7 +9,8 @@
 //!   allocation beyond the payload per request; a data-request timeout that closes the client, enforced
 //!   by one watchdog scan per client instead of a timer per request.
 //! - [`serve`] / [`serve_with`]: the replica's server loop over a [`ReplicaService`], for TCP and unix
-//!   sockets; session rules (`Hello`, one engine at a time, take-over) are enforced here.
+//!   sockets; session rules (`Hello`, one engine at a time, take-over, engine epochs that fence an old
+//!   engine off once a newer one arrived) are enforced here.
 //! - [`messages`]: the control bodies (JSON) and Corral's wire copies of the replica's types.
 //!
 //! Threading model: the client and the server's connection handling are tokio tasks. The server serves

@@ -90,6 +90,13 @@ pub struct Hello {
     pub session: u64,
     /// Take the replica from whichever engine holds it (whose connections are then closed).
     pub take_over: bool,
+    /// The engine's epoch, taken from the control plane's store at each engine start (fencing): a
+    /// replica refuses an epoch older than the highest it has accepted, and a newer one takes the
+    /// replica over even without `take_over`. 0 (the default, and what an older engine sends) is an
+    /// engine started by hand without a control plane: accepted only by a replica that never saw a
+    /// higher one. See the session rules in [`crate::server`].
+    #[serde(default)]
+    pub epoch: u64,
 }
 
 /// The body of `Snapshot`.
@@ -178,6 +185,18 @@ mod tests {
         let err = decode_json::<Hello>("Hello", b"{not json").unwrap_err();
         assert_eq!(err.kind(), crate::ErrorKind::Protocol);
         assert!(err.to_string().contains("Hello"), "{err}");
+    }
+
+    #[test]
+    fn hello_without_epoch_decodes_as_epoch_zero() {
+        // What an engine from before epochs sends.
+        let old = br#"{"engineId":"engine-v","session":7,"takeOver":true}"#;
+        let hello: Hello = decode_json("Hello", old).unwrap();
+        assert_eq!(hello, Hello { engine_id: "engine-v".into(), session: 7, take_over: true, epoch: 0 });
+        let new = Hello { epoch: 12, ..hello };
+        let text = String::from_utf8(encode_json(&new).unwrap()).unwrap();
+        assert!(text.contains("\"epoch\":12"), "{text}");
+        assert_eq!(decode_json::<Hello>("Hello", text.as_bytes()).unwrap(), new);
     }
 
     #[test]

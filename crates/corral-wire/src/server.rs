@@ -24,8 +24,22 @@
 //! running finish before the new engine is answered (an inline request always completes before its
 //! connection notices the close, since it never yields). The claim ends when the holder's last
 //! connection closes.
+//!
+//! Engine epochs (fencing, see [`crate::Hello::epoch`]): the control plane gives every engine start a new,
+//! higher epoch. The replica keeps the highest epoch it accepted ([`ReplicaService::engine_epoch`],
+//! made durable by [`ReplicaService::accept_engine_epoch`] *before* the `Hello` is answered, so a
+//! restarted replica still knows it) and:
+//! - refuses a `Hello` with an older epoch (`Busy`: "engine epoch 4 is older than 5 accepted by this
+//!   replica"); epoch 0, a hand-started engine, is therefore refused once any epoch was accepted;
+//! - takes the replica over for a `Hello` with a newer epoch, `take_over` or not: the store decided that
+//!   engine is the volume's current one, and the holder is an engine cut off from it;
+//! - allows an equal epoch under the rules above (the same engine's other connections, its reconnects);
+//! - refuses every later request of a connection whose session epoch is older than the current one,
+//!   checked when the request starts (inline, before it is queued, and on the worker), so an old engine
+//!   whose connections survived a partition gets errors, never a write, after a newer one was answered.
+//!   Requests of the old engine already running when the newer `Hello` arrives finish before that
+//!   `Hello` is answered (the take-over drain above).
 
-use std::collections::HashMap;
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -40,9 +54,12 @@ use tokio_util::sync::CancellationToken;
 use crate::address::Listener;
 use crate::error::{ErrorKind, Result, WireError};
 use crate::frame::{response_header, Header, HeaderError, Op, Request, HEADER_LEN};
-use crate::messages::{Extent, Hello, RecoveryFacts, SnapshotInfo, SnapshotRequest};
+use crate::messages::{Extent, RecoveryFacts, SnapshotInfo, SnapshotRequest};
 use crate::outbound::Outbound;
 use crate::worker_pool::{Job, JobQueue, WorkerPool};
+
+mod session;
+use session::{stale_epoch, Claims};
 
 /// What a replica offers over the wire: the verbs of [`crate::ReplicaProtocol`] (plus `Hello`'s facts)
 /// as the blocking calls a storage library makes, which is why this is not the async trait itself (see
@@ -101,6 +118,18 @@ pub trait ReplicaService: Send + Sync + 'static {
     fn punch_layer(&self, name: &str, offset: u64, len: u64) -> Result<()>;
     /// Rebuild: installs the chain (root first) under the head.
     fn finish_rebuild(&self, chain: &[SnapshotInfo]) -> Result<()>;
+    /// The highest engine epoch this replica accepted (0: none). Read once when serving starts. The
+    /// default, for services without durable state, is 0.
+    fn engine_epoch(&self) -> Result<u64> {
+        Ok(0)
+    }
+    /// Makes `epoch` the accepted engine epoch, durably, before returning; the server calls it only with
+    /// an epoch above the current one (and one at a time). The default keeps nothing: the server still
+    /// fences in memory for as long as it runs.
+    fn accept_engine_epoch(&self, epoch: u64) -> Result<()> {
+        let _ = epoch;
+        Ok(())
+    }
 }
 
 /// Default of [`ServeOptions::inline_max`]: a 128 KiB `pwrite` into the page cache takes some tens of
@@ -153,9 +182,12 @@ where
     S: ReplicaService,
     F: Future<Output = ()>,
 {
+    let accepted_epoch = service.engine_epoch()?;
     let pool = WorkerPool::start(service.clone(), options.workers.max(1))?;
     let server = Arc::new(Server {
         service,
+        epoch: Arc::new(AtomicU64::new(accepted_epoch)),
+        epoch_gate: tokio::sync::Mutex::new(()),
         jobs: pool.queue.clone(),
         options,
         claims: Mutex::new(Claims::default()),
@@ -215,18 +247,6 @@ async fn accept(listener: &Listener) -> std::io::Result<Accepted> {
     }
 }
 
-/// Which engine holds the replica, and through which connections.
-#[derive(Default)]
-struct Claims {
-    holder: Option<Holder>,
-}
-
-struct Holder {
-    engine_id: String,
-    session: u64,
-    connections: HashMap<u64, Arc<ConnectionState>>,
-}
-
 /// Per-connection state shared with the workers.
 pub(crate) struct ConnectionState {
     id: u64,
@@ -244,9 +264,20 @@ pub(crate) struct ConnectionState {
     /// sees the revocation and does not start it; an old engine's write never lands after the new
     /// engine was answered.
     inline_busy: AtomicBool,
+    /// The epoch of the engine session this connection belongs to (set by its `Hello`).
+    epoch: AtomicU64,
+    /// The replica's current engine epoch (the server's, shared by every connection).
+    current_epoch: Arc<AtomicU64>,
 }
 
 impl ConnectionState {
+    /// The refusal for a request of this connection if its engine was fenced off by a newer epoch.
+    pub(crate) fn fenced(&self) -> Option<WireError> {
+        let current = self.current_epoch.load(Ordering::SeqCst);
+        let epoch = self.epoch.load(Ordering::Acquire);
+        (epoch < current).then(|| stale_epoch(epoch, current))
+    }
+
     /// No request of this connection is running (on the pool or inline).
     fn idle(&self) -> bool {
         self.slots.available_permits() >= self.max_in_flight && !self.inline_busy.load(Ordering::SeqCst)
@@ -296,6 +327,10 @@ impl InlineAnswers {
 
 struct Server<S> {
     service: Arc<S>,
+    /// The highest engine epoch accepted (durable through the service before it is raised here).
+    epoch: Arc<AtomicU64>,
+    /// Serialises raising the epoch, so two newer `Hello`s persist in order.
+    epoch_gate: tokio::sync::Mutex<()>,
     jobs: Arc<JobQueue>,
     options: ServeOptions,
     claims: Mutex<Claims>,
@@ -324,6 +359,8 @@ impl<S: ReplicaService> Server<S> {
             greeted: AtomicBool::new(false),
             revoked: AtomicBool::new(false),
             inline_busy: AtomicBool::new(false),
+            epoch: AtomicU64::new(0),
+            current_epoch: self.epoch.clone(),
         });
         let reading = async {
             let stopped_by_peer = tokio::select! {
@@ -442,7 +479,8 @@ impl<S: ReplicaService> Server<S> {
     ) -> bool {
         let limit = self.options.inline_max as u64;
         let request_id = header.request_id;
-        let greeted = || state.greeted.load(Ordering::Acquire);
+        // A fenced connection's requests take the general path, which refuses them.
+        let greeted = || state.greeted.load(Ordering::Acquire) && state.fenced().is_none();
         match header.msg_type {
             code if code == Op::Ping as u8 && payload.is_empty() => {
                 inline.push(&response_header(code, request_id, 0, 0), &[]);
@@ -531,7 +569,12 @@ impl<S: ReplicaService> Server<S> {
                 state.push_error(op_code, request_id, ErrorKind::Protocol, &message);
                 return Next::Continue;
             }
-            _ => {}
+            _ => {
+                if let Some(err) = state.fenced() {
+                    state.push_error(op_code, request_id, err.kind(), &err.wire_message());
+                    return Next::Continue;
+                }
+            }
         }
         // Back-pressure: wait for a free slot (returned by the worker after answering).
         match state.slots.acquire().await {
@@ -540,60 +583,6 @@ impl<S: ReplicaService> Server<S> {
         }
         self.jobs.push(Job { state: state.clone(), request_id, request });
         Next::Continue
-    }
-
-    async fn claim(&self, state: &Arc<ConnectionState>, hello: &Hello) -> Result<()> {
-        let replaced = {
-            let mut claims = self.claims.lock();
-            let same_session = claims
-                .holder
-                .as_ref()
-                .map(|holder| holder.engine_id == hello.engine_id && holder.session == hello.session);
-            match same_session {
-                None | Some(true) => Vec::new(),
-                Some(false) if !hello.take_over => {
-                    let holder = claims.holder.as_ref().map(|h| h.engine_id.clone()).unwrap_or_default();
-                    return Err(WireError::service(
-                        ErrorKind::Busy,
-                        format!(
-                            "replica is held by engine {holder:?}; engine {:?} refused (use take-over if that engine is gone)",
-                            hello.engine_id
-                        ),
-                    ));
-                }
-                Some(false) => {
-                    let old = claims.holder.take().map(|h| h.connections).unwrap_or_default();
-                    tracing::warn!("engine {:?} takes the replica over", hello.engine_id);
-                    old.into_values().collect()
-                }
-            }
-        };
-        // Writes of the old holder that are already running must land before the new engine proceeds.
-        for old in &replaced {
-            old.revoke();
-        }
-        let deadline = tokio::time::Instant::now() + self.options.take_over_drain;
-        while replaced.iter().any(|old| !old.idle()) && tokio::time::Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(2)).await;
-        }
-        let mut claims = self.claims.lock();
-        if let Some(holder) = &claims.holder {
-            // Another Hello won the race while this one was draining.
-            if holder.engine_id != hello.engine_id || holder.session != hello.session {
-                return Err(WireError::service(
-                    ErrorKind::Busy,
-                    "replica was claimed by another engine meanwhile",
-                ));
-            }
-        }
-        let holder = claims.holder.get_or_insert_with(|| Holder {
-            engine_id: hello.engine_id.clone(),
-            session: hello.session,
-            connections: HashMap::new(),
-        });
-        holder.connections.insert(state.id, state.clone());
-        state.greeted.store(true, Ordering::Release);
-        Ok(())
     }
 }
 

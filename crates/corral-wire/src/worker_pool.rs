@@ -96,7 +96,15 @@ enum Reply {
 fn run_job<S: ReplicaService>(service: &S, job: Job) {
     let Job { state, request_id, request } = job;
     let op = request.op();
-    let result = execute(service, request_id, request);
+    // Checked again here: a newer engine may have taken the replica over while this job was queued.
+    let fenced = match request {
+        Request::Hello(_) | Request::Info | Request::Ping => None,
+        _ => state.fenced(),
+    };
+    let result = match fenced {
+        Some(err) => Err(err),
+        None => execute(service, request_id, request),
+    };
     match result {
         Ok(Reply::Empty) => state.push_ok(op as u8, request_id, Bytes::new()),
         Ok(Reply::Payload(payload)) => state.push_ok(op as u8, request_id, payload),

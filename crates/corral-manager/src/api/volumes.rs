@@ -14,7 +14,8 @@ use corral_api::{
 
 use super::{convert, ApiJson, AppState, OptionalJson};
 use crate::clients::engine::{EngineClient, EngineSnapshot};
-use crate::error::{ErrorBody, ManagerError, Result};
+use crate::error::{Code, ErrorBody, ManagerError, Result};
+use crate::model::attach;
 use crate::model::scheduler::{
     check_expand, placed_replicas, schedule_replicas, SchedulerSettings, VolumeRequest,
 };
@@ -212,25 +213,37 @@ pub async fn attach(
     if st.ds.try_get::<Node>(&node).await?.is_none() {
         return Err(ManagerError::invalid(format!("no node {node:?} to attach to")));
     }
+    // The attach node as it is now, for the force rule; re-checked below if the volume moved meanwhile.
+    let seen = volumes::load(&st.ds, &name).await?.spec.node_id;
+    let seen_node = match &seen {
+        Some(cur) if req.force && *cur != node => st.ds.try_get::<Node>(cur).await?,
+        _ => None,
+    };
+    let mut forced_from = None;
     let v = mutate(&st, &name, req.resource_version.as_deref(), |v| {
         not_deleting(v)?;
-        match &v.spec.node_id {
-            Some(cur) if *cur != node => Err(ManagerError::precondition(format!(
-                "volume {name:?} is attached to {cur}; detach it before attaching it to {node}"
-            ))),
-            _ => {
-                v.spec.node_id = Some(node.clone());
-                v.spec.maintenance = req.maintenance;
-                Ok(())
-            }
+        if req.force && v.spec.node_id != seen {
+            return Err(ManagerError::new(
+                Code::Conflict,
+                format!("volume {name:?} moved while it was being force-attached; retry"),
+            ));
         }
+        let current = v.spec.node_id.as_deref();
+        if let Some(why) = attach::refuse_attach(&name, current, seen_node.as_ref(), &node, req.force) {
+            return Err(ManagerError::precondition(why));
+        }
+        forced_from = current.filter(|c| *c != node).map(str::to_string);
+        v.spec.node_id = Some(node.clone());
+        v.spec.maintenance = req.maintenance;
+        Ok(())
     })
     .await?;
+    let forced = forced_from.map(|from| format!(", forced off {from}, which is down")).unwrap_or_default();
     st.events.normal(
         "volume",
         &name,
         "Attach",
-        format!("to {node}{}", if req.maintenance { " (maintenance)" } else { "" }),
+        format!("to {node}{}{forced}", if req.maintenance { " (maintenance)" } else { "" }),
     );
     Ok(Json(view_of(&st, &v).await?))
 }

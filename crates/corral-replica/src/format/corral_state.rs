@@ -5,7 +5,7 @@
 //! over `corral-state.json`, then the directory fsync'd:
 //!
 //! ```text
-//! {"version":1,"generation":<u64>,"pending":null|<intent>}\n
+//! {"version":1,"generation":<u64>,"pending":null|<intent>[,"engine_epoch":<u64>]}\n
 //!   version     format version (1)
 //!   generation  engine-assigned epoch (set_generation)
 //!   pending     a multi-file operation that passed its point of no return and must be rolled
@@ -13,8 +13,12 @@
 //!               {"op":"coalesce","removed":["<snap>",..],"child":"<snap>"}
 //!               {"op":"finish_rebuild","chain":[{"name":..,"removed":..,"user_created":..,
 //!                                                "created":..,"labels":{..}}, ...]}
+//!   engine_epoch  the highest control-plane engine epoch this replica accepted in a `Hello` (fencing: an
+//!               engine with an older one is refused, see `corral_wire::server`); written, and
+//!               fsync'd, before the `Hello` that raised it is answered. Absent means 0, and it is
+//!               left out while 0, so a replica never served under epochs keeps the bytes it had.
 //! ```
-//! A missing file means generation 0 and nothing pending.
+//! A missing file means generation 0, engine epoch 0 and nothing pending.
 
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -71,11 +75,18 @@ pub struct CorralState {
     pub generation: u64,
     /// Operation to roll forward.
     pub pending: Option<PendingOp>,
+    /// Highest engine epoch accepted (fencing).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub engine_epoch: u64,
+}
+
+fn is_zero(value: &u64) -> bool {
+    *value == 0
 }
 
 impl Default for CorralState {
     fn default() -> Self {
-        CorralState { version: VERSION, generation: 0, pending: None }
+        CorralState { version: VERSION, generation: 0, pending: None, engine_epoch: 0 }
     }
 }
 
@@ -126,6 +137,20 @@ mod tests {
             s.pending = Some(op);
             assert_eq!(CorralState::parse(&s.to_bytes(), Path::new("c")).unwrap(), s);
         }
+    }
+
+    #[test]
+    fn engine_epoch_is_written_only_when_set_and_read_back() {
+        let without =
+            CorralState::parse(b"{\"version\":1,\"generation\":3,\"pending\":null}", Path::new("c")).unwrap();
+        assert_eq!(without.engine_epoch, 0);
+        let with = CorralState { engine_epoch: 5, ..without };
+        let bytes = with.to_bytes();
+        assert_eq!(
+            String::from_utf8(bytes.clone()).unwrap(),
+            "{\"version\":1,\"generation\":3,\"pending\":null,\"engine_epoch\":5}\n"
+        );
+        assert_eq!(CorralState::parse(&bytes, Path::new("c")).unwrap(), with);
     }
 
     #[test]

@@ -83,6 +83,10 @@ struct ServeArgs {
     /// Do not rebuild stale replicas found at start automatically.
     #[arg(long)]
     no_auto_rebuild: bool,
+    /// The engine's epoch, given by the control plane at each start (fencing): replicas that accepted
+    /// a newer epoch refuse this engine; a newer one takes them over. 0 = started by hand.
+    #[arg(long, default_value_t = 0)]
+    epoch: u64,
 }
 
 #[derive(clap::Subcommand)]
@@ -172,6 +176,7 @@ async fn serve_engine(args: ServeArgs) -> anyhow::Result<ExitCode> {
         nbd: NbdListen::parse(&args.nbd)?,
         listen: args.listen,
         connections_per_replica: args.connections.max(1),
+        epoch: args.epoch,
     };
     let running = corral_engine::serve(options).await?;
     {

@@ -16,7 +16,7 @@ use corral_api::ReplicaMode as EngineMode;
 
 use crate::clients::engine::{EngineClient, EngineReplica};
 use crate::error::Result;
-use crate::ops::snapshots;
+use crate::ops::{engine_epoch, snapshots};
 use crate::reconcile::Reconciler;
 
 /// Step 3: the engine on the attach node, started, polled or stopped. Returns the engine's view of
@@ -32,9 +32,16 @@ pub(super) async fn run_engine(
     let name = v.name().to_string();
     let want_engine = v.spec.node_id.as_deref() == Some(rec.node.as_str());
     let einst_name = engine_instance_name(&name);
-    let einst = w.instances.get(&einst_name).cloned();
+    let mut einst = w.instances.get(&einst_name).cloned();
     let mut engine_replicas: Option<Vec<EngineReplica>> = None;
     if want_engine {
+        // Not the volume's current engine (a newer start took the epoch): stopped, never resumed.
+        if einst.as_ref().is_some_and(|i| engine_epoch::of_instance(&i.args) != v.status.engine_epoch) {
+            rec.im.delete(&einst_name).await?;
+            w.instances.remove(&einst_name);
+            einst = None;
+            rec.events.warning("volume", &name, "StaleEngineStopped", "its engine ran under an older epoch");
+        }
         let ready = engine_members(replicas);
         if !active(einst.as_ref()) {
             status.endpoint = None;
@@ -242,7 +249,8 @@ async fn expand_offline(
             } else if !rec.may_start(&xname) {
                 return Ok(None);
             }
-            let args = engine_serve_args(name, v.spec.size, members.iter().copied());
+            let mut args = engine_serve_args(name, v.spec.size, members.iter().copied());
+            args.extend(engine_epoch::args(engine_epoch::take(&rec.ds, name).await?));
             let req = StartRequest {
                 name: xname.clone(),
                 kind: InstanceKind::Engine as i32,
@@ -363,7 +371,8 @@ async fn start_engine(
     let name = v.name();
     let iname = engine_instance_name(name);
     let size = v.status.current_size.max(ready.iter().map(|r| r.spec.size).min().unwrap_or(v.spec.size));
-    let args = engine_serve_args(name, size, ready.iter().copied());
+    let mut args = engine_serve_args(name, size, ready.iter().copied());
+    args.extend(engine_epoch::args(engine_epoch::take(&rec.ds, name).await?));
     // Same ports as last time when possible: clients reconnect to the endpoint they knew.
     let previous: Vec<u32> = engine
         .and_then(|e| e.status.endpoint.as_ref().zip(e.status.control_url.as_ref()))

@@ -6,7 +6,8 @@ use std::time::Duration;
 
 use anyhow::Context;
 use corral_api::{
-    AddDisk, ApiClient, CreateVolume, RecurringJobView, ReplicaMode, ReplicaView, VolumeState, VolumeView,
+    AddDisk, ApiClient, AttachVolume, CreateVolume, RecurringJobView, ReplicaMode, ReplicaView, VolumeState,
+    VolumeView,
 };
 use serde::Serialize;
 use serde_json::json;
@@ -74,6 +75,10 @@ pub enum VolumeCommand {
         /// Maintenance mode: revert allowed, no client expected.
         #[arg(long)]
         maintenance: bool,
+        /// Move the volume to --node although it is attached elsewhere: allowed only when its attach
+        /// node is down; the engine starts there under a new epoch that fences the old one out.
+        #[arg(long, requires = "node")]
+        force: bool,
         /// Wait until attached and print the endpoint.
         #[arg(long)]
         wait: bool,
@@ -375,9 +380,10 @@ pub async fn volume(cmd: VolumeCommand) -> anyhow::Result<ExitCode> {
         VolumeCommand::Get { name, api } => {
             print_volume(&ApiClient::new(&api.url).volume(&name).await?, api.json)?
         }
-        VolumeCommand::Attach { name, node, maintenance, wait, api } => {
+        VolumeCommand::Attach { name, node, maintenance, force, wait, api } => {
             let c = ApiClient::new(&api.url);
-            let mut v = c.attach(&name, node.as_deref(), maintenance).await?;
+            let body = AttachVolume { node, maintenance, force, resource_version: None };
+            let mut v = c.attach_with(&name, &body).await?;
             if wait {
                 let bar = WaitProgress::new();
                 let r = c
