@@ -175,8 +175,6 @@ async fn im_listener(
 
 /// Starts a node: store, node lease, instance manager, manager (see the module doc for the order).
 pub(crate) async fn start_node(o: NodeOptions) -> anyhow::Result<RunningNode> {
-    std::fs::create_dir_all(&o.data_dir)
-        .with_context(|| format!("cannot create {}", o.data_dir.display()))?;
     let (store, leases) = open_store(&o).await?;
     let ttl = lease_ttl(&o, &store).await?;
     let claim = corral_manager::cluster::node_lease_name(&o.node);
@@ -187,6 +185,8 @@ pub(crate) async fn start_node(o: NodeOptions) -> anyhow::Result<RunningNode> {
         let by = leases.lease_holder(&claim).await.ok().flatten().unwrap_or_else(|| "another process".into());
         bail!("node {:?} is running already: its node lease is held by {by}", o.node);
     };
+    std::fs::create_dir_all(&o.data_dir)
+        .with_context(|| format!("cannot create {}", o.data_dir.display()))?;
     let (listener, instance_ports) = im_listener(&o).await?;
     let (supervisor, im_url, im_stop, im_server) =
         start_instance_manager(&o.node, listener, instance_ports, None, 10).await?;
