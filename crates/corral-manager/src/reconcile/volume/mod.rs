@@ -189,17 +189,10 @@ async fn reconcile(rec: &Reconciler, v: &Volume, w: &mut World) -> Result<()> {
         return Ok(());
     }
     replicas::record_modes(rec, &mut replicas, engine_replicas.as_deref(), status.current_size).await?;
-    update_status(
-        rec,
-        v,
-        &replicas,
-        engine_replicas.as_deref(),
-        engine_was_active,
-        engine.as_ref(),
-        status,
-        w,
-    )
-    .await?;
+    // The engine's node stops it and then deletes its record: detaching until then.
+    let engine_stopping = engine_was_active
+        || engine.as_ref().is_some_and(|e| e.spec.node != rec.node && is_node_ready(&w.nodes, &e.spec.node));
+    update_status(rec, v, &replicas, engine_replicas.as_deref(), engine_stopping, status, w).await?;
     if engine_replicas.is_some() {
         replicas::remove_surplus(rec, v, &replicas, engine.as_ref(), w).await?;
     }
@@ -213,8 +206,7 @@ async fn update_status(
     v: &Volume,
     replicas: &[Replica],
     engine_replicas: Option<&[EngineReplica]>,
-    engine_was_active: bool,
-    engine: Option<&Engine>,
+    engine_stopping: bool,
     mut status: VolumeStatus,
     w: &World,
 ) -> Result<()> {
@@ -240,10 +232,7 @@ async fn update_status(
             }
             None => (VolumeState::Attaching, Robustness::Unknown),
         }
-    } else if engine_was_active
-        || engine.is_some_and(|e| e.spec.node != rec.node && is_node_ready(&w.nodes, &e.spec.node))
-    {
-        // The engine's node stops it and then deletes its record.
+    } else if engine_stopping {
         (VolumeState::Detaching, Robustness::Unknown)
     } else if replicas.iter().all(|r| r.status.initialized) && replicas.len() >= n {
         let robustness = if running_replicas >= n {
