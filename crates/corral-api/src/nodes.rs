@@ -35,6 +35,10 @@ pub struct NodeView {
     #[serde(default)]
     #[schema(value_type = Vec<Object>)]
     pub conditions: Vec<crate::Condition>,
+    /// Whether this node's manager holds the leader claim (does the cluster-wide work). Shown by
+    /// `GET /v1/nodes` and `GET /v1/nodes/{name}`; false in the change stream.
+    #[serde(default)]
+    pub leader: bool,
     pub disks: Vec<DiskView>,
     pub resource_version: String,
 }

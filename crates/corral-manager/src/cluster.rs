@@ -29,6 +29,8 @@ pub fn node_lease_name(node: &str) -> String {
 }
 
 /// What a manager joining a cluster brings: the store's leases and its node's claim, taken already.
+/// `holder` must start with the node's name, then a space or nothing (the API reads the leader's
+/// node from it).
 pub struct ClusterMembership {
     pub leases: Arc<dyn Leases>,
     /// This node's claim ([`node_lease_name`]).
@@ -111,6 +113,13 @@ impl Claims {
                 None
             }
         }
+    }
+
+    /// The node whose manager holds the leader claim now, if any (the holder string starts with
+    /// the node's name).
+    pub(crate) async fn leader_node(&self) -> Option<String> {
+        let holder = self.leases.lease_holder(LEADER_LEASE).await.ok().flatten()?;
+        holder.split(' ').next().map(str::to_string)
     }
 
     /// Gives both claims up (clean shutdown: another manager can lead at once, and this node is

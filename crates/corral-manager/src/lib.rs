@@ -10,6 +10,14 @@
 //! served at `/metrics` ([`api`]), events are kept in the store (the newest
 //! 1000, [`events`]) and snapshots are mirrored into it ([`ops::snapshots`]).
 //!
+//! # Several nodes
+//! One manager per node, all on one store ([`Manager::start_in_cluster`]; [`Manager::start`] is a
+//! one-node cluster on a one-process store). Each runs the instances of its node: the processes of
+//! the replicas placed on it and the engine of the volumes attached to it, and writes their
+//! status. Cluster-wide work (placing replicas, recurring jobs, the offline expand, marking nodes
+//! down, the status of volumes no node that is up owns) is done by the one manager holding the
+//! leader claim, its scheduling and liveness writes guarded by it ([`cluster`]).
+//!
 //! # Layout
 //! Layers point one way: [`api`] (HTTP only) and [`reconcile`] (one module per resource) both
 //! stand on [`ops`] (operations they share), [`clients`] (engines, instance manager, backup store,
@@ -175,8 +183,14 @@ impl Manager {
         let local_addr =
             listener.local_addr().map_err(|e| ManagerError::new(Code::Internal, e.to_string()))?;
         let (stop, stop_rx) = tokio::sync::watch::channel(false);
-        let state =
-            api::AppState { ds: ds.clone(), events: events.clone(), node: config.node.clone(), wake, stats };
+        let state = api::AppState {
+            ds: ds.clone(),
+            events: events.clone(),
+            node: config.node.clone(),
+            wake,
+            stats,
+            claims: claims.clone(),
+        };
         let mut api_stop = stop_rx.clone();
         let api = tokio::spawn(async move {
             let serve = axum::serve(listener, api::router(state).merge(ui::router())).with_graceful_shutdown(

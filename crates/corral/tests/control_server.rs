@@ -127,6 +127,8 @@ fn nodes_join_through_etcd_and_a_dead_node_is_down_within_seconds() {
             ]
         );
         assert_eq!(nodes[1]["disks"][0]["name"], "default");
+        let leaders = nodes.as_array().unwrap().iter().filter(|n| n["leader"] == true).count();
+        assert_eq!(leaders, 1, "one leader: {nodes}");
     }
     let table = String::from_utf8(
         Command::new(CORRAL).args(["node", "ls", "--url", &n2.url()]).output().unwrap().stdout,

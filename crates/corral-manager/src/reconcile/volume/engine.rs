@@ -64,7 +64,10 @@ pub(super) async fn run_engine(
     // The engine record is its node's to delete once the process is stopped; the leader's when
     // that node is down (it stops the process when it comes back: it has no record).
     let engine_owned = engine.is_some_and(|e| {
-        e.spec.node == rec.node || (w.leader.is_some() && !is_node_ready(&w.nodes, &e.spec.node))
+        e.spec.node == rec.node
+            || (w.leader.is_some()
+                && !is_node_ready(&w.nodes, &e.spec.node)
+                && v.spec.node_id.as_deref() != Some(e.spec.node.as_str()))
     });
     if !want_engine && (einst.is_some() || engine_owned) {
         status.endpoint = None;

@@ -232,6 +232,9 @@ async fn update_status(
             }
             None => (VolumeState::Attaching, Robustness::Unknown),
         }
+    } else if v.spec.node_id.is_some() {
+        // Attached to a node that is down (the leader writes this): nobody can see its engine.
+        (VolumeState::Attached, Robustness::Unknown)
     } else if engine_stopping {
         (VolumeState::Detaching, Robustness::Unknown)
     } else if replicas.iter().all(|r| r.status.initialized) && replicas.len() >= n {
@@ -246,7 +249,7 @@ async fn update_status(
     } else {
         (VolumeState::Creating, Robustness::Unknown)
     };
-    status.current_node = if want_engine { v.spec.node_id.clone() } else { None };
+    status.current_node = v.spec.node_id.clone().filter(|_| want_engine || v.status.current_node.is_some());
     super::restore::restore_status(rec, v, replicas, &w.instances, &mut status).await;
     if status != v.status {
         let mut next = v.clone();
