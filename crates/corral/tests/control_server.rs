@@ -165,6 +165,16 @@ fn nodes_join_through_etcd_and_a_dead_node_is_down_within_seconds() {
     // Back: it takes its lease again and is ready.
     n2.start(&store);
     wait("n2 ready again", Duration::from_secs(15), || n1.node_state("n2")["state"] == "ready");
+
+    // SIGKILL the leader: the other node takes the leader claim once it expired.
+    let leader = if n1.node_state("n1")["leader"] == true { 0 } else { 1 };
+    let mut pair = [n1, n2];
+    pair[leader].process.as_mut().unwrap().kill9();
+    let (dead, alive) = (pair[leader].name.clone(), &pair[1 - leader]);
+    let took = wait("the other node leads", Duration::from_secs(15), || {
+        alive.node_state(&alive.name)["leader"] == true && alive.node_state(&dead)["state"] == "down"
+    });
+    eprintln!("{} leads {took:?} after the SIGKILL of leader {dead}", alive.name);
 }
 
 #[test]
