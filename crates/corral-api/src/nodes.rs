@@ -25,7 +25,20 @@ pub struct NodeView {
     pub address: String,
     pub allow_scheduling: bool,
     pub tags: Vec<String>,
+    /// Same as `state == "ready"`.
     pub ready: bool,
+    /// `ready`, or `down` (its node lease expired or its instance manager does not answer).
+    #[serde(default)]
+    pub state: String,
+    /// `ready` (false with reason `NodeLeaseExpired` once its lease expired, `InstanceManagerDown`
+    /// while its instance manager does not answer).
+    #[serde(default)]
+    #[schema(value_type = Vec<Object>)]
+    pub conditions: Vec<crate::Condition>,
+    /// Whether this node's manager holds the leader claim (does the cluster-wide work). Shown by
+    /// `GET /v1/nodes` and `GET /v1/nodes/{name}`; false in the change stream.
+    #[serde(default)]
+    pub leader: bool,
     pub disks: Vec<DiskView>,
     pub resource_version: String,
 }

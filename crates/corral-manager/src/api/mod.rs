@@ -34,6 +34,8 @@ pub struct AppState {
     pub wake: Arc<tokio::sync::Notify>,
     /// Counters of the reconcile loop, for `/metrics`.
     pub stats: Arc<ManagerStats>,
+    /// This manager's claims (the API shows which node leads).
+    pub(crate) claims: Arc<crate::cluster::Claims>,
 }
 
 /// A JSON body whose rejection (bad JSON, unknown field, wrong type) is an `invalid_argument`

@@ -2,7 +2,7 @@
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::Json;
-use corral_store::resources::{ConditionType, DiskSpec, Node, Replica};
+use corral_store::resources::{DiskSpec, Node, Replica};
 
 use corral_api::{AddDisk, DiskView, NodeView, UpdateDisk, UpdateNode};
 
@@ -38,7 +38,10 @@ pub(crate) fn view(n: &Node, replicas: &[Replica]) -> NodeView {
         address: n.spec.address.clone(),
         allow_scheduling: n.spec.allow_scheduling,
         tags: n.spec.tags.clone(),
-        ready: !n.status.conditions.iter().any(|c| c.kind == ConditionType::Ready && !c.status),
+        ready: crate::model::liveness::is_ready(n),
+        state: crate::model::liveness::state(n).to_string(),
+        conditions: n.status.conditions.iter().map(super::convert::condition).collect(),
+        leader: false,
         disks,
         resource_version: n.metadata.resource_version.as_ref().map(|r| r.0.clone()).unwrap_or_default(),
     }
@@ -81,7 +84,9 @@ async fn mutate_node(
 
 async fn node_view(st: &AppState, n: &Node) -> Result<NodeView> {
     let replicas: Vec<Replica> = st.ds.list().await?;
-    Ok(view(n, &replicas))
+    let mut v = view(n, &replicas);
+    v.leader = st.claims.leader_node().await.as_deref() == Some(v.name.as_str());
+    Ok(v)
 }
 
 fn check_tags(tags: &[String]) -> Result<()> {
@@ -92,7 +97,9 @@ fn check_tags(tags: &[String]) -> Result<()> {
 pub async fn list(State(st): State<AppState>) -> Result<Json<Vec<NodeView>>> {
     let nodes: Vec<Node> = st.ds.list().await?;
     let replicas: Vec<Replica> = st.ds.list().await?;
-    Ok(Json(nodes.iter().map(|n| view(n, &replicas)).collect()))
+    let leader = st.claims.leader_node().await;
+    let views = nodes.iter().map(|n| view(n, &replicas));
+    Ok(Json(views.map(|v| NodeView { leader: leader.as_deref() == Some(v.name.as_str()), ..v }).collect()))
 }
 
 #[utoipa::path(get, path = "/v1/nodes/{name}", tag = "nodes", params(("name" = String, Path)),

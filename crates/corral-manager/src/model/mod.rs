@@ -1,9 +1,10 @@
 //! Pure rules of the control plane: where a volume may be attached ([`attach`]), what a valid name,
-//! size, label or URL is ([`validation`]), the
-//! settings and their types ([`settings`]), where replicas go ([`scheduler`]) and when a recurring
-//! job is due ([`recurring`]). Nothing here talks to a process; the store is read only to load
-//! settings. Everything above (`clients/`, `ops/`, `reconcile/`, `api/`) may use this module.
+//! size, label or URL is ([`validation`]), the settings and their types ([`settings`]), when a node is
+//! up ([`liveness`]), where replicas go ([`scheduler`]) and when a recurring job is due ([`recurring`]).
+//! Nothing here talks to a process; the store is read only to load settings. Everything above
+//! (`clients/`, `ops/`, `reconcile/`, `api/`) may use this module.
 pub mod attach;
+pub mod liveness;
 pub mod recurring;
 pub mod scheduler;
 pub mod settings;
