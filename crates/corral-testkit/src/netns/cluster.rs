@@ -106,6 +106,8 @@ impl MultiNodeBuilder {
             server_args: args,
             http: reqwest::blocking::Client::builder()
                 .timeout(Duration::from_secs(60))
+                // A cut-off node drops packets: fail its calls fast rather than after the whole timeout.
+                .connect_timeout(Duration::from_secs(3))
                 .no_proxy()
                 .build()
                 .unwrap_or_else(|e| panic!("cannot build an HTTP client: {e}")),
