@@ -68,6 +68,15 @@ fn nodes_reach_each_other_and_the_host_until_partitioned_and_again_once_healed()
     // Each node is its own machine: node 1's loopback does not have node 2's server.
     assert!(!reaches(&network, 1, "127.0.0.1", 7000), "node 2's port seen on node 1's loopback");
 
+    // A host-side client reaches node 2's loopback through a forward.
+    let forward = network.forward(2, "127.0.0.1:7000".parse().unwrap());
+    let mut client = std::net::TcpStream::connect(forward.local()).unwrap();
+    client.write_all(b"hello").unwrap();
+    let mut echoed = [0u8; 5];
+    client.read_exact(&mut echoed).unwrap();
+    assert_eq!(&echoed, b"hello");
+    drop((client, forward));
+
     network.partition(2);
     assert!(!reaches(&network, 1, &node2, 7000), "node 1 reached node 2 through a partition");
     assert!(server.is_running(), "a partitioned node's process keeps running");

@@ -11,6 +11,8 @@
 //!   it (children, daemons), and waits until none is left: the node lost its power.
 //! - [`Network::partition`] / [`Network::heal`] take the bridge's end of the node's link down and up:
 //!   the node's processes keep running and no packet goes in or out meanwhile.
+//! - [`Network::forward`]: a host loopback port carried to an address as node `i` sees it (its own
+//!   `127.0.0.1` included), for host-side clients of what only the node reaches.
 //! - [`etcd::BridgeEtcd`]: real etcd (one or three members) on the host side, on the bridge address.
 //! - [`cluster::MultiNodeCluster`]: `corral server` on every node against that etcd.
 //!
@@ -37,6 +39,7 @@
 
 pub mod cluster;
 pub mod etcd;
+pub mod forward;
 
 use std::fs::File;
 use std::net::Ipv4Addr;
@@ -176,6 +179,12 @@ impl Network {
             String::from_utf8_lossy(&out.stderr)
         );
         String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// A port on the host's loopback whose connections go to `target` as node `i` sees it (e.g. its
+    /// `127.0.0.1:PORT`); see [`forward::Forward`].
+    pub fn forward(&self, i: usize, target: std::net::SocketAddr) -> forward::Forward {
+        forward::Forward::start(&self.namespace(i), target)
     }
 
     /// The processes running in node `i` (by their network namespace), as pids.
