@@ -11,7 +11,7 @@ use multinode_support::*;
 
 #[test]
 fn sigkill_of_a_replica_node_under_load_loses_nothing_and_a_replacement_is_rebuilt_on_another_node() {
-    let mut c = cluster(4, 1, &[("replica-replenishment-wait-interval", "3")]);
+    let mut c = cluster(4, 1, &[("replica-replenishment-wait-interval", "5")]);
     let v = volume_on(&c, "v", 3, &[1, 2, 3], 1);
     let mut nodes = replica_nodes(&v);
     nodes.sort();
