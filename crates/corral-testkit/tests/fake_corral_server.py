@@ -16,7 +16,6 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 
 
 def etcdctl(endpoints, *args):
@@ -43,10 +42,12 @@ def main():
     endpoints = a.store.removeprefix("etcd://")
     etcdctl(endpoints, "put", f"/corral-fake/known/{a.node}", a.address)
 
+    stopping = threading.Event()
+
     def keep_alive():
         # Like a real node: keep the lease alive, and take a new one when it expired (after a partition).
         lease = None
-        while True:
+        while not stopping.is_set():
             try:
                 if lease is None or "expired" in etcdctl(endpoints, "lease", "keep-alive", "--once", lease):
                     lease = etcdctl(endpoints, "lease", "grant", str(a.node_lease_ttl)).split()[1]
@@ -54,7 +55,7 @@ def main():
             except subprocess.CalledProcessError as err:
                 if "not found" in (err.stderr or "") or "expired" in (err.stderr or ""):
                     lease = None
-            time.sleep(a.node_lease_ttl / 4)
+            stopping.wait(a.node_lease_ttl / 4)
 
     keeper = threading.Thread(target=keep_alive, daemon=True)
     keeper.start()
@@ -91,7 +92,12 @@ def main():
     host, port = a.listen.rsplit(":", 1)
     server = http.server.ThreadingHTTPServer((host, int(port)), Api)
     print(f"corral server of node {a.node} serving http://{a.listen}", flush=True)
-    server.serve_forever()
+    try:
+        server.serve_forever()
+    finally:
+        # No etcdctl child of the keeper may outlive the server: a stopped node runs nothing.
+        stopping.set()
+        keeper.join(timeout=10)
 
 
 if __name__ == "__main__":

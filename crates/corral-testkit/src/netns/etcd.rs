@@ -107,6 +107,16 @@ impl BridgeEtcd {
         self.members[k].process = Some(process);
     }
 
+    /// Waits until every running member is healthy (the cluster has a leader again, e.g. after one
+    /// was killed); panics with the stderr of one that is not.
+    pub fn wait_quorum(&mut self) {
+        for k in 0..self.members.len() {
+            if self.members[k].process.is_some() {
+                self.wait_healthy(k);
+            }
+        }
+    }
+
     /// Waits until member `k` answers `/health` with `"health":"true"`; panics with its stderr if not.
     fn wait_healthy(&mut self, k: usize) {
         let deadline = Instant::now() + READY_TIMEOUT;
