@@ -25,7 +25,16 @@ pub struct NodeView {
     pub address: String,
     pub allow_scheduling: bool,
     pub tags: Vec<String>,
+    /// Same as `state == "ready"`.
     pub ready: bool,
+    /// `ready`, or `down` (its node lease expired or its instance manager does not answer).
+    #[serde(default)]
+    pub state: String,
+    /// `ready` (false with reason `NodeLeaseExpired` once its lease expired, `InstanceManagerDown`
+    /// while its instance manager does not answer).
+    #[serde(default)]
+    #[schema(value_type = Vec<Object>)]
+    pub conditions: Vec<crate::Condition>,
     pub disks: Vec<DiskView>,
     pub resource_version: String,
 }

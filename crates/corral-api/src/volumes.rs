@@ -82,7 +82,7 @@ pub enum ConditionType {
     Scheduled,
     /// A restore from backup finished.
     Restored,
-    /// The node's instance manager answers.
+    /// The node is up: its instance manager answers and it holds its node lease.
     Ready,
 }
 

@@ -36,6 +36,7 @@
 
 pub mod api;
 pub mod clients;
+pub mod cluster;
 mod error;
 pub mod events;
 pub mod model;
@@ -48,8 +49,9 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use corral_store::{Datastore, Store};
+use corral_store::{Datastore, LocalLeases, Store};
 
+pub use cluster::ClusterMembership;
 pub use error::{Code, ErrorBody, ManagerError, Result};
 
 /// How a manager runs.
@@ -94,13 +96,40 @@ pub struct Manager {
     stop: tokio::sync::watch::Sender<bool>,
     api: tokio::task::JoinHandle<()>,
     reconciler: tokio::task::JoinHandle<()>,
+    liveness: tokio::task::JoinHandle<()>,
+    claims: Arc<cluster::Claims>,
     ds: Datastore,
     events: Arc<events::EventLog>,
 }
 
 impl Manager {
-    /// Bind the API, register the node, start reconciling.
+    /// Bind the API, register the node, start reconciling, on a store only this process uses
+    /// (its leases are [`LocalLeases`]: this manager is the leader of a one-node cluster).
     pub async fn start(config: ManagerConfig, store: Arc<dyn Store>) -> Result<Manager> {
+        let leases = Arc::new(LocalLeases::new(store.clone()));
+        let claim = cluster::node_lease_name(&config.node);
+        let node_lease = corral_store::Leases::acquire_lease(
+            leases.as_ref(),
+            &claim,
+            &config.node,
+            cluster::DEFAULT_LEASE_TTL,
+        )
+        .await?
+        .ok_or_else(|| {
+            ManagerError::new(Code::AlreadyExists, format!("node {} runs already", config.node))
+        })?;
+        let membership = ClusterMembership { leases, node_lease, holder: config.node.clone() };
+        Manager::start_in_cluster(config, store, membership).await
+    }
+
+    /// Bind the API, register the node, start reconciling, as a member of the cluster whose
+    /// store is `store`: its node lease taken already, its leases those of that store.
+    pub async fn start_in_cluster(
+        config: ManagerConfig,
+        store: Arc<dyn Store>,
+        membership: ClusterMembership,
+    ) -> Result<Manager> {
+        let claims = Arc::new(cluster::Claims::new(&config.node, membership));
         let ds = Datastore::new(store);
         for (name, value) in &config.initial_settings {
             model::settings::set_if_absent(&ds, name, value).await?;
@@ -131,6 +160,7 @@ impl Manager {
             restarts: Arc::default(),
             stats: stats.clone(),
             volume_cache: Arc::default(),
+            claims: claims.clone(),
         };
         // Register the node before serving, so the first API request can attach and schedule.
         rec.reconcile_node(config.default_disk.as_deref(), &config.instance_manager_url).await?;
@@ -158,6 +188,7 @@ impl Manager {
                 tracing::error!(error = %e, "API server failed");
             }
         });
+        let liveness = tokio::spawn(reconcile::liveness::run(rec.clone(), stop_rx.clone()));
         let reconciler = tokio::spawn(reconcile::run(
             rec,
             config.default_disk.clone(),
@@ -165,7 +196,7 @@ impl Manager {
             config.resync,
             stop_rx,
         ));
-        Ok(Manager { local_addr, stop, api, reconciler, ds, events })
+        Ok(Manager { local_addr, stop, api, reconciler, liveness, claims, ds, events })
     }
 
     /// Where the API listens.
@@ -183,7 +214,9 @@ impl Manager {
     pub async fn shutdown(self) {
         let _ = self.stop.send(true);
         let _ = self.reconciler.await;
+        let _ = self.liveness.await;
         let _ = self.api.await;
+        self.claims.release().await;
         self.events.flush().await;
     }
 }

@@ -13,6 +13,9 @@
 //! data is local, that versions are numbers, or that a watch cannot end (a watch that ends means
 //! "list again").
 //!
+//! Leases (node liveness, the leader's claim) and writes guarded by them have one API for every
+//! backend, [`Leases`]: etcd's fence across machines, [`LocalLeases`] for a one-process store.
+//!
 //! Typed access goes through [`Datastore`], which maps the resource types of [`resources`]
 //! (`Object<Spec, Status>`) to records. [`conformance`] holds the backend test suite.
 //!
@@ -40,6 +43,7 @@
 pub mod conformance;
 mod error;
 mod etcd;
+mod leases;
 mod memory;
 mod object;
 mod redb_store;
@@ -49,6 +53,7 @@ mod watch_hub;
 
 pub use error::{ErrorKind, Result, StoreError};
 pub use etcd::{parse_etcd_url, EtcdStore, Guarded, NodeLease};
+pub use leases::{Lease, Leases, LocalLeases};
 pub use memory::MemoryStore;
 pub use object::{Change, Datastore, Metadata, Object, Resource};
 pub use redb_store::RedbStore;

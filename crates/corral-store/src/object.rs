@@ -8,6 +8,8 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{ErrorKind, Result, StoreError};
+use crate::etcd::Guarded;
+use crate::leases::{Lease, Leases};
 use crate::store::{Kind, Record, ResourceVersion, Store, WatchEvent, WatchStream};
 
 /// Identity and bookkeeping shared by every resource.
@@ -179,6 +181,54 @@ impl Datastore {
     /// Delete; with the object's version when `obj` carries one.
     pub async fn delete<R: Resource>(&self, name: &str, version: Option<&ResourceVersion>) -> Result<()> {
         self.store.delete(R::KIND, name, version).await
+    }
+
+    /// [`Datastore::create`], only while `lease` (granted by `leases`) holds its claim.
+    pub async fn create_guarded<R: Resource>(
+        &self,
+        leases: &dyn Leases,
+        lease: &Lease,
+        obj: &R,
+    ) -> Result<Guarded<R>> {
+        let value = encode("create", obj)?;
+        match leases.create_guarded(lease, R::KIND, obj.name(), value).await? {
+            Guarded::Written(r) => Ok(Guarded::Written(decode(r)?)),
+            Guarded::LeaseLost => Ok(Guarded::LeaseLost),
+        }
+    }
+
+    /// [`Datastore::update`], only while `lease` (granted by `leases`) holds its claim.
+    pub async fn update_guarded<R: Resource>(
+        &self,
+        leases: &dyn Leases,
+        lease: &Lease,
+        obj: &R,
+    ) -> Result<Guarded<R>> {
+        let version = obj.metadata().resource_version.clone().ok_or_else(|| {
+            StoreError::new(
+                ErrorKind::InvalidArgument,
+                "update",
+                Some(R::KIND),
+                obj.name(),
+                "no resource version",
+            )
+        })?;
+        let value = encode("update", obj)?;
+        match leases.update_guarded(lease, R::KIND, obj.name(), &version, value).await? {
+            Guarded::Written(r) => Ok(Guarded::Written(decode(r)?)),
+            Guarded::LeaseLost => Ok(Guarded::LeaseLost),
+        }
+    }
+
+    /// [`Datastore::delete`], only while `lease` (granted by `leases`) holds its claim.
+    pub async fn delete_guarded<R: Resource>(
+        &self,
+        leases: &dyn Leases,
+        lease: &Lease,
+        name: &str,
+        version: Option<&ResourceVersion>,
+    ) -> Result<Guarded<()>> {
+        leases.delete_guarded(lease, R::KIND, name, version).await
     }
 
     /// Raw change stream of one kind or all kinds.

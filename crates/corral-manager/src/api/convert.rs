@@ -40,7 +40,7 @@ pub(super) fn replica_mode(m: store::ReplicaMode) -> corral_api::ReplicaMode {
     }
 }
 
-pub(super) fn condition(c: &store::Condition) -> corral_api::Condition {
+pub(crate) fn condition(c: &store::Condition) -> corral_api::Condition {
     use corral_api::ConditionType as A;
     corral_api::Condition {
         kind: match c.kind {

@@ -2,7 +2,7 @@
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::Json;
-use corral_store::resources::{ConditionType, DiskSpec, Node, Replica};
+use corral_store::resources::{DiskSpec, Node, Replica};
 
 use corral_api::{AddDisk, DiskView, NodeView, UpdateDisk, UpdateNode};
 
@@ -38,7 +38,9 @@ pub(crate) fn view(n: &Node, replicas: &[Replica]) -> NodeView {
         address: n.spec.address.clone(),
         allow_scheduling: n.spec.allow_scheduling,
         tags: n.spec.tags.clone(),
-        ready: !n.status.conditions.iter().any(|c| c.kind == ConditionType::Ready && !c.status),
+        ready: crate::model::liveness::is_ready(n),
+        state: crate::model::liveness::state(n).to_string(),
+        conditions: n.status.conditions.iter().map(super::convert::condition).collect(),
         disks,
         resource_version: n.metadata.resource_version.as_ref().map(|r| r.0.clone()).unwrap_or_default(),
     }

@@ -27,6 +27,8 @@ pub const OVER_PROVISIONING_PERCENTAGE: &str = "storage-over-provisioning-percen
 pub const MINIMAL_AVAILABLE_PERCENTAGE: &str = "storage-minimal-available-percentage";
 pub const DEFAULT_REPLICA_COUNT: &str = "default-replica-count";
 pub const DEFAULT_STALE_REPLICA_TIMEOUT: &str = "default-stale-replica-timeout";
+pub const NODE_LEASE_TTL: &str = "node-lease-ttl";
+pub const REPLICA_REPLENISHMENT_WAIT_INTERVAL: &str = "replica-replenishment-wait-interval";
 
 /// Every setting.
 pub const SETTINGS: &[SettingDef] = &[
@@ -59,6 +61,20 @@ pub const SETTINGS: &[SettingDef] = &[
         kind: SettingType::Int(1, 100_000),
         default: "30",
         description: "staleReplicaTimeout (minutes) of a volume created without one.",
+    },
+    SettingDef {
+        name: NODE_LEASE_TTL,
+        kind: SettingType::Int(2, 300),
+        default: "10",
+        description: "Seconds a node's lease lives without renewal: a node silent that long is down. \
+                      Read when a node starts.",
+    },
+    SettingDef {
+        name: REPLICA_REPLENISHMENT_WAIT_INTERVAL,
+        kind: SettingType::Int(0, 1_000_000),
+        default: "600",
+        description: "Seconds a replica on a down node is waited for before a replacement is scheduled \
+                      on another node.",
     },
 ];
 

@@ -18,6 +18,7 @@ use crate::ops::stats::ManagerStats;
 
 mod backup;
 mod jobs;
+pub(crate) mod liveness;
 mod node;
 mod restore;
 mod volume;
@@ -41,14 +42,21 @@ pub struct Reconciler {
     pub(crate) stats: Arc<ManagerStats>,
     /// What the volume reconciler remembers of each attached volume between passes.
     pub(crate) volume_cache: Arc<parking_lot::Mutex<std::collections::HashMap<String, volume::VolumeCache>>>,
+    /// This node's lease and the leader claim (see [`crate::cluster`]).
+    pub(crate) claims: Arc<crate::cluster::Claims>,
 }
 
 impl Reconciler {
-    /// One pass over every volume, then the backups, then the recurring jobs that are due.
+    /// One pass over every volume, then the backups, then (on the leader) the recurring jobs
+    /// that are due.
     pub(crate) async fn pass(&self) -> Result<()> {
-        volume::pass(self).await?;
+        let leader = self.claims.leader().await;
+        volume::pass(self, leader.clone()).await?;
         if let Err(e) = backup::pass(self).await {
             tracing::warn!(error = %e, "backup pass failed");
+        }
+        if leader.is_none() {
+            return Ok(());
         }
         let volumes: Vec<corral_store::resources::Volume> = self.ds.list().await?;
         jobs::run_due_jobs(self, &volumes).await

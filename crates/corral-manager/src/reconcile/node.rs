@@ -1,5 +1,6 @@
 //! The node reconciler: registers this node (with its default disk on first registration) and
-//! keeps its disks' capacity, its readiness (the instance manager answers) and the space its
+//! keeps its disks' capacity, its readiness (the instance manager answers and the node holds its
+//! lease) and the space its
 //! replicas hold on disk up to date.
 use corral_store::resources::{ConditionType, DiskSpec, Node, NodeSpec, Replica};
 
@@ -60,7 +61,9 @@ impl Reconciler {
                 }
             }
         };
-        let ready = self.im.info().await.is_ok();
+        let im_ready = self.im.info().await.is_ok();
+        let lease_held = self.claims.node_lease_held();
+        let ready = im_ready && lease_held;
         let mut next = node.clone();
         next.spec.instance_manager_url = im_url.to_string();
         next.spec.address = self.node_address.clone();
@@ -82,7 +85,11 @@ impl Reconciler {
             &mut next.status.conditions,
             ConditionType::Ready,
             ready,
-            if ready { "InstanceManagerReady" } else { "InstanceManagerDown" },
+            match (im_ready, lease_held) {
+                (true, true) => "InstanceManagerReady",
+                (false, _) => "InstanceManagerDown",
+                (true, false) => crate::model::liveness::NODE_LEASE_EXPIRED,
+            },
             "",
         );
         if next != node {

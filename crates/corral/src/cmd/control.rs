@@ -1,4 +1,5 @@
-//! The control plane's subcommands: the daemons (`manager`, `instance-manager`, `quickstart`) and
+//! The control plane's subcommands: the daemons (`server`, `manager`, `instance-manager`,
+//! `quickstart`; `server` and `quickstart` run one node, see [`super::server`]) and
 //! the API client commands (`volume`, `snapshot`, `node`, `disk`, `job`, `setting`; see
 //! `control/api_commands.rs`). The daemons run in the foreground and stop cleanly on SIGINT/SIGTERM.
 use std::net::SocketAddr;
@@ -16,6 +17,9 @@ pub use api_commands::{
 
 #[derive(clap::Subcommand)]
 pub enum ControlCommand {
+    /// Run one node of a cluster (foreground): manager, instance manager and a default disk,
+    /// joined to the cluster through its store (etcd, or embedded for a single node).
+    Server(super::server::ServerArgs),
     /// Run the manager of one node: REST API, scheduler and reconcilers (foreground).
     Manager(ManagerArgs),
     /// Run the instance manager of one node: it starts and supervises engine and replica processes (foreground).
@@ -100,7 +104,7 @@ pub struct QuickstartArgs {
     node: String,
 }
 
-fn parse_port_range(s: &str) -> Result<std::ops::RangeInclusive<u16>, String> {
+pub(crate) fn parse_port_range(s: &str) -> Result<std::ops::RangeInclusive<u16>, String> {
     let (a, b) = s.split_once('-').ok_or_else(|| format!("expected A-B, got {s:?}"))?;
     let a: u16 = a.trim().parse().map_err(|_| format!("bad port {a:?}"))?;
     let b: u16 = b.trim().parse().map_err(|_| format!("bad port {b:?}"))?;
@@ -117,6 +121,7 @@ pub fn run(command: ControlCommand) -> anyhow::Result<ExitCode> {
         .context("cannot start the runtime")?;
     rt.block_on(async move {
         match command {
+            ControlCommand::Server(a) => super::server::server(a).await,
             ControlCommand::Manager(a) => manager(a).await,
             ControlCommand::InstanceManager(a) => instance_manager(a).await,
             ControlCommand::Quickstart(a) => quickstart(a).await,
@@ -167,9 +172,9 @@ async fn manager(a: ManagerArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-async fn start_instance_manager(
+pub(crate) async fn start_instance_manager(
     node: &str,
-    listen: SocketAddr,
+    listener: tokio::net::TcpListener,
     port_range: std::ops::RangeInclusive<u16>,
     binary: Option<PathBuf>,
     stop_grace: u64,
@@ -186,8 +191,6 @@ async fn start_instance_manager(
         cfg.binary = b;
     }
     let supervisor = corral_im::Supervisor::new(cfg)?;
-    let listener =
-        tokio::net::TcpListener::bind(listen).await.with_context(|| format!("cannot listen on {listen}"))?;
     let url = format!("http://{}", listener.local_addr()?);
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     let sup = supervisor.clone();
@@ -205,8 +208,11 @@ async fn start_instance_manager(
 
 async fn instance_manager(a: InstanceManagerArgs) -> anyhow::Result<ExitCode> {
     let stopped = stop_signal()?;
+    let listener = tokio::net::TcpListener::bind(a.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", a.listen))?;
     let (supervisor, url, stop, server) =
-        start_instance_manager(&a.node, a.listen, a.port_range, a.binary, a.stop_grace).await?;
+        start_instance_manager(&a.node, listener, a.port_range, a.binary, a.stop_grace).await?;
     println!("corral instance manager of node {} serving {url}", a.node);
     stopped.await;
     // Children first (engines, then replicas), then the API.
@@ -235,26 +241,26 @@ async fn quickstart(a: QuickstartArgs) -> anyhow::Result<ExitCode> {
     let data_dir =
         data_dir.canonicalize().with_context(|| format!("cannot resolve {}", data_dir.display()))?;
     let stopped = stop_signal()?;
-    let store = open_store(&data_dir)?;
     let backups = data_dir.join("backups");
     std::fs::create_dir_all(&backups).with_context(|| format!("cannot create {}", backups.display()))?;
-    let im_listen: SocketAddr = SocketAddr::new(a.listen.ip(), 0);
-    let (supervisor, im_url, im_stop, im_server) =
-        start_instance_manager(&a.node, im_listen, a.port_range, None, 10).await?;
-    let mut config = corral_manager::ManagerConfig::new(a.node.clone(), im_url.clone());
-    config.listen = a.listen;
-    config.node_address = a.listen.ip().to_string();
-    config.default_disk = Some(data_dir.join("disks/default"));
-    // One node: let several replicas of a volume share it.
-    config.initial_settings = vec![("replica-soft-anti-affinity".into(), "true".into())];
-    config.initial_backup_target = Some(format!("file://{}", backups.display()));
-    let m = match corral_manager::Manager::start(config, store).await {
-        Ok(m) => m,
-        Err(e) => {
-            supervisor.shutdown().await;
-            return Err(anyhow::Error::new(e).context("cannot start the manager"));
-        }
+    // The same node as `corral server`, on the embedded store.
+    let options = super::server::NodeOptions {
+        node: a.node.clone(),
+        address: a.listen.ip(),
+        store: super::server::StoreUrl::Embedded,
+        cluster: "default".into(),
+        data_dir: data_dir.clone(),
+        listen: a.listen,
+        port_range: a.port_range,
+        im_listen: Some(SocketAddr::new(a.listen.ip(), 0)),
+        node_lease_ttl: None,
+        // One node: let several replicas of a volume share it.
+        initial_settings: vec![("replica-soft-anti-affinity".into(), "true".into())],
+        initial_backup_target: Some(format!("file://{}", backups.display())),
     };
+    let node = super::server::start_node(options).await?;
+    let im_url = node.im_url.clone();
+    let m = &node.manager;
     let url = format!("http://{}", m.local_addr());
     println!("Corral is running (single node {:?}, data in {}).", a.node, data_dir.display());
     println!("  API:              {url}   (OpenAPI: {url}/v1/openapi.json)");
@@ -271,10 +277,7 @@ async fn quickstart(a: QuickstartArgs) -> anyhow::Result<ExitCode> {
     println!("Press Ctrl-C to stop (volumes come back when you start it again on the same --data-dir).");
     stopped.await;
     println!("Stopping: manager, then engines and replicas...");
-    m.shutdown().await;
-    supervisor.shutdown().await;
-    let _ = im_stop.send(());
-    let _ = im_server.await;
+    node.stop().await;
     println!("Stopped.");
     Ok(ExitCode::SUCCESS)
 }

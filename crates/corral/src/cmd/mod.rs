@@ -4,5 +4,6 @@ pub mod control;
 pub mod csi;
 pub mod engine;
 pub mod replica;
+pub mod server;
 pub mod size;
 pub mod wait_progress;

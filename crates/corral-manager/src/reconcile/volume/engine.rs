@@ -16,6 +16,7 @@ use corral_api::ReplicaMode as EngineMode;
 
 use crate::clients::engine::{EngineClient, EngineReplica};
 use crate::error::Result;
+use crate::model::liveness::is_node_ready;
 use crate::ops::snapshots;
 use crate::reconcile::Reconciler;
 
@@ -45,18 +46,27 @@ pub(super) async fn run_engine(
         } else if running(einst.as_ref()) {
             let ports = einst.as_ref().map(|i| i.ports.clone()).unwrap_or_default();
             if let [nbd, control, ..] = ports[..] {
-                let control_url = format!("http://127.0.0.1:{control}");
-                status.endpoint = Some(format!("nbd://127.0.0.1:{nbd}"));
+                let host = &rec.node_address;
+                let control_url = format!("http://{host}:{control}");
+                status.endpoint = Some(format!("nbd://{host}:{nbd}"));
                 status.engine_control_url = Some(control_url.clone());
                 let client = EngineClient::new(&control_url);
                 let fp = fingerprint(v, replicas, einst.as_ref());
                 engine_replicas = poll_engine(rec, v, replicas, &client, fp, status).await;
             }
         }
-    } else if let Some(x) = expand_offline(rec, v, replicas, w, active(einst.as_ref())).await? {
-        status.current_size = x;
+    } else if w.leader.is_some() {
+        // The offline expand runs a short-lived engine on the leader's node.
+        if let Some(x) = expand_offline(rec, v, replicas, w, active(einst.as_ref())).await? {
+            status.current_size = x;
+        }
     }
-    if !want_engine && (einst.is_some() || engine.is_some()) {
+    // The engine record is its node's to delete once the process is stopped; the leader's when
+    // that node is down (it stops the process when it comes back: it has no record).
+    let engine_owned = engine.is_some_and(|e| {
+        e.spec.node == rec.node || (w.leader.is_some() && !is_node_ready(&w.nodes, &e.spec.node))
+    });
+    if !want_engine && (einst.is_some() || engine_owned) {
         status.endpoint = None;
         status.engine_control_url = None;
         if einst.is_some() {
@@ -65,7 +75,7 @@ pub(super) async fn run_engine(
             rec.events.normal("volume", &name, "Detached", "engine stopped");
             rec.volume_cache.lock().remove(&name);
         }
-        if let Some(e) = engine {
+        if let Some(e) = engine.filter(|_| engine_owned) {
             delete_record::<Engine>(rec, e).await?;
         }
     }
@@ -214,7 +224,7 @@ async fn expand_offline(
         Some(s) if s == ImState::Starting as i32 => Ok(None),
         Some(s) if s == ImState::Running as i32 => {
             let control = inst.as_ref().and_then(|i| i.ports.get(1).copied()).unwrap_or(0);
-            let info = EngineClient::new(&format!("http://127.0.0.1:{control}")).info().await?;
+            let info = EngineClient::new(&format!("http://{}:{control}", rec.node_address)).info().await?;
             if info.size < v.spec.size {
                 return Ok(None);
             }
@@ -242,13 +252,13 @@ async fn expand_offline(
             } else if !rec.may_start(&xname) {
                 return Ok(None);
             }
-            let args = engine_serve_args(name, v.spec.size, members.iter().copied());
+            let args = engine_serve_args(name, v.spec.size, &rec.node_address, members.iter().copied());
             let req = StartRequest {
                 name: xname.clone(),
                 kind: InstanceKind::Engine as i32,
                 args,
                 port_count: 2,
-                probe_host: "127.0.0.1".into(),
+                probe_host: rec.node_address.clone(),
                 requested_ports: vec![],
             };
             match rec.im.start(req).await {
@@ -327,10 +337,12 @@ async fn sync_engine_replicas(
 }
 
 /// Arguments of `corral engine serve` for `volume` of `size` bytes over the replicas that have an
-/// address; the NBD port and the control port are the instance manager's `{port0}` and `{port1}`.
+/// address; the NBD port and the control port are the instance manager's `{port0}` and `{port1}`
+/// on `host`, the node's address (the API of every node reaches the control port there).
 fn engine_serve_args<'a>(
     volume: &str,
     size: u64,
+    host: &str,
     replicas: impl Iterator<Item = &'a Replica>,
 ) -> Vec<String> {
     let mut args = vec![
@@ -346,9 +358,9 @@ fn engine_serve_args<'a>(
     }
     args.extend([
         "--nbd".to_string(),
-        "127.0.0.1:{port0}".into(),
+        format!("{host}:{{port0}}"),
         "--listen".into(),
-        "127.0.0.1:{port1}".into(),
+        format!("{host}:{{port1}}"),
     ]);
     args
 }
@@ -363,7 +375,7 @@ async fn start_engine(
     let name = v.name();
     let iname = engine_instance_name(name);
     let size = v.status.current_size.max(ready.iter().map(|r| r.spec.size).min().unwrap_or(v.spec.size));
-    let args = engine_serve_args(name, size, ready.iter().copied());
+    let args = engine_serve_args(name, size, &rec.node_address, ready.iter().copied());
     // Same ports as last time when possible: clients reconnect to the endpoint they knew.
     let previous: Vec<u32> = engine
         .and_then(|e| e.status.endpoint.as_ref().zip(e.status.control_url.as_ref()))
@@ -376,7 +388,7 @@ async fn start_engine(
         kind: InstanceKind::Engine as i32,
         args,
         port_count: 2,
-        probe_host: "127.0.0.1".into(),
+        probe_host: rec.node_address.clone(),
         requested_ports: previous.clone(),
     };
     let started = match rec.im.start(req.clone()).await {
@@ -411,8 +423,9 @@ async fn start_engine(
         None => Engine::new(engine_record_name(name), spec),
     };
     if let [nbd, control, ..] = inst.ports[..] {
-        record.status.endpoint = Some(format!("nbd://127.0.0.1:{nbd}"));
-        record.status.control_url = Some(format!("http://127.0.0.1:{control}"));
+        let host = &rec.node_address;
+        record.status.endpoint = Some(format!("nbd://{host}:{nbd}"));
+        record.status.control_url = Some(format!("http://{host}:{control}"));
     }
     record.status.state = InstanceState::Starting;
     let saved = if engine.is_some() { rec.ds.update(&record).await? } else { rec.ds.create(&record).await? };

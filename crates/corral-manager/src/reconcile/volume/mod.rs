@@ -20,19 +20,21 @@
 //! [`replicas::schedule_missing`], [`replicas::run_processes`], [`engine::run_engine`],
 //! [`replicas::record_modes`], [`update_status`], [`replicas::remove_surplus`].
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use corral_im::pb::{Instance, InstanceState as ImState};
 use corral_store::resources::{
     Engine, InstanceState, Node, Replica, Robustness, Volume, VolumeState, VolumeStatus,
 };
-use corral_store::Resource;
+use corral_store::{Lease, Resource};
 
 use super::Reconciler;
 use corral_api::ReplicaMode as EngineMode;
 
 use crate::clients::engine::EngineReplica;
 use crate::error::{Code, Result};
+use crate::model::liveness::is_node_ready;
 use crate::model::settings::Settings;
 use crate::ops::snapshots;
 
@@ -99,6 +101,8 @@ pub(super) fn fingerprint(v: &Volume, replicas: &[Replica], engine: Option<&Inst
 const RESTART_BACKOFF: Duration = Duration::from_secs(3);
 
 pub(super) struct World {
+    /// The leader claim when this manager holds it: cluster-wide steps run only then.
+    leader: Option<Arc<Lease>>,
     settings: Settings,
     nodes: Vec<Node>,
     replicas: Vec<Replica>,
@@ -106,7 +110,7 @@ pub(super) struct World {
     instances: HashMap<String, Instance>,
 }
 
-pub(super) async fn pass(rec: &Reconciler) -> Result<()> {
+pub(super) async fn pass(rec: &Reconciler, leader: Option<Arc<Lease>>) -> Result<()> {
     let instances = match rec.im.list().await {
         Ok(list) => list.into_iter().map(|i| (i.name.clone(), i)).collect(),
         Err(e) => {
@@ -115,12 +119,14 @@ pub(super) async fn pass(rec: &Reconciler) -> Result<()> {
         }
     };
     let mut world = World {
+        leader,
         settings: Settings::load(&rec.ds).await?,
         nodes: rec.ds.list().await?,
         replicas: rec.ds.list().await?,
         engines: rec.ds.list().await?,
         instances,
     };
+    remove_requested_replicas(rec, &mut world).await?;
     let volumes: Vec<Volume> = rec.ds.list().await?;
     for v in volumes {
         if let Err(e) = reconcile(rec, &v, &mut world).await {
@@ -150,7 +156,13 @@ impl Reconciler {
 /// Reconcile one volume, step by step (see the module doc).
 async fn reconcile(rec: &Reconciler, v: &Volume, w: &mut World) -> Result<()> {
     let name = v.name().to_string();
-    let mut replicas: Vec<Replica> = w.replicas.iter().filter(|r| r.spec.volume == name).cloned().collect();
+    // A replica whose removal was asked for is its node's to remove; it no longer counts.
+    let mut replicas: Vec<Replica> = w
+        .replicas
+        .iter()
+        .filter(|r| r.spec.volume == name && r.metadata.deletion_requested.is_none())
+        .cloned()
+        .collect();
     replicas.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
     let engine = w.engines.iter().find(|e| e.spec.volume == name).cloned();
 
@@ -167,8 +179,20 @@ async fn reconcile(rec: &Reconciler, v: &Volume, w: &mut World) -> Result<()> {
     // Whether the engine process was active before this pass may stop it (a detaching volume).
     let engine_was_active = active(w.instances.get(&engine_instance_name(&name)));
     let engine_replicas = engine::run_engine(rec, v, &replicas, engine.as_ref(), &mut status, w).await?;
+    // The attach node owns the volume's status and its replicas' modes; the leader owns them
+    // while no node that is up has the volume attached.
+    let owner = match v.spec.node_id.as_deref() {
+        Some(node) if is_node_ready(&w.nodes, node) => node == rec.node,
+        _ => w.leader.is_some(),
+    };
+    if !owner {
+        return Ok(());
+    }
     replicas::record_modes(rec, &mut replicas, engine_replicas.as_deref(), status.current_size).await?;
-    update_status(rec, v, &replicas, engine_replicas.as_deref(), engine_was_active, status, w).await?;
+    // The engine's node stops it and then deletes its record: detaching until then.
+    let engine_stopping = engine_was_active
+        || engine.as_ref().is_some_and(|e| e.spec.node != rec.node && is_node_ready(&w.nodes, &e.spec.node));
+    update_status(rec, v, &replicas, engine_replicas.as_deref(), engine_stopping, status, w).await?;
     if engine_replicas.is_some() {
         replicas::remove_surplus(rec, v, &replicas, engine.as_ref(), w).await?;
     }
@@ -182,7 +206,7 @@ async fn update_status(
     v: &Volume,
     replicas: &[Replica],
     engine_replicas: Option<&[EngineReplica]>,
-    engine_was_active: bool,
+    engine_stopping: bool,
     mut status: VolumeStatus,
     w: &World,
 ) -> Result<()> {
@@ -208,7 +232,7 @@ async fn update_status(
             }
             None => (VolumeState::Attaching, Robustness::Unknown),
         }
-    } else if engine_was_active {
+    } else if engine_stopping {
         (VolumeState::Detaching, Robustness::Unknown)
     } else if replicas.iter().all(|r| r.status.initialized) && replicas.len() >= n {
         let robustness = if running_replicas >= n {
@@ -252,6 +276,36 @@ pub(super) async fn delete_record<R: Resource>(rec: &Reconciler, r: &R) -> Resul
         Err(e) => Err(e.into()),
     }
 }
+/// Removes this node's replicas whose removal another node asked for (see
+/// [`replicas::remove_replica`]), and the processes of replicas of this node that have no record
+/// any more (their records were removed while the node was down).
+async fn remove_requested_replicas(rec: &Reconciler, w: &mut World) -> Result<()> {
+    let requested: Vec<Replica> = w
+        .replicas
+        .iter()
+        .filter(|r| r.spec.node == rec.node && r.metadata.deletion_requested.is_some())
+        .cloned()
+        .collect();
+    for r in requested {
+        let engine = w.engines.iter().find(|e| e.spec.volume == r.spec.volume).cloned();
+        replicas::remove_replica(rec, &r, engine.as_ref(), w).await?;
+    }
+    let orphans: Vec<String> = w
+        .instances
+        .keys()
+        .filter(|i| {
+            i.strip_prefix("r-").is_some_and(|name| !w.replicas.iter().any(|r| r.metadata.name == name))
+        })
+        .cloned()
+        .collect();
+    for i in orphans {
+        rec.im.delete(&i).await?;
+        w.instances.remove(&i);
+        rec.events.normal("node", &rec.node, "OrphanStopped", format!("replica process {i} has no record"));
+    }
+    Ok(())
+}
+
 async fn delete_volume(
     rec: &Reconciler,
     v: &Volume,
@@ -277,11 +331,15 @@ async fn delete_volume(
         delete_record(rec, e).await?;
     }
     for r in replicas {
-        if r.spec.node == rec.node {
+        // A down node's replicas are forgotten by the leader: the node removes what is left of
+        // their processes when it comes back (their records are gone).
+        let gone_node = w.leader.is_some() && !is_node_ready(&w.nodes, &r.spec.node);
+        if r.spec.node == rec.node || gone_node {
             replicas::remove_replica(rec, r, None, w).await?;
         }
     }
-    if replicas.iter().all(|r| r.spec.node == rec.node) {
+    let others_left = w.replicas.iter().any(|r| r.spec.volume == name && r.spec.node != rec.node);
+    if !others_left {
         snapshots::forget(&rec.ds, name).await?;
         rec.volume_cache.lock().remove(name);
         delete_record(rec, v).await?;

@@ -3,10 +3,10 @@
 //! replicas removed once enough are RW.
 use corral_im::pb::{InstanceKind, InstanceState as ImState, StartRequest};
 use corral_store::resources::{
-    set_condition, ConditionType, Engine, InstanceState, Node, Replica, ReplicaMode, ReplicaSpec, Volume,
+    set_condition, ConditionType, Engine, InstanceState, Replica, ReplicaMode, ReplicaSpec, Volume,
     VolumeStatus,
 };
-use corral_store::Resource;
+use corral_store::{Guarded, Resource};
 use std::time::Duration;
 
 use super::{delete_record, replica_instance_name, World};
@@ -14,9 +14,11 @@ use corral_api::ReplicaMode as EngineMode;
 
 use crate::clients::engine::{EngineClient, EngineReplica};
 use crate::error::{Code, ManagerError, Result};
+use crate::model::liveness::is_node_ready;
 use crate::model::scheduler::{
     placed_replicas, schedule_replacement, schedule_replica, SchedulerSettings, VolumeRequest,
 };
+use crate::model::settings::REPLICA_REPLENISHMENT_WAIT_INTERVAL;
 use crate::reconcile::restore::restore_pending;
 use crate::reconcile::Reconciler;
 
@@ -68,7 +70,9 @@ pub(super) async fn schedule_missing(
     // reused if it comes back) until staleReplicaTimeout. At most 2N records, so a replica that
     // keeps failing cannot make them pile up.
     let n = v.spec.number_of_replicas as usize;
-    let usable_count = replicas.iter().filter(|r| usable(rec, r, &w.nodes)).count();
+    // Placing replicas is the leader's work, and its writes are guarded by its claim.
+    let Some(leader) = w.leader.clone() else { return Ok(()) };
+    let usable_count = replicas.iter().filter(|r| usable(rec, r, w)).count();
     let replace = v.spec.node_id.is_some() && usable_count < n && replicas.len() < 2 * n;
     if replicas.len() < n || replace {
         let req = VolumeRequest {
@@ -81,7 +85,7 @@ pub(super) async fn schedule_missing(
         };
         let placed = placed_replicas(&w.replicas);
         let settings = SchedulerSettings::from(&w.settings);
-        let failed: Vec<Replica> = replicas.iter().filter(|r| !usable(rec, r, &w.nodes)).cloned().collect();
+        let failed: Vec<Replica> = replicas.iter().filter(|r| !usable(rec, r, w)).cloned().collect();
         let result = if replicas.len() < n {
             schedule_replica(&req, &w.nodes, &placed, settings)
         } else {
@@ -102,7 +106,14 @@ pub(super) async fn schedule_missing(
                     desired_state: Default::default(),
                     failed_at: None,
                 };
-                let r = rec.ds.create(&Replica::new(rname.clone(), spec)).await?;
+                let created = rec
+                    .ds
+                    .create_guarded(rec.claims.leases(), &leader, &Replica::new(rname.clone(), spec))
+                    .await?;
+                let Guarded::Written(r) = created else {
+                    // No longer the leader: the new one places the replica.
+                    return Ok(());
+                };
                 let why = if failed.is_empty() {
                     String::new()
                 } else {
@@ -147,7 +158,7 @@ pub(super) async fn run_processes(
     let n = v.spec.number_of_replicas as usize;
     let node_address = rec.node_address.clone();
     let usable_now: Vec<(String, bool)> =
-        replicas.iter().map(|r| (r.name().to_string(), usable(rec, r, &w.nodes))).collect();
+        replicas.iter().map(|r| (r.name().to_string(), usable(rec, r, w))).collect();
     for r in replicas.iter_mut().filter(|r| r.spec.node == rec.node) {
         let iname = replica_instance_name(r.name());
         let inst = w.instances.get(&iname).cloned();
@@ -254,11 +265,21 @@ pub(super) async fn record_modes(
         let mut next = r.clone();
         let seen =
             engine_replicas.and_then(|l| l.iter().find(|e| Some(&e.address) == r.status.address.as_ref()));
-        next.status.mode = seen.map(|e| match e.mode {
-            EngineMode::ReadWrite => ReplicaMode::RW,
-            EngineMode::WriteOnly => ReplicaMode::WO,
-            EngineMode::Error => ReplicaMode::ERR,
-        });
+        next.status.mode = match seen {
+            Some(e) => Some(match e.mode {
+                EngineMode::ReadWrite => ReplicaMode::RW,
+                EngineMode::WriteOnly => ReplicaMode::WO,
+                EngineMode::Error => ReplicaMode::ERR,
+            }),
+            // A replica marked ERR when its node went down stays ERR until an engine has it again.
+            None if r.status.mode == Some(ReplicaMode::ERR)
+                && r.spec.failed_at.is_some()
+                && r.status.state == InstanceState::Error =>
+            {
+                Some(ReplicaMode::ERR)
+            }
+            None => None,
+        };
         next.status.rebuild_progress = seen.map_or(0, |e| e.rebuild_progress);
         match next.status.mode {
             Some(ReplicaMode::ERR) if next.spec.failed_at.is_none() => {
@@ -321,15 +342,18 @@ pub(super) async fn remove_surplus(
 
 /// Whether `r` counts toward the volume's replicas: not failed, or failed but coming back: on a
 /// ready node, its process starting or running again (an engine that marked it ERR gets it back),
-/// or, on this node, not restarted since it failed (the restart waits for its back-off).
-fn usable(rec: &Reconciler, r: &Replica, nodes: &[Node]) -> bool {
+/// or, on this node, not restarted since it failed (the restart waits for its back-off); on a down
+/// node, until `replica-replenishment-wait-interval` passed since it failed (the node may return
+/// with the replica's data).
+fn usable(rec: &Reconciler, r: &Replica, w: &World) -> bool {
     let Some(failed_at) = r.spec.failed_at.as_deref() else { return true };
-    let node_ready = nodes
-        .iter()
-        .find(|n| n.metadata.name == r.spec.node)
-        .is_some_and(|n| !n.status.conditions.iter().any(|c| c.kind == ConditionType::Ready && !c.status));
-    if !node_ready {
-        return false;
+    let failed_for = chrono::DateTime::parse_from_rfc3339(failed_at)
+        .ok()
+        .and_then(|t| chrono::Utc::now().signed_duration_since(t).to_std().ok())
+        .unwrap_or_default();
+    if !is_node_ready(&w.nodes, &r.spec.node) {
+        let wait = Duration::from_secs(w.settings.int(REPLICA_REPLENISHMENT_WAIT_INTERVAL));
+        return w.nodes.iter().any(|n| n.metadata.name == r.spec.node) && failed_for < wait;
     }
     if matches!(r.status.state, InstanceState::Starting | InstanceState::Running) {
         return true;
@@ -337,16 +361,14 @@ fn usable(rec: &Reconciler, r: &Replica, nodes: &[Node]) -> bool {
     if r.spec.node != rec.node {
         return false;
     }
-    let failed_for = chrono::DateTime::parse_from_rfc3339(failed_at)
-        .ok()
-        .and_then(|t| chrono::Utc::now().signed_duration_since(t).to_std().ok())
-        .unwrap_or_default();
     let restarted_since =
         rec.restarts.lock().get(&replica_instance_name(r.name())).is_some_and(|t| t.elapsed() < failed_for);
     !restarted_since
 }
 
-/// Stop a replica's process, remove it from the engine, delete its directory and record.
+/// Stop a replica's process, remove it from the engine, delete its directory and record. A
+/// replica of another node (that is up) is removed from the engine and its removal asked for
+/// (`deletionRequested`): its process and directory are that node's to remove.
 pub(super) async fn remove_replica(
     rec: &Reconciler,
     r: &Replica,
@@ -356,6 +378,16 @@ pub(super) async fn remove_replica(
     let iname = replica_instance_name(r.name());
     if let (Some(addr), Some(url)) = (&r.status.address, engine.and_then(|e| e.status.control_url.as_ref())) {
         let _ = EngineClient::new(url).remove_replica(addr).await;
+    }
+    if r.spec.node != rec.node && is_node_ready(&w.nodes, &r.spec.node) {
+        if r.metadata.deletion_requested.is_none() {
+            let mut next = r.clone();
+            next.metadata.deletion_requested = Some(chrono::Utc::now().to_rfc3339());
+            let saved = rec.ds.update(&next).await?;
+            w.replicas.retain(|x| x.name() != r.name());
+            w.replicas.push(saved);
+        }
+        return Ok(());
     }
     match rec.im.delete(&iname).await {
         Ok(_) => {}

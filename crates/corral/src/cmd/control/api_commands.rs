@@ -505,7 +505,8 @@ pub async fn node(cmd: NodeCommand) -> anyhow::Result<ExitCode> {
         for d in &n.disks {
             rows.push(vec![
                 n.name.clone(),
-                if n.ready { "yes".into() } else { "no".into() },
+                n.address.clone(),
+                n.state.clone(),
                 if n.allow_scheduling && d.allow_scheduling { "yes".into() } else { "no".into() },
                 d.name.clone(),
                 d.path.clone(),
@@ -516,16 +517,11 @@ pub async fn node(cmd: NodeCommand) -> anyhow::Result<ExitCode> {
             ]);
         }
         if n.disks.is_empty() {
-            rows.push(vec![
-                n.name.clone(),
-                if n.ready { "yes".into() } else { "no".into() },
-                String::new(),
-                "-".into(),
-            ]);
+            rows.push(vec![n.name.clone(), n.address.clone(), n.state.clone(), String::new(), "-".into()]);
         }
     }
     print_table(
-        &["NODE", "READY", "SCHEDULABLE", "DISK", "PATH", "SIZE", "FREE", "SCHEDULED", "TAGS"],
+        &["NODE", "ADDRESS", "STATE", "SCHEDULABLE", "DISK", "PATH", "SIZE", "FREE", "SCHEDULED", "TAGS"],
         &rows,
     );
     Ok(ExitCode::SUCCESS)
