@@ -16,6 +16,9 @@
 //!   the tests check in Rust.
 //! - [`fixtures`]: the Longhorn-written fixtures under `tests/fixtures/longhorn` of the repository.
 //! - [`data`]: SHA-256 helpers and deterministic block contents.
+//! - [`netns`]: nodes as network namespaces ([`netns::Network`]: a bridge, one namespace per node,
+//!   SIGKILL of a whole node, partition and heal), etcd on the bridge, and
+//!   [`netns::cluster::MultiNodeCluster`], `corral server` on every node.
 //! - [`vm`]: a qemu VM (TCG) with corral inside and a disk image, whose power a test cuts (SIGKILL of qemu).
 //!
 //! Threading model: everything is blocking and meant for `#[test]` functions; helpers that watch a child
@@ -35,6 +38,7 @@ pub mod data;
 pub mod etcd;
 pub mod fixtures;
 pub mod nbd;
+pub mod netns;
 pub mod ports;
 pub mod process;
 pub mod s3;
