@@ -157,6 +157,10 @@ pub struct VolumeView {
     /// Node the volume is (to be) attached to.
     pub node_id: Option<String>,
     pub maintenance: bool,
+    /// Epoch of the volume's newest engine start (0 before the first): replicas refuse every engine
+    /// with an older one, so a higher number after a force attach means the old engine is fenced.
+    #[serde(default)]
+    pub engine_epoch: u64,
     pub created: String,
     /// Pass back in an action's `resourceVersion` to make it conditional on no change since.
     pub resource_version: String,

@@ -62,6 +62,7 @@ pub(crate) fn view(v: &Volume, replicas: &[Replica]) -> VolumeView {
         disk_selector: v.spec.disk_selector.clone(),
         node_id: v.spec.node_id.clone(),
         maintenance: v.spec.maintenance,
+        engine_epoch: v.status.engine_epoch,
         created: v.metadata.created.clone(),
         resource_version: v.metadata.resource_version.as_ref().map(|r| r.0.clone()).unwrap_or_default(),
     }
