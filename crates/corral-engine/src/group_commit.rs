@@ -143,7 +143,7 @@ mod tests {
         assert!(group.run(|| async { Err(err.clone()) }).await.is_err());
         assert!(group.run(|| async { Ok(()) }).await.is_ok(), "a later fan-out is not failed by an old one");
         // A leader dropped mid-flight leaves no one waiting for ever.
-        let stuck = group.run(|| std::future::pending::<Result<()>>());
+        let stuck = group.run(std::future::pending::<Result<()>>);
         assert!(tokio::time::timeout(Duration::from_millis(20), stuck).await.is_err());
         assert!(group.run(|| async { Ok(()) }).await.is_ok());
     }
