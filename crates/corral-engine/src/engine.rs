@@ -25,6 +25,21 @@ const STRIPES: usize = 256;
 /// Zero data for WO replicas (see [`Engine::zero`]).
 static ZERO_CHUNK: [u8; 1 << 20] = [0u8; 1 << 20];
 
+/// A write to one replica; with `fua` the replica syncs before answering (one round trip, where a
+/// write followed by a flush fan-out would take two).
+fn write_link<'a>(
+    link: &'a Arc<dyn ReplicaProtocol>,
+    off: u64,
+    data: &Bytes,
+    fua: bool,
+) -> BoxFuture<'a, WireResult<()>> {
+    if fua {
+        link.write_fua(off, data.clone())
+    } else {
+        link.write(off, data.clone())
+    }
+}
+
 fn write_zero_data(link: &Arc<dyn ReplicaProtocol>, off: u64, len: u64) -> BoxFuture<'_, WireResult<()>> {
     Box::pin(async move {
         let mut done = 0u64;
@@ -113,6 +128,8 @@ pub(crate) struct Shared {
     pub(crate) io: IoCounters,
     /// Test-only crash points (empty and free unless built for tests or with `failpoints`).
     pub(crate) failpoints: crate::failpoint::Failpoints,
+    /// Concurrent flushes share fan-outs (group commit).
+    pub(crate) flushes: crate::group_commit::FlushGroup,
 }
 
 /// Cumulative counts of completed client reads and writes (relaxed atomics: statistics only).
@@ -181,6 +198,7 @@ impl Engine {
                 frontend: Mutex::new(None),
                 io: IoCounters::default(),
                 failpoints: crate::failpoint::Failpoints::default(),
+                flushes: crate::group_commit::FlushGroup::default(),
             }),
         }
     }
@@ -464,18 +482,21 @@ impl Engine {
         self.check_range("write", off, data.len() as u64)?;
         let _gate = self.shared.gate.read().await;
         let slots = self.slots();
-        if Self::has_write_only(&slots) {
+        let needs_flush = if Self::has_write_only(&slots) {
             let _regions = self.lock_regions(off, data.len() as u64).await;
             if off % BLOCK != 0 || data.len() as u64 % BLOCK != 0 {
                 self.write_widened(&slots, off, &data, None).await?;
+                fua
             } else {
-                self.fan_out("write", &slots, |l| l.write(off, data.clone())).await?;
+                self.fan_out("write", &slots, |l| write_link(l, off, &data, fua)).await?;
+                false
             }
         } else {
-            self.fan_out("write", &slots, |l| l.write(off, data.clone())).await?;
-        }
-        if fua {
-            self.fan_out("flush", &slots, |l| l.flush()).await?;
+            self.fan_out("write", &slots, |l| write_link(l, off, &data, fua)).await?;
+            false
+        };
+        if needs_flush {
+            self.flush_now(&slots).await?;
         }
         self.shared.io.write_ops.fetch_add(1, Ordering::Relaxed);
         self.shared.io.write_bytes.fetch_add(data.len() as u64, Ordering::Relaxed);
@@ -550,14 +571,25 @@ impl Engine {
             send(off, len).await?;
         }
         if fua {
-            self.fan_out("flush", &slots, |l| l.flush()).await?;
+            self.flush_now(&slots).await?;
         }
         Ok(())
     }
 
-    /// Makes every completed write durable on every RW and WO replica.
+    /// Makes every completed write durable on every RW and WO replica. Flushes that arrive while one is
+    /// running share the next fan-out ([`crate::group_commit`]).
     pub async fn flush(&self) -> Result<()> {
-        let slots = self.slots();
-        self.fan_out("flush", &slots, |l| l.flush()).await
+        self.shared
+            .flushes
+            .run(|| async {
+                let slots = self.slots();
+                self.fan_out("flush", &slots, |l| l.flush()).await
+            })
+            .await
+    }
+
+    /// A flush fan-out of its own to `slots` (for FUA, which must cover its own write only).
+    async fn flush_now(&self, slots: &[Arc<ReplicaSlot>]) -> Result<()> {
+        self.fan_out("flush", slots, |l| l.flush()).await
     }
 }

@@ -12,7 +12,8 @@
 //! # Promises
 //! - A write, trim or write-zeroes goes to every RW and WO replica in parallel and is acknowledged when
 //!   all have acknowledged it. FLUSH and FUA are acknowledged when every such replica has made the data
-//!   durable. Reads go to one RW replica, round robin, and fail over on error.
+//!   durable. A FUA write is one round trip per replica (the replica writes, then syncs); concurrent
+//!   flushes share fan-outs ([`group_commit`]). Reads go to one RW replica, round robin, and fail over on error.
 //! - A replica that errors, drops its connection or does not answer within `replica_timeout` (8 s) is set
 //!   ERR and dropped; I/O continues while one RW replica remains, and fails with EIO when none does.
 //! - Before any write is acknowledged that a dropped replica missed, the volume's **generation** is bumped
@@ -66,6 +67,7 @@ mod engine;
 pub mod error;
 pub mod failpoint;
 pub mod frontend;
+mod group_commit;
 pub mod memory;
 mod operations;
 pub mod rebuild;

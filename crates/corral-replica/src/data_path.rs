@@ -349,38 +349,6 @@ impl Replica {
         }
         Ok(())
     }
-
-    /// Makes every completed write durable: fdatasync of the head (and of any layer punched since),
-    /// then the revision counter.
-    pub fn flush(&self) -> Result<()> {
-        if self.read_only {
-            return Ok(());
-        }
-        // Read the revision first: every request it counts has completed, so the fdatasync below
-        // covers it.
-        let revision = self.revision.load(Ordering::Acquire);
-        {
-            let chain = self.chain.read();
-            let head = chain.head_layer();
-            head.file
-                .sync_data()
-                .map_err(|e| ReplicaError::io("fdatasync", &self.dir.join(&head.file_name), e))?;
-            for layer in chain.layers.values() {
-                if layer.dirty.swap(false, Ordering::AcqRel) {
-                    if let Err(e) = layer.file.sync_data() {
-                        layer.dirty.store(true, Ordering::Release);
-                        return Err(ReplicaError::io("fdatasync", &self.dir.join(&layer.file_name), e));
-                    }
-                }
-            }
-        }
-        let mut persisted = self.persisted_revision.lock();
-        if revision > *persisted {
-            self.write_revision(revision)?;
-            *persisted = revision;
-        }
-        Ok(())
-    }
 }
 
 impl corral_block::BlockDevice for Replica {

@@ -9,6 +9,7 @@ use crate::error::Result;
 
 /// Every failpoint, in the order the operations reach them.
 pub const ALL: &[&str] = &[
+    "flush.after_data_sync",
     "snapshot.after_new_head",
     "snapshot.after_new_head_meta",
     "snapshot.after_link",

@@ -11,7 +11,9 @@
 //! - **Read index** ([`range_map::RangeMap`]): an interval map block-range → layer for the live chain,
 //!   plus one extent set per layer. Memory is proportional to extents; no layer-count cap; removing a
 //!   layer costs time proportional to its extents. Built at open from FIEMAP.
-//! - **Durability.** Buffered I/O (page cache) with `fdatasync` on [`Replica::flush`]; Longhorn uses
+//! - **Durability.** Buffered I/O (page cache) with one `fdatasync` per [`Replica::flush`], shared by
+//!   the flushes that arrive while it runs (group commit; the revision counter is written but not
+//!   synced on that path, see `flush.rs` for why a lagging counter is safe); Longhorn uses
 //!   O_DIRECT and never syncs. We chose buffered I/O because Corral has an explicit flush (so durability
 //!   does not depend on O_DIRECT, which by itself guarantees nothing after a power loss) and because
 //!   it needs no aligned bounce buffers for the frontend's unaligned requests. Every metadata rewrite is
@@ -46,6 +48,7 @@
 mod data_path;
 pub mod error;
 pub mod failpoint;
+mod flush;
 pub mod format;
 pub mod fsutil;
 pub mod inspect;

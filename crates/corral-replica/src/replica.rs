@@ -9,6 +9,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use crate::error::{ErrorKind, ReplicaError, Result};
 use crate::failpoint::Failpoints;
+use crate::flush::FlushGroup;
 use crate::format::corral_state::{self, CorralState};
 use crate::format::disk_meta::DiskMeta;
 use crate::format::names;
@@ -219,6 +220,8 @@ pub struct Replica {
     pub(crate) revision: AtomicU64,
     pub(crate) persisted_revision: Mutex<u64>,
     pub(crate) revision_file: Option<File>,
+    /// Group commit of flushes (see `flush.rs`).
+    pub(crate) flush_group: FlushGroup,
     pub(crate) was_dirty: bool,
     /// Set when a commit failed midway: the in-memory state may not match the disk any more.
     pub(crate) poisoned: AtomicBool,
@@ -365,6 +368,7 @@ impl Replica {
             revision: AtomicU64::new(revision),
             persisted_revision: Mutex::new(revision),
             revision_file,
+            flush_group: FlushGroup::default(),
             was_dirty,
             poisoned: AtomicBool::new(false),
             purging: AtomicBool::new(false),
@@ -379,6 +383,8 @@ impl Replica {
             return Ok(());
         }
         self.flush()?;
+        // A flush leaves the counter unsynced (see `flush.rs`); a clean replica's counter is exact.
+        self.sync_revision()?;
         let _chain = self.chain.write();
         let mut volume = self.volume.lock();
         volume.dirty = false;
@@ -476,7 +482,7 @@ impl Replica {
         }
         let mut persisted = self.persisted_revision.lock();
         self.revision.store(revision, Ordering::Release);
-        self.write_revision(revision)?;
+        self.write_revision(revision, true)?;
         *persisted = revision;
         Ok(())
     }
@@ -522,12 +528,24 @@ impl Replica {
         Ok(())
     }
 
-    pub(crate) fn write_revision(&self, revision: u64) -> Result<()> {
-        let path = self.dir.join(revision_counter::FILE_NAME);
+    /// Writes the revision counter in place (one aligned 4 KiB `pwrite`), and syncs it when `sync`.
+    pub(crate) fn write_revision(&self, revision: u64, sync: bool) -> Result<()> {
         let Some(f) = &self.revision_file else { return Ok(()) };
-        f.write_all_at(&revision_counter::encode(revision), 0)
-            .map_err(|e| ReplicaError::io("write revision counter", &path, e))?;
-        f.sync_data().map_err(|e| ReplicaError::io("fdatasync revision counter", &path, e))
+        f.write_all_at(&revision_counter::encode(revision), 0).map_err(|e| {
+            ReplicaError::io("write revision counter", &self.dir.join(revision_counter::FILE_NAME), e)
+        })?;
+        if sync {
+            self.sync_revision()?;
+        }
+        Ok(())
+    }
+
+    /// Makes the last written revision counter durable.
+    pub(crate) fn sync_revision(&self) -> Result<()> {
+        let Some(f) = &self.revision_file else { return Ok(()) };
+        f.sync_data().map_err(|e| {
+            ReplicaError::io("fdatasync revision counter", &self.dir.join(revision_counter::FILE_NAME), e)
+        })
     }
 
     /// Writes `volume.meta` durably with `update` applied (caller holds the chain lock as needed).

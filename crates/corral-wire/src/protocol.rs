@@ -46,6 +46,14 @@ pub trait ReplicaProtocol: Send + Sync + 'static {
     fn write_zeroes(&self, offset: u64, len: u64) -> BoxFuture<'_, Result<()>>;
     /// Makes every acknowledged write durable.
     fn flush(&self) -> BoxFuture<'_, Result<()>>;
+    /// Writes `data` at `offset` and makes it durable before answering (FUA): one round trip where the
+    /// link can (the wire's FUA bit); the default writes, then flushes.
+    fn write_fua(&self, offset: u64, data: Bytes) -> BoxFuture<'_, Result<()>> {
+        Box::pin(async move {
+            self.write(offset, data).await?;
+            self.flush().await
+        })
+    }
     /// Round trip without touching the store.
     fn ping(&self) -> BoxFuture<'_, Result<()>>;
     /// The replica's current recovery facts.
@@ -109,6 +117,9 @@ impl ReplicaProtocol for ReplicaClient {
     }
     fn flush(&self) -> BoxFuture<'_, Result<()>> {
         Box::pin(ReplicaClient::flush(self))
+    }
+    fn write_fua(&self, offset: u64, data: Bytes) -> BoxFuture<'_, Result<()>> {
+        Box::pin(ReplicaClient::write_fua(self, offset, data))
     }
     fn ping(&self) -> BoxFuture<'_, Result<()>> {
         Box::pin(ReplicaClient::ping(self))

@@ -65,6 +65,17 @@ impl ReplicaHost {
         self.serve(replica).await;
     }
 
+    /// Arms a replica failpoint (see `corral_replica::failpoint::ALL`) to fire at its `nth` hit.
+    pub fn arm_failpoint(&self, name: &str, nth: u32) {
+        let running = self.running.as_ref().expect("arm a failpoint on a running replica");
+        running.served.replica().arm_failpoint(name, nth);
+    }
+
+    /// The replica's recovery facts while it runs.
+    pub fn facts(&self) -> corral_replica::RecoveryFacts {
+        self.running.as_ref().expect("facts of a running replica").served.replica().recovery_facts()
+    }
+
     /// Stops serving and closes the replica cleanly.
     pub async fn shutdown(&mut self) {
         if let Some(running) = self.running.take() {

@@ -9,8 +9,9 @@
 //! ```
 //!
 //! Longhorn reads 4096 bytes, strips NULs and parses a base-10 int64. Corral writes the whole 4096-byte
-//! block at offset 0 in one `pwrite` (a single aligned block, which ext4/xfs write atomically) followed by
-//! `fdatasync`.
+//! block at offset 0 in one `pwrite` (a single aligned block, which ext4/xfs write atomically). A flush
+//! does not sync it (it may lag the data after a power loss; see the replica's `flush` module for why
+//! that is safe); a clean close and `set_revision` do.
 
 use std::path::Path;
 
