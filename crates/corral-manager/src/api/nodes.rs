@@ -9,7 +9,7 @@ use corral_api::{AddDisk, DiskView, NodeView, UpdateDisk, UpdateNode};
 use super::{ApiJson, AppState};
 use crate::clients::disks::disk_status;
 use crate::error::{Code, ErrorBody, ManagerError, Result};
-use crate::model::validation::check_name;
+use crate::model::validation::{check_int64, check_name};
 
 pub(crate) fn view(n: &Node, replicas: &[Replica]) -> NodeView {
     let disks = n
@@ -176,6 +176,7 @@ pub async fn disk_add(
     let disk = req.name.clone().unwrap_or_else(|| disk_name_from_path(&path));
     check_name("disk", &disk)?;
     check_tags(&req.tags)?;
+    check_int64("storageReserved", req.storage_reserved)?;
     if name == st.node {
         // The directory must exist on this node; other nodes' managers check their own.
         match std::fs::metadata(&path) {
@@ -230,6 +231,9 @@ pub async fn disk_update(
 ) -> Result<Json<NodeView>> {
     if let Some(tags) = &req.tags {
         check_tags(tags)?;
+    }
+    if let Some(r) = req.storage_reserved {
+        check_int64("storageReserved", r)?;
     }
     let n = mutate_node(&st, &name, None, |n| {
         let d = n.spec.disks.get_mut(&disk).ok_or_else(|| ManagerError::not_found("disk", &disk))?;

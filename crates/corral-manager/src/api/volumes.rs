@@ -20,7 +20,9 @@ use crate::model::scheduler::{
     check_expand, placed_replicas, schedule_replicas, SchedulerSettings, VolumeRequest,
 };
 use crate::model::settings::{self, Settings};
-use crate::model::validation::{check_backup_url, check_labels, check_name, check_size, MAX_REPLICAS};
+use crate::model::validation::{
+    check_backup_url, check_int64, check_labels, check_name, check_size, MAX_REPLICAS,
+};
 use crate::ops::backups::{backup_in_progress, size_from_backup};
 use crate::ops::{snapshots, volumes};
 
@@ -124,6 +126,7 @@ pub async fn create(
         )));
     }
     let stale = req.stale_replica_timeout.unwrap_or(settings.int(settings::DEFAULT_STALE_REPLICA_TIMEOUT));
+    check_int64("staleReplicaTimeout", stale)?;
     if stale == 0 {
         return Err(ManagerError::invalid("staleReplicaTimeout must be at least 1 (minute)"));
     }

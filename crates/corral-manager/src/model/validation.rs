@@ -33,6 +33,16 @@ pub fn check_size(size: u64) -> Result<()> {
     Ok(())
 }
 
+/// A count the API documents as a signed 64-bit integer (`format: int64`) but holds as `u64`: values
+/// above `i64::MAX` would be stored, yet other clients (and the OpenAPI document) cannot represent
+/// them, so they are refused like any other out-of-range input.
+pub fn check_int64(field: &str, value: u64) -> Result<()> {
+    if value > i64::MAX as u64 {
+        return Err(ManagerError::invalid(format!("{field} {value} is larger than {}", i64::MAX)));
+    }
+    Ok(())
+}
+
 /// Label keys and values: printable, bounded.
 pub fn check_labels(labels: &std::collections::BTreeMap<String, String>) -> Result<()> {
     for (k, v) in labels {
